@@ -1,0 +1,13 @@
+//! The auth service: accounts with argon2id password hashes, sessions as
+//! refresh-token families (rotated on use, reuse revokes the family), and
+//! short-lived EdDSA access tokens that every other service verifies locally
+//! with the public key ([`Verifier`]), so the hot path never calls auth.
+
+pub mod keys;
+pub mod password;
+pub mod service;
+pub mod token;
+
+pub use keys::SigningKey;
+pub use service::{AuthConfig, AuthSvc};
+pub use token::{Caller, Claims, Verifier};

@@ -1,0 +1,511 @@
+//! `chat.v1.AuthService`.
+
+use crate::keys::{PublicKey, SigningKey};
+use crate::password::{self, HashCost};
+use crate::token::{Caller, Issuer, Verifier};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chat_bus::{Bus, Subjects};
+use chat_core::{time, validate, ApiError, SessionId, UserId};
+use chat_ephemeral::{Ephemeral, RateDecision};
+use chat_proto::v1 as pb;
+use chat_proto::v1::auth_service_server::AuthService;
+use chat_store::{NewSession, NewUser, RotateOutcome, Store, StoreError};
+use prost::Message as _;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tonic::{Request, Response, Status};
+
+/// Tunables of the auth service.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub access_ttl: Duration,
+    pub hash_cost: HashCost,
+    /// Failed logins per username per window before 429.
+    pub login_max_failures: u32,
+    pub login_window: Duration,
+    /// Lets gateways call on a connected user's behalf (see [`Verifier`]).
+    pub internal_secret: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_ttl: Duration::from_secs(900),
+            hash_cost: HashCost::default(),
+            login_max_failures: 10,
+            login_window: Duration::from_secs(300),
+            internal_secret: None,
+        }
+    }
+}
+
+pub struct AuthSvc {
+    store: Arc<dyn Store>,
+    ephemeral: Arc<dyn Ephemeral>,
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+    issuer: Issuer,
+    public: PublicKey,
+    verifier: Verifier,
+    cfg: AuthConfig,
+    /// A hash to verify against when the user does not exist, so that an
+    /// unknown username takes as long as a wrong password.
+    dummy_hash: OnceCell<String>,
+}
+
+impl AuthSvc {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ephemeral: Arc<dyn Ephemeral>,
+        bus: Arc<dyn Bus>,
+        subjects: Subjects,
+        key: &SigningKey,
+        cfg: AuthConfig,
+    ) -> Self {
+        let public = key.public_key();
+        let mut verifier = Verifier::new(std::slice::from_ref(&public), ephemeral.clone());
+        if let Some(secret) = &cfg.internal_secret {
+            verifier = verifier.with_internal_secret(secret);
+        }
+        Self {
+            verifier,
+            issuer: Issuer::new(key, cfg.access_ttl),
+            public,
+            store,
+            ephemeral,
+            bus,
+            subjects,
+            cfg,
+            dummy_hash: OnceCell::new(),
+        }
+    }
+
+    pub fn verifier(&self) -> Verifier {
+        self.verifier.clone()
+    }
+
+    /// Puts sessions revoked within the last access-token lifetime back on the
+    /// revocation list (run at start: the in-process list does not survive a
+    /// restart, the store does).
+    pub async fn seed_revocations(&self) -> Result<usize, ApiError> {
+        let ttl = self.cfg.access_ttl + Duration::from_secs(10);
+        let since = time::now_ms() - ttl.as_millis() as i64;
+        let ids = self.store.sessions_revoked_since(since).await?;
+        for id in &ids {
+            if let Err(error) = self.ephemeral.revoke_session(*id, ttl).await {
+                tracing::warn!(%error, "cannot seed revocation list");
+                break;
+            }
+        }
+        Ok(ids.len())
+    }
+
+    async fn issue_session(
+        &self,
+        user: chat_store::User,
+        user_agent: String,
+    ) -> Result<pb::AuthResponse, ApiError> {
+        let session_id = SessionId::new();
+        let refresh = new_refresh_token();
+        self.store
+            .create_session(
+                &NewSession {
+                    id: session_id,
+                    user_id: user.id,
+                    user_agent,
+                    created_at: time::now_ms(),
+                },
+                &hash_token(&refresh),
+            )
+            .await?;
+        self.respond(user, session_id, refresh)
+    }
+
+    fn respond(
+        &self,
+        user: chat_store::User,
+        session_id: SessionId,
+        refresh: String,
+    ) -> Result<pb::AuthResponse, ApiError> {
+        Ok(pb::AuthResponse {
+            access_token: self.issuer.issue(user.id, session_id)?,
+            refresh_token: refresh,
+            expires_in: self.cfg.access_ttl.as_secs() as i64,
+            session_id: session_id.to_string(),
+            user: Some(user_pb(&user)),
+        })
+    }
+
+    /// Makes revocations take effect everywhere: the revocation list (REST
+    /// and gRPC stop accepting the access token) and the user's bus subject
+    /// (gateways close the session's WebSockets with 4001).
+    async fn announce_revoked(&self, user: UserId, sessions: &[SessionId]) {
+        let ttl = self.cfg.access_ttl + Duration::from_secs(10);
+        for sid in sessions {
+            if let Err(error) = self.ephemeral.revoke_session(*sid, ttl).await {
+                tracing::warn!(%error, session_id = %sid, "cannot record revocation");
+            }
+            let ev = pb::BusEvent {
+                kind: Some(pb::bus_event::Kind::SessionRevoked(pb::SessionRevoked {
+                    session_id: sid.to_string(),
+                    user_id: user.to_string(),
+                })),
+                trace: Default::default(),
+            };
+            if let Err(error) = self
+                .bus
+                .publish(&self.subjects.user(user), ev.encode_to_vec().into())
+                .await
+            {
+                tracing::warn!(%error, session_id = %sid, "cannot announce revocation");
+            }
+        }
+    }
+
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, ApiError> {
+        self.verifier.verify_request(req).await
+    }
+
+    async fn check_password(&self, password: &str, phc: Option<String>) -> Result<bool, ApiError> {
+        match phc {
+            Some(phc) => password::verify(password.to_owned(), phc).await,
+            None => {
+                let cost = self.cfg.hash_cost;
+                let dummy = self
+                    .dummy_hash
+                    .get_or_try_init(|| password::hash("not a password".into(), cost))
+                    .await?
+                    .clone();
+                password::verify(password.to_owned(), dummy).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn live_user(&self, id: UserId) -> Result<chat_store::UserAuth, ApiError> {
+        self.store
+            .user_by_id(id)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))
+    }
+}
+
+fn user_agent<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get("x-client-user-agent")
+        .or_else(|| req.metadata().get("user-agent"))
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(200).collect())
+        .unwrap_or_default()
+}
+
+pub fn user_pb(u: &chat_store::User) -> pb::User {
+    pb::User {
+        id: u.id.to_string(),
+        username: u.username.clone(),
+        display_name: u.display_name.clone(),
+        created_at: time::rfc3339(u.created_at),
+    }
+}
+
+fn new_refresh_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Refresh tokens are stored only as SHA-256 hashes: they are 256-bit random
+/// values, so a fast hash is enough (nothing to brute-force).
+fn hash_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthSvc {
+    #[tracing::instrument(skip_all)]
+    async fn signup(
+        &self,
+        req: Request<pb::SignupRequest>,
+    ) -> Result<Response<pb::AuthResponse>, Status> {
+        let ua = user_agent(&req);
+        let r = req.into_inner();
+        validate::username(&r.username)?;
+        validate::password("password", &r.password)?;
+        let display_name = match r.display_name {
+            Some(d) => {
+                validate::display_name(&d)?;
+                d
+            }
+            None => r.username.clone(),
+        };
+        let password_hash = password::hash(r.password, self.cfg.hash_cost).await?;
+        let user = self
+            .store
+            .create_user(&NewUser {
+                id: UserId::new(),
+                username: r.username,
+                display_name,
+                password_hash,
+                created_at: time::now_ms(),
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists => ApiError::conflict("username is already taken"),
+                e => e.into(),
+            })?;
+        tracing::info!(user_id = %user.id, "user signed up");
+        Ok(Response::new(self.issue_session(user, ua).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::AuthResponse>, Status> {
+        let ua = user_agent(&req);
+        let r = req.into_inner();
+        let limit_key = format!("login-fail:{}", r.username.to_lowercase());
+        let bad = || ApiError::unauthorized("unknown username or wrong password");
+        if validate::username(&r.username).is_err()
+            || r.password.is_empty()
+            || r.password.len() > 1024
+        {
+            return Err(bad().into());
+        }
+        // Only failures count; once there are too many, even the right
+        // password waits for the window to pass.
+        if let Ok(Some(d)) = self
+            .ephemeral
+            .over_limit(&limit_key, self.cfg.login_max_failures)
+            .await
+        {
+            return Err(ApiError::rate_limited(d.as_secs().max(1)).into());
+        }
+        let found = self.store.user_by_username(&r.username).await?;
+        let ok = self
+            .check_password(&r.password, found.as_ref().map(|u| u.password_hash.clone()))
+            .await?;
+        match (ok, found) {
+            (true, Some(u)) => {
+                let _ = self.ephemeral.reset(&limit_key).await;
+                Ok(Response::new(self.issue_session(u.user, ua).await?))
+            }
+            _ => {
+                match self
+                    .ephemeral
+                    .hit(
+                        &limit_key,
+                        self.cfg.login_max_failures,
+                        self.cfg.login_window,
+                    )
+                    .await
+                {
+                    Ok(RateDecision::Limited(d)) => {
+                        Err(ApiError::rate_limited(d.as_secs().max(1)).into())
+                    }
+                    _ => Err(bad().into()),
+                }
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn refresh(
+        &self,
+        req: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::AuthResponse>, Status> {
+        let r = req.into_inner();
+        let bad = || ApiError::unauthorized("invalid refresh token");
+        if r.refresh_token.is_empty() || r.refresh_token.len() > 256 {
+            return Err(bad().into());
+        }
+        let next = new_refresh_token();
+        let outcome = self
+            .store
+            .rotate_refresh_token(
+                &hash_token(&r.refresh_token),
+                &hash_token(&next),
+                time::now_ms(),
+            )
+            .await?;
+        match outcome {
+            RotateOutcome::Rotated(session) => {
+                let user = self.live_user(session.user_id).await?;
+                Ok(Response::new(self.respond(user.user, session.id, next)?))
+            }
+            RotateOutcome::Reused(sid) => {
+                tracing::warn!(session_id = %sid, "refresh token reused; session revoked");
+                if let Some(s) = self.store.session(sid).await? {
+                    self.announce_revoked(s.user_id, &[sid]).await;
+                }
+                Err(ApiError::unauthorized("refresh token reused; the session is revoked").into())
+            }
+            RotateOutcome::Revoked | RotateOutcome::Unknown => Err(bad().into()),
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let c = self.caller(&req).await?;
+        self.store
+            .revoke_session(c.user_id, c.session_id, time::now_ms())
+            .await?;
+        self.announce_revoked(c.user_id, &[c.session_id]).await;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let c = self.caller(&req).await?;
+        let items = self
+            .store
+            .list_sessions(c.user_id)
+            .await?
+            .into_iter()
+            .map(|s| pb::Session {
+                id: s.id.to_string(),
+                created_at: time::rfc3339(s.created_at),
+                last_used_at: time::rfc3339(s.last_used_at),
+                user_agent: s.user_agent,
+                current: s.id == c.session_id,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSessionsResponse { items }))
+    }
+
+    async fn revoke_session(
+        &self,
+        req: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let c = self.caller(&req).await?;
+        let sid = SessionId::parse(&req.get_ref().session_id)?;
+        if !self
+            .store
+            .revoke_session(c.user_id, sid, time::now_ms())
+            .await?
+        {
+            return Err(ApiError::not_found("session").into());
+        }
+        self.announce_revoked(c.user_id, &[sid]).await;
+        Ok(Response::new(pb::RevokeSessionResponse {}))
+    }
+
+    async fn get_me(&self, req: Request<pb::GetMeRequest>) -> Result<Response<pb::User>, Status> {
+        let c = self.caller(&req).await?;
+        Ok(Response::new(user_pb(
+            &self.live_user(c.user_id).await?.user,
+        )))
+    }
+
+    async fn update_me(
+        &self,
+        req: Request<pb::UpdateMeRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let c = self.caller(&req).await?;
+        let r = req.into_inner();
+        let user = match r.display_name {
+            Some(d) => {
+                validate::display_name(&d)?;
+                self.store
+                    .update_display_name(c.user_id, &d)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NotFound => {
+                            ApiError::unauthorized("the account no longer exists")
+                        }
+                        e => e.into(),
+                    })?
+            }
+            None => self.live_user(c.user_id).await?.user,
+        };
+        Ok(Response::new(user_pb(&user)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn change_password(
+        &self,
+        req: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let c = self.caller(&req).await?;
+        let r = req.into_inner();
+        validate::password("new_password", &r.new_password)?;
+        let u = self.live_user(c.user_id).await?;
+        if r.current_password.len() > 1024
+            || !self
+                .check_password(&r.current_password, Some(u.password_hash))
+                .await?
+        {
+            return Err(ApiError::forbidden("current_password is wrong").into());
+        }
+        let hash = password::hash(r.new_password, self.cfg.hash_cost).await?;
+        self.store.set_password_hash(c.user_id, &hash).await?;
+        let revoked = self
+            .store
+            .revoke_user_sessions(c.user_id, Some(c.session_id), time::now_ms())
+            .await?;
+        self.announce_revoked(c.user_id, &revoked).await;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_me(
+        &self,
+        req: Request<pb::DeleteMeRequest>,
+    ) -> Result<Response<pb::DeleteMeResponse>, Status> {
+        let c = self.caller(&req).await?;
+        let r = req.into_inner();
+        let u = self.live_user(c.user_id).await?;
+        if r.password.len() > 1024
+            || !self
+                .check_password(&r.password, Some(u.password_hash))
+                .await?
+        {
+            return Err(ApiError::forbidden("password is wrong").into());
+        }
+        let revoked = self.store.delete_user(c.user_id, time::now_ms()).await?;
+        self.announce_revoked(c.user_id, &revoked).await;
+        tracing::info!(user_id = %c.user_id, "user deleted");
+        Ok(Response::new(pb::DeleteMeResponse {}))
+    }
+
+    async fn get_user(
+        &self,
+        req: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::PublicUser>, Status> {
+        self.caller(&req).await?;
+        let id = UserId::parse(&req.get_ref().user_id)?;
+        let u = self
+            .store
+            .user_by_id(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user"))?
+            .user;
+        Ok(Response::new(pb::PublicUser {
+            id: u.id.to_string(),
+            username: u.username,
+            display_name: u.display_name,
+        }))
+    }
+
+    async fn get_public_keys(
+        &self,
+        _req: Request<pb::GetPublicKeysRequest>,
+    ) -> Result<Response<pb::GetPublicKeysResponse>, Status> {
+        Ok(Response::new(pb::GetPublicKeysResponse {
+            keys: vec![pb::PublicKey {
+                kid: self.public.kid.clone(),
+                alg: "EdDSA".into(),
+                x: self.public.x(),
+            }],
+        }))
+    }
+}

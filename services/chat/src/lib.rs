@@ -1,0 +1,246 @@
+//! The all-in-one server: auth, room and gateway in one process, on the
+//! embedded backends (SQLite under the data dir, the in-process bus and
+//! ephemeral store). The gateway reaches auth and room through the same
+//! gRPC clients as in the distributed mode, over an in-process channel; the
+//! same services are also served on `--grpc-addr` with reflection.
+
+pub mod config;
+
+use anyhow::Context;
+use chat_auth::{AuthConfig, AuthSvc, SigningKey};
+use chat_bus::Subjects;
+use chat_gateway::{Backends, Gateway, GatewayConfig, ReadyCheck};
+use chat_proto::v1::auth_service_server::AuthServiceServer;
+use chat_proto::v1::room_service_server::RoomServiceServer;
+use chat_room::{RoomConfig, RoomSvc};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Endpoint, Server};
+
+pub use config::Config;
+
+/// A built server: listeners bound, store migrated, services wired.
+pub struct App {
+    http: TcpListener,
+    grpc: TcpListener,
+    router: axum::Router,
+    grpc_router: tonic::service::Routes,
+    in_process: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>,
+    gateway: Gateway,
+    shutdown: CancellationToken,
+    drain: Duration,
+}
+
+impl App {
+    /// Binds, opens and migrates the store, loads or creates the signing key.
+    pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+        let store_url = cfg
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", cfg.data_dir.join("chat.db").display()));
+        let store = chat_store::connect(&store_url)
+            .await
+            .with_context(|| format!("cannot open the store at {store_url}"))?;
+        let bus = chat_bus::connect("memory").await?;
+        let ephemeral = chat_ephemeral::connect("memory").await?;
+        let subjects = Subjects::new(cfg.subject_prefix.clone());
+        let key_path = cfg
+            .jwt_key_file
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("keys").join("jwt-ed25519.pk8"));
+        let key = SigningKey::load_or_generate(&key_path)?;
+        // In one process the gateway's internal secret never leaves memory.
+        let internal_secret =
+            uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+
+        let auth = AuthSvc::new(
+            store.clone(),
+            ephemeral.clone(),
+            bus.clone(),
+            subjects.clone(),
+            &key,
+            AuthConfig {
+                access_ttl: Duration::from_secs(cfg.access_token_ttl_secs),
+                hash_cost: chat_auth::password::HashCost {
+                    memory_kib: cfg.argon2_memory_kib,
+                    iterations: cfg.argon2_iterations,
+                },
+                login_max_failures: cfg.login_max_failures,
+                login_window: Duration::from_secs(300),
+                internal_secret: Some(internal_secret.clone()),
+            },
+        );
+        let seeded = auth.seed_revocations().await?;
+        if seeded > 0 {
+            tracing::info!(sessions = seeded, "revocation list restored from the store");
+        }
+        let verifier = auth.verifier();
+        let room = RoomSvc::new(
+            store.clone(),
+            bus.clone(),
+            ephemeral.clone(),
+            subjects.clone(),
+            verifier.clone(),
+            RoomConfig {
+                send_limit: cfg.send_limit,
+                send_window: Duration::from_secs(cfg.send_window_secs),
+            },
+        );
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let grpc_router = tonic::service::Routes::new(AuthServiceServer::new(auth))
+            .add_service(RoomServiceServer::new(room))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        // The gateway's channel to auth and room: HTTP/2 over in-memory pipes.
+        let (pipe_tx, pipe_rx) = tokio::sync::mpsc::channel::<tokio::io::DuplexStream>(64);
+        let channel = Endpoint::from_static("http://in-process.invalid")
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let pipe_tx = pipe_tx.clone();
+                async move {
+                    let (client, server) = tokio::io::duplex(256 * 1024);
+                    pipe_tx
+                        .send(server)
+                        .await
+                        .map_err(|_| std::io::Error::other("in-process gRPC server is gone"))?;
+                    Ok::<_, std::io::Error>(TokioIo::new(client))
+                }
+            }));
+
+        let ready: Vec<ReadyCheck> = vec![
+            ("store", {
+                let s = store.clone();
+                Arc::new(move || {
+                    let s = s.clone();
+                    Box::pin(async move { s.ping().await.map_err(|e| e.to_string()) })
+                })
+            }),
+            ("bus", {
+                let b = bus.clone();
+                Arc::new(move || {
+                    let b = b.clone();
+                    Box::pin(async move { b.ping().await.map_err(|e| e.to_string()) })
+                })
+            }),
+            ("ephemeral", {
+                let e = ephemeral.clone();
+                Arc::new(move || {
+                    let e = e.clone();
+                    Box::pin(async move { e.ping().await.map_err(|e| e.to_string()) })
+                })
+            }),
+        ];
+        let gateway = Gateway::new(
+            Backends::new(channel.clone(), channel),
+            verifier,
+            ephemeral,
+            bus,
+            subjects,
+            GatewayConfig {
+                max_frame_bytes: cfg.max_frame_bytes,
+                max_body_bytes: cfg.max_frame_bytes,
+                outbound_queue: cfg.ws_queue,
+                internal_secret,
+                ws_frames_per_sec: cfg.ws_frames_per_sec,
+                ..GatewayConfig::default()
+            },
+            ready,
+            shutdown.clone(),
+        );
+        let router = gateway.router();
+
+        let http = TcpListener::bind(cfg.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.http_addr))?;
+        let grpc = TcpListener::bind(cfg.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.grpc_addr))?;
+        Ok(App {
+            http,
+            grpc,
+            router,
+            grpc_router,
+            in_process: pipe_rx,
+            gateway,
+            shutdown,
+            drain: Duration::from_secs(cfg.shutdown_timeout_secs),
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until the shutdown token is cancelled, then shuts down in
+    /// order: stop accepting, finish in-flight requests, close WebSockets
+    /// with 1012, and only then stop the gRPC services they depend on.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let grpc_stop = CancellationToken::new();
+        let tcp_grpc = {
+            let routes = self.grpc_router.clone();
+            let stop = grpc_stop.clone();
+            let incoming = TcpListenerStream::new(self.grpc);
+            tokio::spawn(async move {
+                Server::builder()
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+            })
+        };
+        let in_process = {
+            let routes = self.grpc_router;
+            let stop = grpc_stop.clone();
+            let incoming = ReceiverStream::new(self.in_process).map(Ok::<_, std::io::Error>);
+            tokio::spawn(async move {
+                Server::builder()
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+            })
+        };
+        let shutdown = self.shutdown.clone();
+        axum::serve(self.http, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("HTTP server failed")?;
+        tracing::info!(
+            connections = self.gateway.connections(),
+            "closing WebSockets"
+        );
+        self.gateway.drain(self.drain).await;
+        grpc_stop.cancel();
+        for (name, task) in [("grpc", tcp_grpc), ("in-process grpc", in_process)] {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, server = name, "gRPC server ended with an error")
+                }
+                Err(error) => tracing::warn!(%error, server = name, "gRPC server task failed"),
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

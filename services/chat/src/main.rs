@@ -1,0 +1,15 @@
+//! `chat`: the all-in-one server. Parses flags, starts, runs until SIGTERM
+//! or Ctrl-C.
+
+use chat::{App, Config};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = Config::parse();
+    chat_core::telemetry::init("info");
+    let shutdown = chat_core::shutdown::on_signal();
+    let app = App::build(cfg, shutdown).await?;
+    tracing::info!(http = %app.http_addr(), grpc = %app.grpc_addr(), "listening");
+    app.run().await
+}

@@ -1,0 +1,13 @@
+//! Shared pieces every chat crate stands on: typed ids, the one error type
+//! with its mapping to HTTP, gRPC and WebSocket close codes, input validation,
+//! timestamps, shutdown and telemetry.
+
+pub mod error;
+pub mod ids;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+pub mod validate;
+
+pub use error::{ApiError, ErrorCode};
+pub use ids::{MessageId, RoomId, Seq, SessionId, UserId};

@@ -1,0 +1,158 @@
+//! Every open connection on this gateway, so that a revoked session's
+//! sockets close with 4001, membership changes reach the user's sockets, and
+//! shutdown closes them all with 1012. Each connected user's bus subject is
+//! subscribed once per gateway (reference-counted, like room hubs).
+
+use super::{ConnShared, Outbound};
+use chat_bus::{Bus, Subjects};
+use chat_core::{SessionId, UserId};
+use chat_proto::v1 as pb;
+use futures_util::StreamExt;
+use prost::Message as _;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+pub struct Registry {
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+    users: Arc<Mutex<HashMap<UserId, UserEntry>>>,
+}
+
+struct UserEntry {
+    conns: HashMap<u64, Arc<ConnShared>>,
+    stop: CancellationToken,
+}
+
+/// Deregisters the connection when dropped.
+pub struct Registered {
+    users: Arc<Mutex<HashMap<UserId, UserEntry>>>,
+    user: UserId,
+    conn: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut users = match self.users.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(e) = users.get_mut(&self.user) {
+            e.conns.remove(&self.conn);
+            if e.conns.is_empty() {
+                e.stop.cancel();
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl Registry {
+    pub fn new(bus: Arc<dyn Bus>, subjects: Subjects) -> Self {
+        Self {
+            bus,
+            subjects,
+            users: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Registers a connection; the user's notices flow once this returns.
+    pub async fn register(&self, conn: Arc<ConnShared>) -> Registered {
+        let user = conn.caller.user_id;
+        let (start, stop) = {
+            let mut users = match self.users.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let mut start = false;
+            let e = users.entry(user).or_insert_with(|| {
+                start = true;
+                UserEntry {
+                    conns: HashMap::new(),
+                    stop: CancellationToken::new(),
+                }
+            });
+            e.conns.insert(conn.id, conn.clone());
+            (start, e.stop.clone())
+        };
+        if start {
+            match self.bus.subscribe(&self.subjects.user(user)).await {
+                Ok(mut sub) => {
+                    let users = self.users.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::select! {
+                                () = stop.cancelled() => break,
+                                next = sub.next() => match next {
+                                    Some(p) => notice(&users, user, &p),
+                                    None => break,
+                                },
+                            }
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, user_id = %user, "cannot subscribe to user notices");
+                }
+            }
+        }
+        Registered {
+            users: self.users.clone(),
+            user,
+            conn: conn.id,
+        }
+    }
+
+    pub fn close_all(&self, code: u16) {
+        let users = match self.users.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        for e in users.values() {
+            for c in e.conns.values() {
+                c.close(code);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.users
+            .lock()
+            .map(|u| u.values().map(|e| e.conns.len()).sum())
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn notice(users: &Mutex<HashMap<UserId, UserEntry>>, user: UserId, payload: &[u8]) {
+    let Ok(ev) = pb::BusEvent::decode(payload) else {
+        tracing::warn!(user_id = %user, "undecodable user notice");
+        return;
+    };
+    let users = match users.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let Some(e) = users.get(&user) else { return };
+    match ev.kind {
+        Some(pb::bus_event::Kind::SessionRevoked(r)) => {
+            let Ok(sid) = SessionId::parse(&r.session_id) else {
+                return;
+            };
+            for c in e.conns.values().filter(|c| c.caller.session_id == sid) {
+                c.close(4001);
+            }
+        }
+        Some(pb::bus_event::Kind::Member(m)) => {
+            for c in e.conns.values() {
+                if c.tx.try_send(Outbound::Membership(m.clone())).is_err() {
+                    c.close(4009);
+                }
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,8 @@
+//! The room service: rooms, memberships and roles, messages with a per-room
+//! sequence, history, read markers and DMs. Everything it commits it then
+//! publishes on the room's bus subject, for the gateways to fan out.
+
+pub mod convert;
+pub mod service;
+
+pub use service::{RoomConfig, RoomSvc};

@@ -1,0 +1,170 @@
+//! The Store seam: the source of truth for users, sessions, rooms,
+//! memberships and each room's event log.
+//!
+//! Services hold an `Arc<dyn Store>` and never know which backend runs;
+//! [`connect`] picks one from the URL scheme (`sqlite://…` now; Postgres is
+//! the distributed mode's). Every backend passes the same conformance suite
+//! (`tests/conformance.rs`).
+//!
+//! Times are milliseconds since the epoch; ids are UUIDs; a room's `seq`
+//! starts at 1 and grows by exactly one per durable event (message, edit,
+//! deletion).
+
+pub mod error;
+pub mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chat_core::{RoomId, Seq, SessionId, UserId};
+use std::sync::Arc;
+
+pub use error::StoreError;
+pub use model::*;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens the store named by `url` and applies its migrations.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::Config(format!(
+            "unsupported store URL {url:?} (expected sqlite://PATH)"
+        )))
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+
+    // ---- users ----
+
+    /// `AlreadyExists` when the username is taken (case-insensitively).
+    async fn create_user(&self, user: &NewUser) -> Result<User>;
+    /// Live (not deleted) user by username, case-insensitively.
+    async fn user_by_username(&self, username: &str) -> Result<Option<UserAuth>>;
+    /// Live user by id.
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserAuth>>;
+    /// `NotFound` when the user does not exist.
+    async fn update_display_name(&self, id: UserId, display_name: &str) -> Result<User>;
+    async fn set_password_hash(&self, id: UserId, hash: &str) -> Result<()>;
+    /// Marks the user deleted, frees the username and revokes every session;
+    /// returns the revoked session ids. Messages stay (their sender id too).
+    async fn delete_user(&self, id: UserId, now: i64) -> Result<Vec<SessionId>>;
+
+    // ---- sessions and refresh tokens ----
+
+    /// Creates a session whose first refresh token has hash `token_hash`.
+    async fn create_session(&self, session: &NewSession, token_hash: &[u8]) -> Result<()>;
+    /// Spends the refresh token with hash `old_hash` and issues `new_hash` in
+    /// the same session, atomically. A token spent before revokes the whole
+    /// session (`Reused`).
+    async fn rotate_refresh_token(
+        &self,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        now: i64,
+    ) -> Result<RotateOutcome>;
+    async fn session(&self, id: SessionId) -> Result<Option<Session>>;
+    /// The user's live sessions, newest first.
+    async fn list_sessions(&self, user_id: UserId) -> Result<Vec<Session>>;
+    /// Revokes one session of `user_id`; false when there was no such live one.
+    async fn revoke_session(&self, user_id: UserId, id: SessionId, now: i64) -> Result<bool>;
+    /// Revokes every live session of the user except `keep`; returns their ids.
+    async fn revoke_user_sessions(
+        &self,
+        user_id: UserId,
+        keep: Option<SessionId>,
+        now: i64,
+    ) -> Result<Vec<SessionId>>;
+    /// Sessions revoked at or after `since` (to seed the revocation list at
+    /// start-up, so a restart does not revive a logged-out access token).
+    async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<SessionId>>;
+
+    // ---- rooms and memberships ----
+
+    /// Creates the room with `owner` as its first member (role owner).
+    async fn create_room(&self, room: &NewRoom, owner: UserId) -> Result<Room>;
+    /// The DM room between two users, created on first call; the same room
+    /// every time, whatever the argument order. Both are members.
+    async fn open_dm(&self, room: &NewRoom, a: UserId, b: UserId) -> Result<Room>;
+    /// Live (not deleted) room.
+    async fn room(&self, id: RoomId) -> Result<Option<Room>>;
+    /// `NotFound` when the room does not exist.
+    async fn update_room(&self, id: RoomId, patch: &RoomPatch) -> Result<Room>;
+    async fn delete_room(&self, id: RoomId, now: i64) -> Result<()>;
+    /// Public group rooms whose name contains `q` (case-insensitive), by id,
+    /// starting after `after` (the cursor).
+    async fn list_public_rooms(
+        &self,
+        q: &str,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> Result<Vec<Room>>;
+    /// Rooms the user belongs to, by room id after `after`, with unread counts.
+    async fn list_user_rooms(
+        &self,
+        user_id: UserId,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> Result<Vec<UserRoom>>;
+    /// Every room id the user belongs to.
+    async fn user_room_ids(&self, user_id: UserId) -> Result<Vec<RoomId>>;
+    async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>>;
+    /// Adds a member; returns it and whether it is new (joining twice is fine).
+    async fn add_member(
+        &self,
+        room: RoomId,
+        user: UserId,
+        role: Role,
+        now: i64,
+    ) -> Result<(Membership, bool)>;
+    /// False when the user was not a member.
+    async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool>;
+    /// Members with their profile, by user id after `after`.
+    async fn list_members(
+        &self,
+        room: RoomId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<MemberProfile>>;
+    /// Moves the read marker forward only (never past the room's last seq).
+    async fn mark_read(&self, room: RoomId, user: UserId, seq: Seq) -> Result<()>;
+
+    // ---- the event log ----
+
+    /// The hot path, in one transaction: the sender must be a member
+    /// (`NotMember`), a repeated `(room, sender, client_msg_id)` returns the
+    /// original message with `false`, otherwise the room's next seq is
+    /// assigned and the message committed (`true`).
+    async fn append_message(&self, msg: &NewMessage) -> Result<(Message, bool)>;
+    /// Appends a `message_edited` event and updates the message's body.
+    /// `NotFound` for no such (live) message, `Forbidden` unless `editor` wrote it.
+    async fn edit_message(&self, edit: &EditMessage) -> Result<(Event, Message)>;
+    /// Appends a `message_deleted` event and tombstones the message. The
+    /// caller has checked that `by` may delete it.
+    async fn delete_message(
+        &self,
+        room: RoomId,
+        target: Seq,
+        by: UserId,
+        now: i64,
+    ) -> Result<Event>;
+    /// One message by seq (in its current state).
+    async fn message(&self, room: RoomId, seq: Seq) -> Result<Option<Message>>;
+    /// Messages (not edit/delete events) in their current state, ascending
+    /// seq, within the bounds; `has_more` tells whether the page was cut.
+    /// With only `before`, the page is the newest `limit` before it.
+    async fn list_messages(
+        &self,
+        room: RoomId,
+        before: Option<Seq>,
+        after: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool)>;
+    /// Every event with `seq > after`, ascending, at most `limit`.
+    async fn list_events(&self, room: RoomId, after: Seq, limit: u32)
+        -> Result<(Vec<Event>, bool)>;
+}

@@ -1,0 +1,1187 @@
+//! The SQLite backend of [`Store`]: the embedded mode's source of truth.
+//!
+//! Two pools share one database file in WAL mode. Every write goes through
+//! the writer pool, which holds a single connection: writes are serialized
+//! in-process, so our own writers never meet `SQLITE_BUSY`, and each write
+//! transaction starts with `BEGIN IMMEDIATE` so that another process on the
+//! same file waits (busy timeout) instead of failing mid-transaction. Reads
+//! go through the reader pool and run beside the writer, as WAL allows.
+//! `synchronous = FULL` makes a committed (acknowledged) message survive a
+//! crash or power loss.
+//!
+//! Only runtime-checked queries with bound parameters; rows are decoded in
+//! [`rows`], where a corrupt row becomes a `Backend` error.
+
+mod rows;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_core::{RoomId, Seq, SessionId, UserId};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use self::rows::{db_err, event_cols, membership_cols, room_cols, session_cols, user_cols};
+use crate::{
+    EditMessage, Event, EventKind, MemberProfile, Membership, Message, NewMessage, NewRoom,
+    NewSession, NewUser, Result, Role, Room, RoomKind, RoomPatch, RotateOutcome, Session, Store,
+    StoreError, User, UserAuth, UserRoom, Visibility,
+};
+
+/// Connections in the reader pool.
+const READERS: u32 = 4;
+/// How long a connection waits for a lock held by another process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The Store on one SQLite file (see the module docs for the pool design).
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    /// One connection: every write, in order.
+    writer: SqlitePool,
+    /// Several connections: reads only.
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its directory if missing) the database
+    /// at `url` — `sqlite:///abs/path.db` or `sqlite://relative/path.db` —
+    /// and applies the migrations. `sqlite::memory:` gives a private
+    /// in-memory store on a single connection, for tests and demos.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("bad SQLite URL {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            // An in-memory database lives as long as its connection: keep
+            // exactly one, forever, for reads and writes alike.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await
+                .map_err(StoreError::backend)?;
+            MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
+            return Ok(Self {
+                writer: pool.clone(),
+                reader: pool,
+            });
+        }
+
+        create_parent_dir(options.get_filename()).await?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(StoreError::backend)?;
+        MIGRATOR.run(&writer).await.map_err(StoreError::backend)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(Self { writer, reader })
+    }
+
+    /// A write transaction on the writer connection. `IMMEDIATE` takes the
+    /// write lock up front, so a transaction that reads before it writes
+    /// cannot be refused the upgrade by another process.
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)
+    }
+}
+
+async fn create_parent_dir(file: &Path) -> Result<()> {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                StoreError::Config(format!("cannot create directory {}: {e}", dir.display()))
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The case-insensitive uniqueness key of a username.
+fn username_key(username: &str) -> String {
+    username.to_lowercase()
+}
+
+/// `q` as a `LIKE … ESCAPE '\'` pattern matching names that contain it
+/// literally (`%` and `_` in `q` are not wildcards).
+fn contains_pattern(q: &str) -> String {
+    let mut pattern = String::with_capacity(q.len() + 2);
+    pattern.push('%');
+    for c in q.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The one key of the DM between two users, whatever the order.
+fn dm_key(a: UserId, b: UserId) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo}:{hi}")
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn decode_all<T>(rows: &[SqliteRow], f: fn(&SqliteRow) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(f).collect()
+}
+
+fn decode_opt<T>(row: Option<SqliteRow>, f: fn(&SqliteRow) -> Result<T>) -> Result<Option<T>> {
+    row.as_ref().map(f).transpose()
+}
+
+/// Cuts a page fetched with `limit + 1` rows to `limit`; true if it was cut.
+fn cut<T>(items: &mut Vec<T>, limit: u32) -> bool {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = items.len() > limit;
+    items.truncate(limit);
+    more
+}
+
+async fn user_is_live(conn: &mut SqliteConnection, id: UserId) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM users WHERE id = ?1 AND deleted_at IS NULL")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(row.is_some())
+}
+
+async fn room_is_live(conn: &mut SqliteConnection, id: RoomId) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM rooms WHERE id = ?1 AND deleted_at IS NULL")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(row.is_some())
+}
+
+/// Takes the room's next seq. Called inside the write transaction that
+/// inserts the event, so seqs are gapless: a rollback gives it back.
+async fn next_seq(conn: &mut SqliteConnection, room: RoomId) -> Result<Seq> {
+    let row =
+        sqlx::query("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq")
+            .bind(room.to_string())
+            .fetch_optional(conn)
+            .await
+            .map_err(db_err)?
+            .ok_or(StoreError::NotFound)?;
+    sqlx::Row::try_get(&row, "last_seq").map_err(StoreError::backend)
+}
+
+async fn find_message(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    seq: Seq,
+) -> Result<Option<Message>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        event_cols!(),
+        " FROM events WHERE room_id = ?1 AND seq = ?2 AND kind = 'message'"
+    ))
+    .bind(room.to_string())
+    .bind(seq)
+    .fetch_optional(conn)
+    .await
+    .map_err(db_err)?;
+    decode_opt(row, rows::message)
+}
+
+async fn find_membership(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    user: UserId,
+) -> Result<Option<Membership>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        membership_cols!(),
+        " FROM memberships WHERE room_id = ?1 AND user_id = ?2"
+    ))
+    .bind(room.to_string())
+    .bind(user.to_string())
+    .fetch_optional(conn)
+    .await
+    .map_err(db_err)?;
+    decode_opt(row, rows::membership)
+}
+
+async fn insert_membership(
+    conn: &mut SqliteConnection,
+    room: RoomId,
+    user: UserId,
+    role: Role,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO memberships (room_id, user_id, role, joined_at, last_read_seq) \
+         VALUES (?1, ?2, ?3, ?4, 0) ON CONFLICT (room_id, user_id) DO NOTHING",
+    )
+    .bind(room.to_string())
+    .bind(user.to_string())
+    .bind(role.as_str())
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(db_err)?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn insert_room(
+    conn: &mut SqliteConnection,
+    room: &NewRoom,
+    dm_key: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rooms (id, name, topic, visibility, kind, created_at, last_seq, dm_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+    )
+    .bind(room.id.to_string())
+    .bind(&room.name)
+    .bind(&room.topic)
+    .bind(room.visibility.as_str())
+    .bind(room.kind.as_str())
+    .bind(room.created_at)
+    .bind(dm_key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn new_room(room: &NewRoom) -> Room {
+    Room {
+        id: room.id,
+        name: room.name.clone(),
+        topic: room.topic.clone(),
+        visibility: room.visibility,
+        kind: room.kind,
+        created_at: room.created_at,
+        last_seq: 0,
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    // ---- users ----
+
+    async fn create_user(&self, user: &NewUser) -> Result<User> {
+        sqlx::query(
+            "INSERT INTO users (id, username, username_key, display_name, password_hash, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(user.id.to_string())
+        .bind(&user.username)
+        .bind(username_key(&user.username))
+        .bind(&user.display_name)
+        .bind(&user.password_hash)
+        .bind(user.created_at)
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        Ok(User {
+            id: user.id,
+            username: user.username.clone(),
+            display_name: user.display_name.clone(),
+            created_at: user.created_at,
+        })
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<UserAuth>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE username_key = ?1 AND deleted_at IS NULL"
+        ))
+        .bind(username_key(username))
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::user_auth)
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserAuth>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE id = ?1 AND deleted_at IS NULL"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::user_auth)
+    }
+
+    async fn update_display_name(&self, id: UserId, display_name: &str) -> Result<User> {
+        let row = sqlx::query(concat!(
+            "UPDATE users SET display_name = ?1 WHERE id = ?2 AND deleted_at IS NULL RETURNING ",
+            user_cols!()
+        ))
+        .bind(display_name)
+        .bind(id.to_string())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::user)?.ok_or(StoreError::NotFound)
+    }
+
+    async fn set_password_hash(&self, id: UserId, hash: &str) -> Result<()> {
+        let done =
+            sqlx::query("UPDATE users SET password_hash = ?1 WHERE id = ?2 AND deleted_at IS NULL")
+                .bind(hash)
+                .bind(id.to_string())
+                .execute(&self.writer)
+                .await
+                .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
+    async fn delete_user(&self, id: UserId, now: i64) -> Result<Vec<SessionId>> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE users SET deleted_at = ?1, username_key = NULL \
+             WHERE id = ?2 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let revoked = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?1 \
+             WHERE user_id = ?2 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let revoked = revoked
+            .iter()
+            .map(|row| rows::session_id(row, "id"))
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(revoked)
+    }
+
+    // ---- sessions and refresh tokens ----
+
+    async fn create_session(&self, session: &NewSession, token_hash: &[u8]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        if !user_is_live(&mut tx, session.user_id).await? {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, user_agent, created_at, last_used_at) \
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+        )
+        .bind(session.id.to_string())
+        .bind(session.user_id.to_string())
+        .bind(&session.user_agent)
+        .bind(session.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(token_hash)
+        .bind(session.id.to_string())
+        .bind(session.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn rotate_refresh_token(
+        &self,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(
+            "SELECT t.session_id, t.spent_at, s.revoked_at, u.deleted_at \
+             FROM refresh_tokens t \
+             JOIN sessions s ON s.id = t.session_id \
+             JOIN users u ON u.id = s.user_id \
+             WHERE t.token_hash = ?1",
+        )
+        .bind(old_hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(RotateOutcome::Unknown);
+        };
+        let session_id = rows::session_id(&row, "session_id")?;
+        let get = |col: &str| -> Result<Option<i64>> {
+            sqlx::Row::try_get(&row, col).map_err(StoreError::backend)
+        };
+        let (spent_at, revoked_at, user_deleted_at) =
+            (get("spent_at")?, get("revoked_at")?, get("deleted_at")?);
+
+        if revoked_at.is_some() || user_deleted_at.is_some() {
+            return Ok(RotateOutcome::Revoked);
+        }
+        if spent_at.is_some() {
+            // A spent token came back: someone holds a copy. End the session
+            // for both holders.
+            sqlx::query("UPDATE sessions SET revoked_at = ?1 WHERE id = ?2")
+                .bind(now)
+                .bind(session_id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
+            return Ok(RotateOutcome::Reused(session_id));
+        }
+
+        sqlx::query("UPDATE refresh_tokens SET spent_at = ?1 WHERE token_hash = ?2")
+            .bind(now)
+            .bind(old_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(new_hash)
+        .bind(session_id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let row = sqlx::query(concat!(
+            "UPDATE sessions SET last_used_at = ?1 WHERE id = ?2 RETURNING ",
+            session_cols!()
+        ))
+        .bind(now)
+        .bind(session_id.to_string())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let session = rows::session(&row)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(RotateOutcome::Rotated(session))
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<Session>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM sessions WHERE id = ?1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::session)
+    }
+
+    async fn list_sessions(&self, user_id: UserId) -> Result<Vec<Session>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL \
+             ORDER BY created_at DESC, id DESC"
+        ))
+        .bind(user_id.to_string())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        decode_all(&rows, rows::session)
+    }
+
+    async fn revoke_session(&self, user_id: UserId, id: SessionId, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?1 \
+             WHERE id = ?2 AND user_id = ?3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .bind(user_id.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user_id: UserId,
+        keep: Option<SessionId>,
+        now: i64,
+    ) -> Result<Vec<SessionId>> {
+        let rows = sqlx::query(
+            "UPDATE sessions SET revoked_at = ?1 \
+             WHERE user_id = ?2 AND revoked_at IS NULL AND (?3 IS NULL OR id <> ?3) \
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(user_id.to_string())
+        .bind(keep.map(|k| k.to_string()))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(|row| rows::session_id(row, "id")).collect()
+    }
+
+    async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<SessionId>> {
+        let rows =
+            sqlx::query("SELECT id FROM sessions WHERE revoked_at >= ?1 ORDER BY revoked_at, id")
+                .bind(since)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db_err)?;
+        rows.iter().map(|row| rows::session_id(row, "id")).collect()
+    }
+
+    // ---- rooms and memberships ----
+
+    async fn create_room(&self, room: &NewRoom, owner: UserId) -> Result<Room> {
+        let mut tx = self.write_tx().await?;
+        if !user_is_live(&mut tx, owner).await? {
+            return Err(StoreError::NotFound);
+        }
+        insert_room(&mut tx, room, None).await.map_err(db_err)?;
+        insert_membership(&mut tx, room.id, owner, Role::Owner, room.created_at).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(new_room(room))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room.id))]
+    async fn open_dm(&self, room: &NewRoom, a: UserId, b: UserId) -> Result<Room> {
+        let key = dm_key(a, b);
+        // A DM is private and two-person whatever the caller filled in.
+        let room = NewRoom {
+            kind: RoomKind::Dm,
+            visibility: Visibility::Private,
+            ..room.clone()
+        };
+        let mut lost_race = false;
+        loop {
+            let mut tx = self.write_tx().await?;
+            for user in [a, b] {
+                if !user_is_live(&mut tx, user).await? {
+                    return Err(StoreError::NotFound);
+                }
+            }
+            let existing = sqlx::query(concat!(
+                "SELECT ",
+                room_cols!(),
+                " FROM rooms WHERE dm_key = ?1 AND deleted_at IS NULL"
+            ))
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if let Some(row) = existing {
+                let existing = rows::room(&row)?;
+                // Both are members of their DM, even after one of them left.
+                for user in [a, b] {
+                    insert_membership(&mut tx, existing.id, user, Role::Member, room.created_at)
+                        .await?;
+                }
+                tx.commit().await.map_err(db_err)?;
+                return Ok(existing);
+            }
+            match insert_room(&mut tx, &room, Some(&key)).await {
+                Ok(()) => {}
+                // Another process created this DM between our read and our
+                // insert: read it on the next turn.
+                Err(e) if is_unique_violation(&e) && !lost_race => {
+                    lost_race = true;
+                    continue;
+                }
+                Err(e) => return Err(db_err(e)),
+            }
+            for user in [a, b] {
+                insert_membership(&mut tx, room.id, user, Role::Member, room.created_at).await?;
+            }
+            tx.commit().await.map_err(db_err)?;
+            return Ok(new_room(&room));
+        }
+    }
+
+    async fn room(&self, id: RoomId) -> Result<Option<Room>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            " FROM rooms WHERE id = ?1 AND deleted_at IS NULL"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::room)
+    }
+
+    async fn update_room(&self, id: RoomId, patch: &RoomPatch) -> Result<Room> {
+        let row = sqlx::query(concat!(
+            "UPDATE rooms SET name = COALESCE(?1, name), topic = COALESCE(?2, topic), \
+             visibility = COALESCE(?3, visibility) \
+             WHERE id = ?4 AND deleted_at IS NULL RETURNING ",
+            room_cols!()
+        ))
+        .bind(patch.name.as_deref())
+        .bind(patch.topic.as_deref())
+        .bind(patch.visibility.map(Visibility::as_str))
+        .bind(id.to_string())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::room)?.ok_or(StoreError::NotFound)
+    }
+
+    async fn delete_room(&self, id: RoomId, now: i64) -> Result<()> {
+        // Freeing dm_key lets the two users open a fresh DM later.
+        let done = sqlx::query(
+            "UPDATE rooms SET deleted_at = ?1, dm_key = NULL WHERE id = ?2 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_public_rooms(
+        &self,
+        q: &str,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> Result<Vec<Room>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            " FROM rooms \
+             WHERE visibility = 'public' AND kind = 'group' AND deleted_at IS NULL \
+             AND name LIKE ?1 ESCAPE '\\' AND (?2 IS NULL OR id > ?2) \
+             ORDER BY id LIMIT ?3"
+        ))
+        .bind(contains_pattern(q))
+        .bind(after.map(|a| a.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        decode_all(&rows, rows::room)
+    }
+
+    async fn list_user_rooms(
+        &self,
+        user_id: UserId,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> Result<Vec<UserRoom>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            ", ",
+            membership_cols!(),
+            ", (SELECT COUNT(*) FROM events e \
+                WHERE e.room_id = m.room_id AND e.seq > m.last_read_seq \
+                AND e.kind = 'message' AND e.deleted = 0 AND e.sender_id <> m.user_id) AS unread \
+             FROM memberships m JOIN rooms r ON r.id = m.room_id \
+             WHERE m.user_id = ?1 AND r.deleted_at IS NULL AND (?2 IS NULL OR m.room_id > ?2) \
+             ORDER BY m.room_id LIMIT ?3"
+        ))
+        .bind(user_id.to_string())
+        .bind(after.map(|a| a.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(UserRoom {
+                    room: rows::room(row)?,
+                    membership: rows::membership(row)?,
+                    unread: sqlx::Row::try_get(row, "unread").map_err(StoreError::backend)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn user_room_ids(&self, user_id: UserId) -> Result<Vec<RoomId>> {
+        let rows = sqlx::query(
+            "SELECT m.room_id FROM memberships m JOIN rooms r ON r.id = m.room_id \
+             WHERE m.user_id = ?1 AND r.deleted_at IS NULL ORDER BY m.room_id",
+        )
+        .bind(user_id.to_string())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| rows::room_id(row, "room_id"))
+            .collect()
+    }
+
+    async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            membership_cols!(),
+            " FROM memberships m JOIN rooms r ON r.id = m.room_id \
+             WHERE m.room_id = ?1 AND m.user_id = ?2 AND r.deleted_at IS NULL"
+        ))
+        .bind(room.to_string())
+        .bind(user.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::membership)
+    }
+
+    async fn add_member(
+        &self,
+        room: RoomId,
+        user: UserId,
+        role: Role,
+        now: i64,
+    ) -> Result<(Membership, bool)> {
+        let mut tx = self.write_tx().await?;
+        if !room_is_live(&mut tx, room).await? || !user_is_live(&mut tx, user).await? {
+            return Err(StoreError::NotFound);
+        }
+        let added = insert_membership(&mut tx, room, user, role, now).await?;
+        let membership = find_membership(&mut tx, room, user)
+            .await?
+            .ok_or_else(|| rows::corrupt("membership vanished after insert"))?;
+        tx.commit().await.map_err(db_err)?;
+        Ok((membership, added))
+    }
+
+    async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM memberships WHERE room_id = ?1 AND user_id = ?2")
+            .bind(room.to_string())
+            .bind(user.to_string())
+            .execute(&self.writer)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_members(
+        &self,
+        room: RoomId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<MemberProfile>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            membership_cols!(),
+            ", u.username, u.display_name \
+             FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.room_id = ?1 AND u.deleted_at IS NULL AND (?2 IS NULL OR m.user_id > ?2) \
+             ORDER BY m.user_id LIMIT ?3"
+        ))
+        .bind(room.to_string())
+        .bind(after.map(|a| a.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(MemberProfile {
+                    membership: rows::membership(row)?,
+                    username: sqlx::Row::try_get(row, "username").map_err(StoreError::backend)?,
+                    display_name: sqlx::Row::try_get(row, "display_name")
+                        .map_err(StoreError::backend)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_read(&self, room: RoomId, user: UserId, seq: Seq) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE memberships SET last_read_seq = MAX(last_read_seq, \
+               MIN(?1, COALESCE((SELECT last_seq FROM rooms WHERE id = ?2), 0))) \
+             WHERE room_id = ?2 AND user_id = ?3",
+        )
+        .bind(seq)
+        .bind(room.to_string())
+        .bind(user.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotMember);
+        }
+        Ok(())
+    }
+
+    // ---- the event log ----
+
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(room_id = %msg.room_id, client_msg_id = %msg.client_msg_id)
+    )]
+    async fn append_message(&self, msg: &NewMessage) -> Result<(Message, bool)> {
+        let mut tx = self.write_tx().await?;
+        if !room_is_live(&mut tx, msg.room_id).await? {
+            return Err(StoreError::NotFound);
+        }
+        if find_membership(&mut tx, msg.room_id, msg.sender_id)
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::NotMember);
+        }
+        let original = sqlx::query(concat!(
+            "SELECT ",
+            event_cols!(),
+            " FROM events \
+             WHERE room_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3 AND kind = 'message'"
+        ))
+        .bind(msg.room_id.to_string())
+        .bind(msg.sender_id.to_string())
+        .bind(&msg.client_msg_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(original) = decode_opt(original, rows::message)? {
+            return Ok((original, false));
+        }
+
+        let seq = next_seq(&mut tx, msg.room_id).await?;
+        sqlx::query(
+            "INSERT INTO events \
+             (room_id, seq, kind, message_id, sender_id, body, client_msg_id, created_at, deleted) \
+             VALUES (?1, ?2, 'message', ?3, ?4, ?5, ?6, ?7, 0)",
+        )
+        .bind(msg.room_id.to_string())
+        .bind(seq)
+        .bind(msg.id.to_string())
+        .bind(msg.sender_id.to_string())
+        .bind(&msg.body)
+        .bind(&msg.client_msg_id)
+        .bind(msg.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        tracing::debug!(seq, "message appended");
+        Ok((
+            Message {
+                room_id: msg.room_id,
+                seq,
+                id: msg.id,
+                sender_id: msg.sender_id,
+                body: msg.body.clone(),
+                client_msg_id: msg.client_msg_id.clone(),
+                created_at: msg.created_at,
+                edited_at: None,
+                deleted: false,
+            },
+            true,
+        ))
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(room_id = %edit.room_id, target_seq = edit.target)
+    )]
+    async fn edit_message(&self, edit: &EditMessage) -> Result<(Event, Message)> {
+        let mut tx = self.write_tx().await?;
+        if !room_is_live(&mut tx, edit.room_id).await? {
+            return Err(StoreError::NotFound);
+        }
+        let mut message = match find_message(&mut tx, edit.room_id, edit.target).await? {
+            Some(m) if !m.deleted => m,
+            _ => return Err(StoreError::NotFound),
+        };
+        if message.sender_id != edit.editor {
+            return Err(StoreError::Forbidden);
+        }
+        sqlx::query("UPDATE events SET body = ?1, edited_at = ?2 WHERE room_id = ?3 AND seq = ?4")
+            .bind(&edit.body)
+            .bind(edit.now)
+            .bind(edit.room_id.to_string())
+            .bind(edit.target)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let seq = next_seq(&mut tx, edit.room_id).await?;
+        sqlx::query(
+            "INSERT INTO events \
+             (room_id, seq, kind, message_id, sender_id, body, created_at, edited_at, deleted, target_seq) \
+             VALUES (?1, ?2, 'message_edited', ?3, ?4, ?5, ?6, ?6, 0, ?7)",
+        )
+        .bind(edit.room_id.to_string())
+        .bind(seq)
+        .bind(message.id.to_string())
+        .bind(edit.editor.to_string())
+        .bind(&edit.body)
+        .bind(edit.now)
+        .bind(edit.target)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+
+        message.body.clone_from(&edit.body);
+        message.edited_at = Some(edit.now);
+        let event = Event {
+            room_id: edit.room_id,
+            seq,
+            kind: EventKind::Edited {
+                target_seq: edit.target,
+                body: edit.body.clone(),
+                sender_id: edit.editor,
+                edited_at: edit.now,
+            },
+        };
+        Ok((event, message))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room, target_seq = target))]
+    async fn delete_message(
+        &self,
+        room: RoomId,
+        target: Seq,
+        by: UserId,
+        now: i64,
+    ) -> Result<Event> {
+        let mut tx = self.write_tx().await?;
+        if !room_is_live(&mut tx, room).await? {
+            return Err(StoreError::NotFound);
+        }
+        let message = match find_message(&mut tx, room, target).await? {
+            Some(m) if !m.deleted => m,
+            _ => return Err(StoreError::NotFound),
+        };
+        sqlx::query("UPDATE events SET deleted = 1, body = '' WHERE room_id = ?1 AND seq = ?2")
+            .bind(room.to_string())
+            .bind(target)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        // The bodies its edits set go too: a tombstone keeps no text.
+        sqlx::query(
+            "UPDATE events SET body = '' \
+             WHERE room_id = ?1 AND target_seq = ?2 AND kind = 'message_edited'",
+        )
+        .bind(room.to_string())
+        .bind(target)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let seq = next_seq(&mut tx, room).await?;
+        sqlx::query(
+            "INSERT INTO events \
+             (room_id, seq, kind, message_id, sender_id, body, created_at, deleted, target_seq) \
+             VALUES (?1, ?2, 'message_deleted', ?3, ?4, '', ?5, 0, ?6)",
+        )
+        .bind(room.to_string())
+        .bind(seq)
+        .bind(message.id.to_string())
+        .bind(by.to_string())
+        .bind(now)
+        .bind(target)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Event {
+            room_id: room,
+            seq,
+            kind: EventKind::Deleted {
+                target_seq: target,
+                deleted_by: by,
+                at: now,
+            },
+        })
+    }
+
+    async fn message(&self, room: RoomId, seq: Seq) -> Result<Option<Message>> {
+        let mut conn = self.reader.acquire().await.map_err(db_err)?;
+        find_message(&mut conn, room, seq).await
+    }
+
+    async fn list_messages(
+        &self,
+        room: RoomId,
+        before: Option<Seq>,
+        after: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool)> {
+        let fetch = i64::from(limit) + 1;
+        if let Some(after) = after {
+            // Forward from `after`, oldest first.
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                event_cols!(),
+                " FROM events \
+                 WHERE room_id = ?1 AND kind = 'message' AND seq > ?2 \
+                 AND (?3 IS NULL OR seq < ?3) \
+                 ORDER BY seq ASC LIMIT ?4"
+            ))
+            .bind(room.to_string())
+            .bind(after)
+            .bind(before)
+            .bind(fetch)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_err)?;
+            let mut messages = decode_all(&rows, rows::message)?;
+            let more = cut(&mut messages, limit);
+            Ok((messages, more))
+        } else {
+            // Backward from `before` (or the end): the newest page, then
+            // turned to ascending order.
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                event_cols!(),
+                " FROM events \
+                 WHERE room_id = ?1 AND kind = 'message' AND (?2 IS NULL OR seq < ?2) \
+                 ORDER BY seq DESC LIMIT ?3"
+            ))
+            .bind(room.to_string())
+            .bind(before)
+            .bind(fetch)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_err)?;
+            let mut messages = decode_all(&rows, rows::message)?;
+            let more = cut(&mut messages, limit);
+            messages.reverse();
+            Ok((messages, more))
+        }
+    }
+
+    async fn list_events(
+        &self,
+        room: RoomId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<(Vec<Event>, bool)> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            event_cols!(),
+            " FROM events WHERE room_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
+        ))
+        .bind(room.to_string())
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let mut events = decode_all(&rows, rows::event)?;
+        let more = cut(&mut events, limit);
+        Ok((events, more))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_pattern_escapes_wildcards_and_the_escape_char() {
+        assert_eq!(contains_pattern("50%"), "%50\\%%");
+        assert_eq!(contains_pattern("a_b"), "%a\\_b%");
+        assert_eq!(contains_pattern("c:\\x"), "%c:\\\\x%");
+        assert_eq!(contains_pattern(""), "%%");
+    }
+
+    #[tokio::test]
+    async fn both_pools_are_durable_wal_with_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("a/b/chat.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        for pool in [&store.writer, &store.reader] {
+            let pragma = |name: &'static str| async move {
+                let row = sqlx::query(name).fetch_one(pool).await.unwrap();
+                sqlx::Row::get::<i64, _>(&row, 0)
+            };
+            let row = sqlx::query("PRAGMA journal_mode")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(sqlx::Row::get::<String, _>(&row, 0), "wal");
+            // 2 = FULL: a commit is fsynced before it returns.
+            assert_eq!(pragma("PRAGMA synchronous").await, 2);
+            assert_eq!(pragma("PRAGMA foreign_keys").await, 1);
+            assert_eq!(pragma("PRAGMA busy_timeout").await, 5000);
+        }
+        assert_eq!(store.writer.options().get_max_connections(), 1);
+        assert!(store.reader.options().get_max_connections() > 1);
+    }
+
+    #[test]
+    fn absolute_and_relative_urls_name_the_expected_file() {
+        let file = |url: &str| {
+            SqliteConnectOptions::from_str(url)
+                .unwrap()
+                .get_filename()
+                .to_path_buf()
+        };
+        assert_eq!(
+            file("sqlite:///abs/dir/chat.db"),
+            Path::new("/abs/dir/chat.db")
+        );
+        assert_eq!(
+            file("sqlite://rel/dir/chat.db"),
+            Path::new("rel/dir/chat.db")
+        );
+    }
+
+    #[test]
+    fn dm_key_ignores_argument_order() {
+        let (a, b) = (UserId::new(), UserId::new());
+        assert_eq!(dm_key(a, b), dm_key(b, a));
+        assert_ne!(dm_key(a, b), dm_key(a, a));
+    }
+}
