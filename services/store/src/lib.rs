@@ -114,6 +114,8 @@ pub trait Store: Send + Sync + 'static {
     async fn user_room_ids(&self, user_id: UserId) -> Result<Vec<RoomId>>;
     async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>>;
     /// Adds a member; returns it and whether it is new (joining twice is fine).
+    /// A new member's read marker starts at the room's last seq: history
+    /// from before they joined does not count as unread.
     async fn add_member(
         &self,
         room: RoomId,

@@ -10,7 +10,7 @@
 //! crash or power loss.
 //!
 //! Only runtime-checked queries with bound parameters; rows are decoded in
-//! [`rows`], where a corrupt row becomes a `Backend` error.
+//! `rows`, where a corrupt row becomes a `Backend` error.
 
 mod rows;
 
@@ -240,7 +240,8 @@ async fn insert_membership(
 ) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO memberships (room_id, user_id, role, joined_at, last_read_seq) \
-         VALUES (?1, ?2, ?3, ?4, 0) ON CONFLICT (room_id, user_id) DO NOTHING",
+         VALUES (?1, ?2, ?3, ?4, COALESCE((SELECT last_seq FROM rooms WHERE id = ?1), 0)) \
+         ON CONFLICT (room_id, user_id) DO NOTHING",
     )
     .bind(room.to_string())
     .bind(user.to_string())

@@ -295,7 +295,7 @@ impl Conn {
                 biased;
                 () = kill.cancelled() => return None,
                 item = rx.recv() => {
-                    let Some(item) = item else { return None };
+                    let item = item?;
                     if let Err(code) = self.outbound(item).await { return code; }
                     for _ in 1..BATCH {
                         match rx.try_recv() {
