@@ -3,11 +3,12 @@
 //! short-lived EdDSA access tokens that every other service verifies locally
 //! with the public key ([`Verifier`]), so the hot path never calls auth.
 
+pub mod app;
 pub mod keys;
 pub mod password;
 pub mod service;
 pub mod token;
 
 pub use keys::SigningKey;
-pub use service::{AuthConfig, AuthSvc};
+pub use service::{AuthArgs, AuthConfig, AuthSvc};
 pub use token::{Caller, Claims, Verifier};

@@ -509,3 +509,43 @@ impl AuthService for AuthSvc {
         }))
     }
 }
+
+/// The auth service's tunables as flags (shared by `auth` and `chat`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct AuthArgs {
+    /// Access token lifetime in seconds.
+    #[arg(
+        long = "access-token-ttl",
+        env = "CHAT_ACCESS_TOKEN_TTL",
+        default_value_t = 900
+    )]
+    pub access_token_ttl_secs: u64,
+
+    /// argon2id memory cost in KiB.
+    #[arg(long, env = "CHAT_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations.
+    #[arg(long, env = "CHAT_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// Failed logins per username in 5 minutes before 429.
+    #[arg(long, env = "CHAT_LOGIN_MAX_FAILURES", default_value_t = 10)]
+    pub login_max_failures: u32,
+}
+
+impl AuthArgs {
+    /// The service configuration these flags describe.
+    pub fn config(&self, internal_secret: Option<String>) -> AuthConfig {
+        AuthConfig {
+            access_ttl: Duration::from_secs(self.access_token_ttl_secs),
+            hash_cost: HashCost {
+                memory_kib: self.argon2_memory_kib,
+                iterations: self.argon2_iterations,
+            },
+            login_max_failures: self.login_max_failures,
+            login_window: Duration::from_secs(300),
+            internal_secret,
+        }
+    }
+}

@@ -9,9 +9,13 @@
 //!
 //! Delivery is at most once: a subscriber may miss a payload (a lagging
 //! in-process receiver, a NATS reconnect). Sequenced events carry their `seq`,
-//! so a gap is visible and the gateway backfills it from the store.
+//! so a gap is visible and the gateway backfills it from the store. A gap at
+//! the *end* of a room (the last events before a quiet spell) shows no gap
+//! until the next event, so after a reconnect ([`Bus::reconnects`]) the
+//! gateway re-checks every room it follows.
 
 pub mod memory;
+pub mod nats;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +23,7 @@ use futures_util::stream::BoxStream;
 use std::sync::Arc;
 
 pub use memory::MemoryBus;
+pub use nats::NatsBus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -35,18 +40,37 @@ pub type Subscription = BoxStream<'static, Bytes>;
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
+    /// Sends `payload` to the current subscribers of `subject`, at most once.
+    /// An error means it was certainly not sent (NATS: the connection is
+    /// down); `Ok` does not mean anybody got it.
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<()>;
+    /// Subscribes to `subject`. When this returns, the subscription is live:
+    /// whatever is published after it is delivered (barring a lag or a
+    /// reconnect), so subscribing *then* backfilling from the store misses
+    /// nothing.
     async fn subscribe(&self, subject: &str) -> Result<Subscription>;
-    /// Reachability for `/readyz`.
+    /// Reachability for `/readyz`. NATS: a round trip to the server, so when
+    /// it returns, whatever this handle published before has reached it.
     async fn ping(&self) -> Result<()>;
+    /// A counter bumped each time the bus connection is re-established after
+    /// it was lost. Payloads published around the outage may be lost for good
+    /// (subscriptions themselves are restored), and the last events of a room
+    /// leave no visible gap until the room's next event: on every change the
+    /// gateway must re-check each room it follows against the store. Starts
+    /// at 0; the in-process bus never changes it (and never closes it).
+    fn reconnects(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
-/// Opens the bus named by `url`: `memory` for the in-process bus.
+/// Opens the bus named by `url`: `memory` for the in-process bus,
+/// `nats://host:port` (or `tls://…`, or several comma-separated) for NATS.
 pub async fn connect(url: &str) -> Result<Arc<dyn Bus>> {
     match url {
         "memory" | "memory://" => Ok(Arc::new(MemoryBus::default())),
+        u if u.starts_with("nats://") || u.starts_with("tls://") => {
+            Ok(Arc::new(NatsBus::connect(u).await?))
+        }
         _ => Err(BusError::Config(format!(
-            "unsupported bus URL {url:?} (expected memory)"
+            "unsupported bus URL {url:?} (expected memory or nats://host:port)"
         ))),
     }
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
 /// Payloads buffered per subject before a slow receiver starts losing them.
@@ -16,6 +16,9 @@ const CAPACITY: usize = 4096;
 #[derive(Default)]
 pub struct MemoryBus {
     subjects: DashMap<String, broadcast::Sender<Bytes>>,
+    /// Never bumped: the in-process bus has no connection to lose. Kept (not
+    /// dropped) so receivers wait forever instead of seeing it closed.
+    reconnects: watch::Sender<u64>,
 }
 
 #[async_trait]
@@ -57,6 +60,10 @@ impl Bus for MemoryBus {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn reconnects(&self) -> watch::Receiver<u64> {
+        self.reconnects.subscribe()
     }
 }
 

@@ -15,7 +15,6 @@ use chat_proto::v1::room_service_server::RoomServiceServer;
 use chat_room::{RoomConfig, RoomSvc};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -50,7 +49,7 @@ impl App {
             .await
             .with_context(|| format!("cannot open the store at {store_url}"))?;
         let bus = chat_bus::connect("memory").await?;
-        let ephemeral = chat_ephemeral::connect("memory").await?;
+        let ephemeral = chat_ephemeral::connect("memory", "").await?;
         let subjects = Subjects::new(cfg.subject_prefix.clone());
         let key_path = cfg
             .jwt_key_file
@@ -121,27 +120,27 @@ impl App {
                 }
             }));
 
-        let ready: Vec<ReadyCheck> = vec![
-            ("store", {
+        let ready = vec![
+            ReadyCheck::new("store", {
                 let s = store.clone();
-                Arc::new(move || {
+                move || {
                     let s = s.clone();
-                    Box::pin(async move { s.ping().await.map_err(|e| e.to_string()) })
-                })
+                    async move { s.ping().await }
+                }
             }),
-            ("bus", {
+            ReadyCheck::new("bus", {
                 let b = bus.clone();
-                Arc::new(move || {
+                move || {
                     let b = b.clone();
-                    Box::pin(async move { b.ping().await.map_err(|e| e.to_string()) })
-                })
+                    async move { b.ping().await }
+                }
             }),
-            ("ephemeral", {
+            ReadyCheck::new("ephemeral", {
                 let e = ephemeral.clone();
-                Arc::new(move || {
+                move || {
                     let e = e.clone();
-                    Box::pin(async move { e.ping().await.map_err(|e| e.to_string()) })
-                })
+                    async move { e.ping().await }
+                }
             }),
         ];
         let gateway = Gateway::new(

@@ -2,8 +2,11 @@
 //! with its mapping to HTTP, gRPC and WebSocket close codes, input validation,
 //! timestamps, shutdown and telemetry.
 
+pub mod config;
 pub mod error;
+pub mod health;
 pub mod ids;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

@@ -4,6 +4,7 @@
 //! and loses no message (revocations are re-seeded from the store at start).
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use chat_core::{SessionId, UserId};
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryEphemeral;
+pub use redis::RedisEphemeral;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EphemeralError {
@@ -52,12 +54,20 @@ pub trait Ephemeral: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 }
 
-/// Opens the ephemeral store named by `url`: `memory` for in-process.
-pub async fn connect(url: &str) -> Result<Arc<dyn Ephemeral>> {
+/// Opens the ephemeral store named by `url`: `memory` for in-process (which
+/// ignores `key_prefix`), `redis://…` (or `rediss://`, `valkey://`…) for Redis,
+/// with every key under `key_prefix` (e.g. `chat`).
+pub async fn connect(url: &str, key_prefix: &str) -> Result<Arc<dyn Ephemeral>> {
     match url {
         "memory" | "memory://" => Ok(Arc::new(MemoryEphemeral::default())),
+        u if ["redis://", "rediss://", "valkey://", "valkeys://"]
+            .iter()
+            .any(|s| u.starts_with(s)) =>
+        {
+            Ok(Arc::new(RedisEphemeral::connect(u, key_prefix).await?))
+        }
         _ => Err(EphemeralError::Config(format!(
-            "unsupported ephemeral URL {url:?} (expected memory)"
+            "unsupported ephemeral URL {url:?} (expected memory or redis://host:port)"
         ))),
     }
 }

@@ -6,6 +6,7 @@
 //! fans room events out from the bus to its local connections, one bus
 //! subscription per room (reference-counted, see [`ws::hub`]).
 
+pub mod app;
 pub mod backends;
 pub mod extract;
 pub mod rest;
@@ -14,7 +15,6 @@ pub mod ws;
 
 use chat_bus::{Bus, Subjects};
 use chat_core::ApiError;
-use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -55,11 +55,7 @@ impl Default for GatewayConfig {
     }
 }
 
-/// A named readiness probe (`/readyz`).
-pub type ReadyCheck = (
-    &'static str,
-    Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>,
-);
+pub use chat_core::health::ReadyCheck;
 
 /// Everything a request or connection handler needs; cheap to clone.
 #[derive(Clone)]
@@ -96,7 +92,15 @@ impl Gateway {
         let tracker = TaskTracker::new();
         Self {
             inner: Arc::new(Inner {
-                hubs: Arc::new(ws::hub::Hubs::new(bus.clone(), subjects.clone())),
+                hubs: Arc::new(ws::hub::Hubs::new(
+                    bus.clone(),
+                    subjects.clone(),
+                    ws::hub::Backfill {
+                        backends: backends.clone(),
+                        internal_secret: cfg.internal_secret.clone(),
+                        timeout: cfg.rpc_timeout,
+                    },
+                )),
                 conns: ws::registry::Registry::new(bus.clone(), subjects.clone()),
                 backends,
                 verifier,
@@ -135,11 +139,40 @@ impl Gateway {
     }
 
     pub(crate) async fn readiness(&self) -> Result<(), ApiError> {
-        for (name, check) in &self.inner.ready {
-            if let Err(e) = check().await {
-                return Err(ApiError::unavailable(format!("{name}: {e}")));
-            }
+        chat_core::health::ready(&self.inner.ready).await
+    }
+}
+
+/// The gateway's tunables as flags (shared by `gateway` and `chat`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// Frames queued for one WebSocket before it is closed with 4009.
+    #[arg(long, env = "CHAT_WS_QUEUE", default_value_t = 4096)]
+    pub ws_queue: usize,
+
+    /// Largest WebSocket frame or REST body accepted, in bytes.
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Client frames per WebSocket per second before it is closed with 4008.
+    #[arg(long, env = "CHAT_WS_FRAMES_PER_SEC", default_value_t = 200)]
+    pub ws_frames_per_sec: u32,
+
+    /// Deadline of each call to auth and room, in milliseconds.
+    #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
+    pub rpc_timeout_ms: u64,
+}
+
+impl GatewayArgs {
+    pub fn config(&self, internal_secret: String) -> GatewayConfig {
+        GatewayConfig {
+            max_frame_bytes: self.max_frame_bytes,
+            max_body_bytes: self.max_frame_bytes,
+            outbound_queue: self.ws_queue,
+            rpc_timeout: Duration::from_millis(self.rpc_timeout_ms),
+            internal_secret,
+            ws_frames_per_sec: self.ws_frames_per_sec,
+            ..GatewayConfig::default()
         }
-        Ok(())
     }
 }

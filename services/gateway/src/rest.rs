@@ -13,9 +13,12 @@ use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use chat_core::{ApiError, RoomId, Seq, SessionId, UserId};
 use chat_proto::v1 as pb;
+use chat_proto::v1::auth_service_client::AuthServiceClient;
+use chat_proto::v1::room_service_client::RoomServiceClient;
 use serde::Deserialize;
 use serde_json::json;
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 use tower_http::trace::TraceLayer;
 
 type Res<T = Response> = Result<T, ApiError>;
@@ -105,8 +108,26 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
     }
 }
 
-fn t(gw: &Gateway) -> Duration {
-    gw.inner.cfg.rpc_timeout
+impl Gateway {
+    fn auth(&self) -> AuthServiceClient<Channel> {
+        self.inner.backends.auth.clone()
+    }
+
+    fn room(&self) -> RoomServiceClient<Channel> {
+        self.inner.backends.room.clone()
+    }
+}
+
+impl Bearer {
+    /// A request to auth or room made with the client's own token.
+    fn req<T>(&self, gw: &Gateway, msg: T) -> tonic::Request<T> {
+        request(msg, As::Bearer(&self.0), gw.inner.cfg.rpc_timeout, None)
+    }
+}
+
+/// A request made for nobody yet (signup, login, refresh, keys).
+fn anonymous<T>(gw: &Gateway, msg: T, user_agent: Option<&str>) -> tonic::Request<T> {
+    request(msg, As::Anonymous, gw.inner.cfg.rpc_timeout, user_agent)
 }
 
 fn ok<T: serde::Serialize>(v: T) -> Res {
@@ -150,18 +171,14 @@ async fn signup(
     Json(b): Json<SignupBody>,
 ) -> Res {
     let r = gw
-        .inner
-        .backends
-        .auth
-        .clone()
-        .signup(request(
+        .auth()
+        .signup(anonymous(
+            &gw,
             pb::SignupRequest {
                 username: b.username,
                 password: b.password,
                 display_name: b.display_name,
             },
-            As::Anonymous,
-            t(&gw),
             ua.as_deref(),
         ))
         .await?;
@@ -180,17 +197,13 @@ async fn login(
     Json(b): Json<LoginBody>,
 ) -> Res {
     let r = gw
-        .inner
-        .backends
-        .auth
-        .clone()
-        .login(request(
+        .auth()
+        .login(anonymous(
+            &gw,
             pb::LoginRequest {
                 username: b.username,
                 password: b.password,
             },
-            As::Anonymous,
-            t(&gw),
             ua.as_deref(),
         ))
         .await?;
@@ -204,70 +217,39 @@ struct RefreshBody {
 
 async fn refresh(State(gw): State<Gateway>, Json(b): Json<RefreshBody>) -> Res {
     let r = gw
-        .inner
-        .backends
-        .auth
-        .clone()
-        .refresh(request(
+        .auth()
+        .refresh(anonymous(
+            &gw,
             pb::RefreshRequest {
                 refresh_token: b.refresh_token,
             },
-            As::Anonymous,
-            t(&gw),
             None,
         ))
         .await?;
     ok(r.into_inner())
 }
 
-async fn logout(State(gw): State<Gateway>, Bearer(tok): Bearer) -> Res {
-    gw.inner
-        .backends
-        .auth
-        .clone()
-        .logout(request(
-            pb::LogoutRequest {},
-            As::Bearer(&tok),
-            t(&gw),
-            None,
-        ))
-        .await?;
+async fn logout(State(gw): State<Gateway>, tok: Bearer) -> Res {
+    gw.auth().logout(tok.req(&gw, pb::LogoutRequest {})).await?;
     no_content()
 }
 
-async fn list_sessions(State(gw): State<Gateway>, Bearer(tok): Bearer) -> Res {
+async fn list_sessions(State(gw): State<Gateway>, tok: Bearer) -> Res {
     let r = gw
-        .inner
-        .backends
-        .auth
-        .clone()
-        .list_sessions(request(
-            pb::ListSessionsRequest {},
-            As::Bearer(&tok),
-            t(&gw),
-            None,
-        ))
+        .auth()
+        .list_sessions(tok.req(&gw, pb::ListSessionsRequest {}))
         .await?;
     ok(json!({"items": r.into_inner().items, "next_cursor": null}))
 }
 
-async fn revoke_session(
-    State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
-    Path(id): Path<String>,
-) -> Res {
+async fn revoke_session(State(gw): State<Gateway>, tok: Bearer, Path(id): Path<String>) -> Res {
     let id = SessionId::parse(&id).map_err(|_| ApiError::not_found("session"))?;
-    gw.inner
-        .backends
-        .auth
-        .clone()
-        .revoke_session(request(
+    gw.auth()
+        .revoke_session(tok.req(
+            &gw,
             pb::RevokeSessionRequest {
                 session_id: id.to_string(),
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     no_content()
@@ -275,16 +257,8 @@ async fn revoke_session(
 
 async fn public_keys(State(gw): State<Gateway>) -> Res {
     let r = gw
-        .inner
-        .backends
-        .auth
-        .clone()
-        .get_public_keys(request(
-            pb::GetPublicKeysRequest {},
-            As::Anonymous,
-            t(&gw),
-            None,
-        ))
+        .auth()
+        .get_public_keys(anonymous(&gw, pb::GetPublicKeysRequest {}, None))
         .await?
         .into_inner();
     let keys: Vec<_> = r
@@ -295,14 +269,8 @@ async fn public_keys(State(gw): State<Gateway>) -> Res {
     ok(json!({ "keys": keys }))
 }
 
-async fn get_me(State(gw): State<Gateway>, Bearer(tok): Bearer) -> Res {
-    let r = gw
-        .inner
-        .backends
-        .auth
-        .clone()
-        .get_me(request(pb::GetMeRequest {}, As::Bearer(&tok), t(&gw), None))
-        .await?;
+async fn get_me(State(gw): State<Gateway>, tok: Bearer) -> Res {
+    let r = gw.auth().get_me(tok.req(&gw, pb::GetMeRequest {})).await?;
     ok(r.into_inner())
 }
 
@@ -312,23 +280,14 @@ struct UpdateMeBody {
     display_name: Option<String>,
 }
 
-async fn update_me(
-    State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
-    Json(b): Json<UpdateMeBody>,
-) -> Res {
+async fn update_me(State(gw): State<Gateway>, tok: Bearer, Json(b): Json<UpdateMeBody>) -> Res {
     let r = gw
-        .inner
-        .backends
-        .auth
-        .clone()
-        .update_me(request(
+        .auth()
+        .update_me(tok.req(
+            &gw,
             pb::UpdateMeRequest {
                 display_name: b.display_name,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     ok(r.into_inner())
@@ -342,21 +301,16 @@ struct PasswordBody {
 
 async fn change_password(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Json(b): Json<PasswordBody>,
 ) -> Res {
-    gw.inner
-        .backends
-        .auth
-        .clone()
-        .change_password(request(
+    gw.auth()
+        .change_password(tok.req(
+            &gw,
             pb::ChangePasswordRequest {
                 current_password: b.current_password,
                 new_password: b.new_password,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     no_content()
@@ -367,41 +321,27 @@ struct DeleteMeBody {
     password: String,
 }
 
-async fn delete_me(
-    State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
-    Json(b): Json<DeleteMeBody>,
-) -> Res {
-    gw.inner
-        .backends
-        .auth
-        .clone()
-        .delete_me(request(
+async fn delete_me(State(gw): State<Gateway>, tok: Bearer, Json(b): Json<DeleteMeBody>) -> Res {
+    gw.auth()
+        .delete_me(tok.req(
+            &gw,
             pb::DeleteMeRequest {
                 password: b.password,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     no_content()
 }
 
-async fn get_user(State(gw): State<Gateway>, Bearer(tok): Bearer, Path(id): Path<String>) -> Res {
+async fn get_user(State(gw): State<Gateway>, tok: Bearer, Path(id): Path<String>) -> Res {
     let id = UserId::parse(&id).map_err(|_| ApiError::not_found("user"))?;
     let r = gw
-        .inner
-        .backends
-        .auth
-        .clone()
-        .get_user(request(
+        .auth()
+        .get_user(tok.req(
+            &gw,
             pb::GetUserRequest {
                 user_id: id.to_string(),
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     ok(r.into_inner())
@@ -423,25 +363,16 @@ fn public() -> String {
     "public".into()
 }
 
-async fn create_room(
-    State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
-    Json(b): Json<CreateRoomBody>,
-) -> Res {
+async fn create_room(State(gw): State<Gateway>, tok: Bearer, Json(b): Json<CreateRoomBody>) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .create_room(request(
+        .room()
+        .create_room(tok.req(
+            &gw,
             pb::CreateRoomRequest {
                 name: b.name,
                 topic: b.topic,
                 visibility: b.visibility,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     created(r.into_inner())
@@ -459,64 +390,45 @@ struct PageQuery {
 
 async fn list_public_rooms(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Query(q): Query<PageQuery>,
 ) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .list_public_rooms(request(
+        .room()
+        .list_public_rooms(tok.req(
+            &gw,
             pb::ListPublicRoomsRequest {
                 q: q.q,
                 cursor: q.cursor,
                 limit: q.limit,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     ok(r.into_inner())
 }
 
-async fn list_my_rooms(
-    State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
-    Query(q): Query<PageQuery>,
-) -> Res {
+async fn list_my_rooms(State(gw): State<Gateway>, tok: Bearer, Query(q): Query<PageQuery>) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .list_my_rooms(request(
+        .room()
+        .list_my_rooms(tok.req(
+            &gw,
             pb::ListMyRoomsRequest {
                 cursor: q.cursor,
                 limit: q.limit,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     ok(r.into_inner())
 }
 
-async fn get_room(State(gw): State<Gateway>, Bearer(tok): Bearer, Path(id): Path<String>) -> Res {
+async fn get_room(State(gw): State<Gateway>, tok: Bearer, Path(id): Path<String>) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .get_room(request(
+        .room()
+        .get_room(tok.req(
+            &gw,
             pb::GetRoomRequest {
                 room_id: room_id(&id)?,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?
         .into_inner();
@@ -533,81 +445,57 @@ struct UpdateRoomBody {
 
 async fn update_room(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Path(id): Path<String>,
     Json(b): Json<UpdateRoomBody>,
 ) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .update_room(request(
+        .room()
+        .update_room(tok.req(
+            &gw,
             pb::UpdateRoomRequest {
                 room_id: room_id(&id)?,
                 name: b.name,
                 topic: b.topic,
                 visibility: b.visibility,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     ok(r.into_inner())
 }
 
-async fn delete_room(
-    State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
-    Path(id): Path<String>,
-) -> Res {
-    gw.inner
-        .backends
-        .room
-        .clone()
-        .delete_room(request(
+async fn delete_room(State(gw): State<Gateway>, tok: Bearer, Path(id): Path<String>) -> Res {
+    gw.room()
+        .delete_room(tok.req(
+            &gw,
             pb::DeleteRoomRequest {
                 room_id: room_id(&id)?,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     no_content()
 }
 
-async fn join_room(State(gw): State<Gateway>, Bearer(tok): Bearer, Path(id): Path<String>) -> Res {
+async fn join_room(State(gw): State<Gateway>, tok: Bearer, Path(id): Path<String>) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .join_room(request(
+        .room()
+        .join_room(tok.req(
+            &gw,
             pb::JoinRoomRequest {
                 room_id: room_id(&id)?,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     ok(r.into_inner())
 }
 
-async fn leave_room(State(gw): State<Gateway>, Bearer(tok): Bearer, Path(id): Path<String>) -> Res {
-    gw.inner
-        .backends
-        .room
-        .clone()
-        .leave_room(request(
+async fn leave_room(State(gw): State<Gateway>, tok: Bearer, Path(id): Path<String>) -> Res {
+    gw.room()
+        .leave_room(tok.req(
+            &gw,
             pb::LeaveRoomRequest {
                 room_id: room_id(&id)?,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     no_content()
@@ -615,24 +503,19 @@ async fn leave_room(State(gw): State<Gateway>, Bearer(tok): Bearer, Path(id): Pa
 
 async fn list_members(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .list_members(request(
+        .room()
+        .list_members(tok.req(
+            &gw,
             pb::ListMembersRequest {
                 room_id: room_id(&id)?,
                 cursor: q.cursor,
                 limit: q.limit,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     ok(r.into_inner())
@@ -645,23 +528,18 @@ struct UserBody {
 
 async fn add_member(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Path(id): Path<String>,
     Json(b): Json<UserBody>,
 ) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .add_member(request(
+        .room()
+        .add_member(tok.req(
+            &gw,
             pb::AddMemberRequest {
                 room_id: room_id(&id)?,
                 user_id: b.user_id,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     ok(r.into_inner())
@@ -669,39 +547,26 @@ async fn add_member(
 
 async fn remove_member(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Path((id, user)): Path<(String, String)>,
 ) -> Res {
     let user = UserId::parse(&user).map_err(|_| ApiError::not_found("member"))?;
-    gw.inner
-        .backends
-        .room
-        .clone()
-        .remove_member(request(
+    gw.room()
+        .remove_member(tok.req(
+            &gw,
             pb::RemoveMemberRequest {
                 room_id: room_id(&id)?,
                 user_id: user.to_string(),
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     no_content()
 }
 
-async fn open_dm(State(gw): State<Gateway>, Bearer(tok): Bearer, Json(b): Json<UserBody>) -> Res {
+async fn open_dm(State(gw): State<Gateway>, tok: Bearer, Json(b): Json<UserBody>) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .open_dm(request(
-            pb::OpenDmRequest { user_id: b.user_id },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
-        ))
+        .room()
+        .open_dm(tok.req(&gw, pb::OpenDmRequest { user_id: b.user_id }))
         .await?;
     ok(r.into_inner())
 }
@@ -716,24 +581,19 @@ struct PostBody {
 
 async fn post_message(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Path(id): Path<String>,
     Json(b): Json<PostBody>,
 ) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .post_message(request(
+        .room()
+        .post_message(tok.req(
+            &gw,
             pb::PostMessageRequest {
                 room_id: room_id(&id)?,
                 client_msg_id: b.client_msg_id,
                 body: b.body,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?
         .into_inner();
@@ -755,25 +615,20 @@ struct HistoryQuery {
 
 async fn list_messages(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .list_messages(request(
+        .room()
+        .list_messages(tok.req(
+            &gw,
             pb::ListMessagesRequest {
                 room_id: room_id(&id)?,
                 before_seq: q.before_seq,
                 after_seq: q.after_seq,
                 limit: q.limit,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     ok(r.into_inner())
@@ -781,24 +636,19 @@ async fn list_messages(
 
 async fn list_events(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .list_events(request(
+        .room()
+        .list_events(tok.req(
+            &gw,
             pb::ListEventsRequest {
                 room_id: room_id(&id)?,
                 after_seq: q.after_seq.unwrap_or(0),
                 limit: q.limit,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?
         .into_inner();
@@ -813,24 +663,19 @@ struct EditBody {
 
 async fn edit_message(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Path((id, seq)): Path<(String, String)>,
     Json(b): Json<EditBody>,
 ) -> Res {
     let r = gw
-        .inner
-        .backends
-        .room
-        .clone()
-        .edit_message(request(
+        .room()
+        .edit_message(tok.req(
+            &gw,
             pb::EditMessageRequest {
                 room_id: room_id(&id)?,
                 seq: seq_param(&seq)?,
                 body: b.body,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     ok(r.into_inner())
@@ -838,21 +683,16 @@ async fn edit_message(
 
 async fn delete_message(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Path((id, seq)): Path<(String, String)>,
 ) -> Res {
-    gw.inner
-        .backends
-        .room
-        .clone()
-        .delete_message(request(
+    gw.room()
+        .delete_message(tok.req(
+            &gw,
             pb::DeleteMessageRequest {
                 room_id: room_id(&id)?,
                 seq: seq_param(&seq)?,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     no_content()
@@ -865,22 +705,17 @@ struct ReadBody {
 
 async fn mark_read(
     State(gw): State<Gateway>,
-    Bearer(tok): Bearer,
+    tok: Bearer,
     Path(id): Path<String>,
     Json(b): Json<ReadBody>,
 ) -> Res {
-    gw.inner
-        .backends
-        .room
-        .clone()
-        .mark_read(request(
+    gw.room()
+        .mark_read(tok.req(
+            &gw,
             pb::MarkReadRequest {
                 room_id: room_id(&id)?,
                 seq: b.seq,
             },
-            As::Bearer(&tok),
-            t(&gw),
-            None,
         ))
         .await?;
     no_content()

@@ -10,3 +10,17 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chat_descriptor");
 
 pub use v1::*;
+
+/// Adds gRPC server reflection (v1 and v1alpha, for every grpcurl) for
+/// every chat.v1 service to `routes`.
+pub fn with_reflection(
+    routes: tonic::service::Routes,
+) -> Result<tonic::service::Routes, tonic_reflection::server::Error> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok(routes.add_service(v1).add_service(v1alpha))
+}

@@ -2,7 +2,8 @@
 //! sequence, history, read markers and DMs. Everything it commits it then
 //! publishes on the room's bus subject, for the gateways to fan out.
 
+pub mod app;
 pub mod convert;
 pub mod service;
 
-pub use service::{RoomConfig, RoomSvc};
+pub use service::{RoomArgs, RoomConfig, RoomSvc};

@@ -665,3 +665,24 @@ impl RoomService for RoomSvc {
         Ok(Response::new(pb::MarkReadResponse {}))
     }
 }
+
+/// The room service's tunables as flags (shared by `room` and `chat`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct RoomArgs {
+    /// Messages one user may send per --send-window-secs (0: unlimited).
+    #[arg(long, env = "CHAT_SEND_LIMIT", default_value_t = 100)]
+    pub send_limit: u32,
+
+    /// The send rate-limit window in seconds.
+    #[arg(long, env = "CHAT_SEND_WINDOW_SECS", default_value_t = 10)]
+    pub send_window_secs: u64,
+}
+
+impl RoomArgs {
+    pub fn config(&self) -> RoomConfig {
+        RoomConfig {
+            send_limit: self.send_limit,
+            send_window: Duration::from_secs(self.send_window_secs),
+        }
+    }
+}

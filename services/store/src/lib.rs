@@ -2,9 +2,10 @@
 //! memberships and each room's event log.
 //!
 //! Services hold an `Arc<dyn Store>` and never know which backend runs;
-//! [`connect`] picks one from the URL scheme (`sqlite://…` now; Postgres is
-//! the distributed mode's). Every backend passes the same conformance suite
-//! (`tests/conformance.rs`).
+//! [`connect`] picks one from the URL scheme: `sqlite://…` for the
+//! all-in-one mode, `postgres://…` (or `postgresql://…`) for the distributed
+//! one. Every backend passes the same conformance suite
+//! (`tests/conformance.rs`, `tests/conformance_postgres.rs`).
 //!
 //! Times are milliseconds since the epoch; ids are UUIDs; a room's `seq`
 //! starts at 1 and grows by exactly one per durable event (message, edit,
@@ -12,6 +13,7 @@
 
 pub mod error;
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -24,12 +26,16 @@ pub use model::*;
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Opens the store named by `url` and applies its migrations.
+/// `postgres://` URLs take `schema=` and `max_connections=` parameters too
+/// (see [`postgres`]).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
     } else {
         Err(StoreError::Config(format!(
-            "unsupported store URL {url:?} (expected sqlite://PATH)"
+            "unsupported store URL {url:?} (expected sqlite://PATH or postgres://USER@HOST/DB)"
         )))
     }
 }

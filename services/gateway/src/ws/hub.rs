@@ -7,14 +7,16 @@
 //! rather than slowing the room down or growing memory.
 
 use super::{ConnShared, Outbound};
+use crate::backends::{request, As, Backends};
 use crate::wire::{encode, EventView, ServerFrame};
 use chat_bus::{Bus, Subjects};
-use chat_core::RoomId;
+use chat_core::{ApiError, RoomId, Seq};
 use chat_proto::v1 as pb;
 use futures_util::StreamExt;
 use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,16 @@ pub struct Hubs {
     bus: Arc<dyn Bus>,
     subjects: Subjects,
     rooms: Mutex<HashMap<RoomId, Arc<Hub>>>,
+    backfill: Backfill,
+}
+
+/// What a hub needs to read the log: room, and the right to call it on a
+/// subscriber's behalf.
+#[derive(Clone)]
+pub struct Backfill {
+    pub backends: Backends,
+    pub internal_secret: String,
+    pub timeout: Duration,
 }
 
 struct Hub {
@@ -58,11 +70,12 @@ impl Drop for HubGuard {
 }
 
 impl Hubs {
-    pub fn new(bus: Arc<dyn Bus>, subjects: Subjects) -> Self {
+    pub fn new(bus: Arc<dyn Bus>, subjects: Subjects, backfill: Backfill) -> Self {
         Self {
             bus,
             subjects,
             rooms: Mutex::new(HashMap::new()),
+            backfill,
         }
     }
 
@@ -130,6 +143,8 @@ impl Hubs {
         let bus = self.bus.clone();
         let subject = self.subjects.room(room);
         let weak = Arc::downgrade(&hub);
+        let backfill = self.backfill.clone();
+        let mut reconnects = bus.reconnects();
         tokio::spawn(async move {
             let mut sub = match bus.subscribe(&subject).await {
                 Ok(s) => s,
@@ -147,9 +162,19 @@ impl Hubs {
                 Some(h) => h.stop.clone(),
                 None => return,
             };
+            // The last seq this hub delivered; None until the first event.
+            let mut last: Option<Seq> = None;
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
+                    changed = reconnects.changed() => {
+                        if changed.is_err() { continue; }
+                        let Some(hub) = weak.upgrade() else { break };
+                        if let Some(l) = last {
+                            tracing::info!(room_id = %room, after_seq = l, "bus reconnected; re-reading the log");
+                            last = Some(hub.backfill(&backfill, l, None).await);
+                        }
+                    }
                     next = sub.next() => {
                         let Some(payload) = next else {
                             tracing::warn!(room_id = %room, "room subscription ended");
@@ -157,7 +182,28 @@ impl Hubs {
                             break;
                         };
                         let Some(hub) = weak.upgrade() else { break };
-                        hub.dispatch(&payload);
+                        match decode(&payload) {
+                            Some(pb::bus_event::Kind::RoomEvent(e)) => {
+                                if let Some(l) = last {
+                                    if e.seq <= l {
+                                        continue;
+                                    }
+                                    if e.seq > l + 1 {
+                                        tracing::info!(room_id = %room, after_seq = l, seq = e.seq, "gap on the bus; backfilling");
+                                        let reached = hub.backfill(&backfill, l, Some(e.seq - 1)).await;
+                                        if reached < e.seq - 1 {
+                                            // Could not fill it: let each connection's
+                                            // cursor find the gap and backfill itself.
+                                            tracing::warn!(room_id = %room, "hub backfill incomplete");
+                                        }
+                                    }
+                                }
+                                last = Some(e.seq);
+                                hub.deliver_event(&e);
+                            }
+                            Some(other) => hub.deliver_notice(other),
+                            None => {}
+                        }
                     }
                 }
             }
@@ -166,58 +212,114 @@ impl Hubs {
     }
 }
 
+fn decode(payload: &[u8]) -> Option<pb::bus_event::Kind> {
+    match pb::BusEvent::decode(payload) {
+        Ok(ev) => ev.kind,
+        Err(error) => {
+            tracing::warn!(%error, "undecodable bus payload");
+            None
+        }
+    }
+}
+
 impl Hub {
-    fn dispatch(&self, payload: &[u8]) {
-        let ev = match pb::BusEvent::decode(payload) {
-            Ok(ev) => ev,
-            Err(error) => {
-                tracing::warn!(%error, room_id = %self.room, "undecodable bus payload");
-                return;
+    /// Reads the log after `after` (up to `until`) on a subscriber's behalf
+    /// and delivers it; returns the last seq delivered.
+    async fn backfill(&self, b: &Backfill, after: Seq, until: Option<Seq>) -> Seq {
+        let mut last = after;
+        loop {
+            if until.is_some_and(|u| last >= u) {
+                return last;
             }
-        };
-        use pb::bus_event::Kind;
-        let item = match ev.kind {
-            Some(Kind::RoomEvent(e)) => {
-                let Some(view) = EventView::of(&e) else {
-                    return;
-                };
-                Outbound::Event {
-                    room: self.room,
-                    seq: e.seq,
-                    frame: encode(&view),
+            let Some(caller) = self.any_caller() else {
+                return last;
+            };
+            let limit = until.map_or(200, |u| (u - last).clamp(1, 200) as u32);
+            let page = b
+                .backends
+                .room
+                .clone()
+                .list_events(request(
+                    pb::ListEventsRequest {
+                        room_id: self.room.to_string(),
+                        after_seq: last,
+                        limit,
+                    },
+                    As::User(&caller, &b.internal_secret),
+                    b.timeout,
+                    None,
+                ))
+                .await;
+            let page = match page {
+                Ok(p) => p.into_inner(),
+                Err(status) => {
+                    let e = ApiError::from(status);
+                    tracing::warn!(error = %e, room_id = %self.room, "hub backfill failed");
+                    return last;
                 }
+            };
+            let before = last;
+            for e in &page.items {
+                if e.seq <= last || until.is_some_and(|u| e.seq > u) {
+                    continue;
+                }
+                last = e.seq;
+                self.deliver_event(e);
             }
-            Some(Kind::Typing(t)) => Outbound::Live {
-                room: self.room,
-                frame: encode(&ServerFrame::Typing {
-                    room_id: &t.room_id,
-                    user_id: &t.user_id,
-                }),
-            },
-            Some(Kind::Presence(p)) => Outbound::Live {
-                room: self.room,
-                frame: encode(&ServerFrame::Presence {
-                    room_id: &p.room_id,
-                    user_id: &p.user_id,
-                    online: p.online,
-                }),
-            },
-            Some(Kind::Member(m)) => Outbound::Live {
-                room: self.room,
-                frame: encode(&if m.joined {
-                    ServerFrame::MemberJoined {
-                        room_id: &m.room_id,
-                        user_id: &m.user_id,
-                    }
-                } else {
-                    ServerFrame::MemberLeft {
-                        room_id: &m.room_id,
-                        user_id: &m.user_id,
-                    }
-                }),
-            },
-            Some(Kind::SessionRevoked(_)) | None => return,
+            if !page.has_more || last == before {
+                return last;
+            }
+        }
+    }
+
+    fn any_caller(&self) -> Option<chat_auth::Caller> {
+        let subs = match self.subscribers.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         };
+        subs.values().next().map(|c| c.caller)
+    }
+
+    fn deliver_event(&self, e: &pb::RoomEvent) {
+        let Some(view) = EventView::of(e) else { return };
+        self.fan_out(Outbound::Event {
+            room: self.room,
+            seq: e.seq,
+            frame: encode(&view),
+        });
+    }
+
+    fn deliver_notice(&self, kind: pb::bus_event::Kind) {
+        use pb::bus_event::Kind;
+        let frame = match kind {
+            Kind::Typing(t) => encode(&ServerFrame::Typing {
+                room_id: &t.room_id,
+                user_id: &t.user_id,
+            }),
+            Kind::Presence(p) => encode(&ServerFrame::Presence {
+                room_id: &p.room_id,
+                user_id: &p.user_id,
+                online: p.online,
+            }),
+            Kind::Member(m) if m.joined => encode(&ServerFrame::MemberJoined {
+                room_id: &m.room_id,
+                user_id: &m.user_id,
+            }),
+            Kind::Member(m) => encode(&ServerFrame::MemberLeft {
+                room_id: &m.room_id,
+                user_id: &m.user_id,
+            }),
+            Kind::RoomEvent(_) | Kind::SessionRevoked(_) => return,
+        };
+        self.fan_out(Outbound::Live {
+            room: self.room,
+            frame,
+        });
+    }
+
+    /// The same item (shared bytes) into every subscriber's queue; a full
+    /// queue closes that connection with 4009.
+    fn fan_out(&self, item: Outbound) {
         let subs = match self.subscribers.read() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

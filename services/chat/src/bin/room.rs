@@ -1,0 +1,12 @@
+//! `room`: parses flags, starts, serves until SIGTERM or Ctrl-C.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = chat_room::app::Config::parse();
+    chat_core::telemetry::init("info");
+    let app = chat_room::app::App::build(cfg).await?;
+    tracing::info!(grpc = ?app.grpc_addr(), http = ?app.http_addr(), "room listening");
+    app.run(chat_core::shutdown::on_signal()).await
+}

@@ -1,0 +1,296 @@
+//! Ephemeral state in Redis (or Valkey), shared by every process of the
+//! distributed mode.
+//!
+//! Keys, all under one prefix so deployments and tests can share a server:
+//! - `{prefix}:revoked:{session_id}`: `1`, expiring with the access token;
+//! - `{prefix}:rl:{key}`: a fixed-window counter, expiring with its window;
+//! - `{prefix}:conns:{user_id}`: open connections of the user, summed over
+//!   every gateway.
+//!
+//! Every read-modify-write is one Lua script, so it is atomic and one round
+//! trip. Commands time out (a dead Redis gives errors, not hangs); the client
+//! reconnects on its own, forever, with backoff.
+//!
+//! Presence and crashed gateways: a gateway that dies never sends its
+//! `connection_closed`s, so its users would count as online forever. Each
+//! `conns` key therefore expires [`DEFAULT_PRESENCE_TTL`] after the user's
+//! last *opened* connection. The price: a user whose only connection stays
+//! open longer than that (and who opens no other) shows offline until they
+//! reconnect, and a crashed gateway's users show online for up to that long.
+//! Exact presence would need per-gateway counts with heartbeats; this is the
+//! cheap approximation the product can live with.
+
+use crate::{Ephemeral, EphemeralError, RateDecision, Result};
+use async_trait::async_trait;
+use chat_core::{SessionId, UserId};
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use std::time::Duration;
+
+/// How long one command (or the handshake of one connection) may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection may have a command unanswered before it is deemed
+/// dead, closed and reopened.
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(5);
+/// See the module doc.
+pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// INCR; on the first hit of a window (or a counter that somehow lost its
+/// expiry) start the window. Returns `{count, ms left in the window}`.
+const HIT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if n == 1 or ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+";
+
+/// `{count, ms left}` of a counter, without counting (`{0, -2}` if none).
+const PEEK: &str = r"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+return {n, redis.call('PTTL', KEYS[1])}
+";
+
+/// One more connection; (re)starts the presence expiry.
+const OPENED: &str = r"
+local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return n
+";
+
+/// One fewer, never below zero: at zero the key goes.
+const CLOSED: &str = r"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if n <= 1 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+return redis.call('DECR', KEYS[1])
+";
+
+pub struct RedisEphemeral {
+    client: Client,
+    prefix: String,
+    presence_ttl: Duration,
+    hit: Script,
+    peek: Script,
+    opened: Script,
+    closed: Script,
+}
+
+impl RedisEphemeral {
+    /// Connects to `url` (`redis://[user:pass@]host:port[/db]`, or any URL
+    /// fred understands) and checks it with a PING. Fails at once when the
+    /// server cannot be reached; reconnects on its own after that. All keys go
+    /// under `key_prefix` (`chat` in production; empty means none).
+    pub async fn connect(url: &str, key_prefix: &str) -> Result<Self> {
+        let config = Config::from_url(url)
+            .map_err(|e| EphemeralError::Config(format!("bad Redis URL {:?}: {e}", redact(url))))?;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = COMMAND_TIMEOUT;
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+                c.unresponsive.max_timeout = Some(UNRESPONSIVE_AFTER);
+                c.unresponsive.interval = Duration::from_secs(1);
+            })
+            .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
+            // Forever, 100 ms doubling up to 5 s. The first connect is not
+            // retried (`fail_fast`, the default): a bad URL fails at start.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build()
+            .map_err(|e| EphemeralError::Config(format!("Redis client: {e}")))?;
+
+        let unreachable = |e: Error| {
+            EphemeralError::Unavailable(
+                format!("cannot connect to Redis at {}: {e}", redact(url)).into(),
+            )
+        };
+        // Dropping the handle detaches the connection task; it lives as long
+        // as the client.
+        let _task = client.init().await.map_err(unreachable)?;
+        client.ping::<()>(None).await.map_err(unreachable)?;
+        log_events(&client);
+        tracing::info!(url = %redact(url), "ephemeral store connected to Redis");
+
+        Ok(Self {
+            client,
+            prefix: key_prefix.to_owned(),
+            presence_ttl: DEFAULT_PRESENCE_TTL,
+            hit: Script::from_lua(HIT),
+            peek: Script::from_lua(PEEK),
+            opened: Script::from_lua(OPENED),
+            closed: Script::from_lua(CLOSED),
+        })
+    }
+
+    /// How long a user counts as online after their last opened connection
+    /// when no close arrives (see the module doc).
+    pub fn with_presence_ttl(mut self, ttl: Duration) -> Self {
+        self.presence_ttl = ttl;
+        self
+    }
+
+    /// The underlying client (tests force reconnects with it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn key(&self, kind: &str, id: impl std::fmt::Display) -> String {
+        if self.prefix.is_empty() {
+            format!("{kind}:{id}")
+        } else {
+            format!("{}:{kind}:{id}", self.prefix)
+        }
+    }
+}
+
+#[async_trait]
+impl Ephemeral for RedisEphemeral {
+    async fn revoke_session(&self, id: SessionId, ttl: Duration) -> Result<()> {
+        self.client
+            .set::<(), _, _>(
+                self.key("revoked", id),
+                1,
+                Some(Expiration::PX(millis(ttl))),
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn is_session_revoked(&self, id: SessionId) -> Result<bool> {
+        let n: u32 = self
+            .client
+            .exists(self.key("revoked", id))
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    async fn hit(&self, key: &str, limit: u32, window: Duration) -> Result<RateDecision> {
+        let (n, ttl): (i64, i64) = self
+            .hit
+            .evalsha_with_reload(&self.client, self.key("rl", key), millis(window))
+            .await
+            .map_err(unavailable)?;
+        Ok(if n > i64::from(limit) {
+            RateDecision::Limited(from_millis(ttl))
+        } else {
+            RateDecision::Allowed
+        })
+    }
+
+    async fn over_limit(&self, key: &str, limit: u32) -> Result<Option<Duration>> {
+        let (n, ttl): (i64, i64) = self
+            .peek
+            .evalsha_with_reload(&self.client, self.key("rl", key), ())
+            .await
+            .map_err(unavailable)?;
+        Ok((n >= i64::from(limit) && ttl > 0).then(|| from_millis(ttl)))
+    }
+
+    async fn reset(&self, key: &str) -> Result<()> {
+        self.client
+            .del::<(), _>(self.key("rl", key))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn connection_opened(&self, user: UserId) -> Result<u32> {
+        let n: i64 = self
+            .opened
+            .evalsha_with_reload(
+                &self.client,
+                self.key("conns", user),
+                millis(self.presence_ttl),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(clamp(n))
+    }
+
+    async fn connection_closed(&self, user: UserId) -> Result<u32> {
+        let n: i64 = self
+            .closed
+            .evalsha_with_reload(&self.client, self.key("conns", user), ())
+            .await
+            .map_err(unavailable)?;
+        Ok(clamp(n))
+    }
+
+    async fn online(&self, users: &[UserId]) -> Result<Vec<bool>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = users.iter().map(|u| self.key("conns", u)).collect();
+        let counts: Vec<Option<i64>> = self.client.mget(keys).await.map_err(unavailable)?;
+        Ok(counts.into_iter().map(|c| c.unwrap_or(0) > 0).collect())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.client.ping::<()>(None).await.map_err(unavailable)
+    }
+}
+
+fn log_events(client: &Client) {
+    // Detached listener tasks; they end when the client is closed.
+    drop(client.on_reconnect(|server| async move {
+        tracing::info!(%server, "ephemeral store reconnected to Redis");
+        Ok(())
+    }));
+    drop(client.on_error(|(error, server)| async move {
+        let server = server.map(|s| s.to_string()).unwrap_or_default();
+        tracing::warn!(%error, %server, "Redis connection error; reconnecting");
+        Ok(())
+    }));
+    drop(client.on_unresponsive(|server| async move {
+        tracing::warn!(%server, "Redis connection unresponsive; reconnecting");
+        Ok(())
+    }));
+}
+
+/// Milliseconds for PX/PEXPIRE: at least 1 (0 is an error or a delete).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+fn from_millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn clamp(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+fn unavailable(e: Error) -> EphemeralError {
+    EphemeralError::Unavailable(Box::new(e))
+}
+
+/// The URL without credentials (`redis://u:p@host` → `redis://***@host`).
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_not_logged() {
+        assert_eq!(redact("redis://u:p@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn durations_in_millis_are_never_zero() {
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_secs(2)), 2000);
+        assert_eq!(from_millis(-2), Duration::ZERO);
+    }
+}

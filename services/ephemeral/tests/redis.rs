@@ -1,0 +1,226 @@
+//! The Redis store against a real server: `CHAT_TEST_REDIS_URL`, by default
+//! `redis://127.0.0.1:6379`. These tests fail (they do not skip) when it is
+//! unreachable. Each test uses its own random key prefix.
+
+mod conformance;
+
+use chat_core::{SessionId, UserId};
+use chat_ephemeral::{Ephemeral, EphemeralError, RedisEphemeral};
+use fred::prelude::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn url() -> String {
+    std::env::var("CHAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn prefix() -> String {
+    format!("test{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn store(prefix: &str) -> RedisEphemeral {
+    let url = url();
+    RedisEphemeral::connect(&url, prefix)
+        .await
+        .unwrap_or_else(|e| panic!("Redis must be running at {url} for these tests: {e:?}"))
+}
+
+/// Two connections under one prefix: two gateways.
+async fn pair() -> (Arc<dyn Ephemeral>, Arc<dyn Ephemeral>) {
+    let p = prefix();
+    (Arc::new(store(&p).await), Arc::new(store(&p).await))
+}
+
+ephemeral_conformance!(pair());
+
+#[tokio::test]
+async fn connect_by_url_scheme() {
+    let e = chat_ephemeral::connect(&url(), &prefix()).await.unwrap();
+    e.ping().await.unwrap();
+    assert!(matches!(
+        chat_ephemeral::connect("redis://", "p").await,
+        Err(EphemeralError::Config(_) | EphemeralError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn keys_live_under_the_prefix_with_expiries() {
+    let p = prefix();
+    let e = store(&p).await;
+    let (s, u) = (SessionId::new(), UserId::new());
+    e.revoke_session(s, Duration::from_secs(60)).await.unwrap();
+    e.hit("login:x", 5, Duration::from_secs(60)).await.unwrap();
+    e.connection_opened(u).await.unwrap();
+
+    let c = e.client();
+    let mut keys: Vec<String> = Vec::new();
+    for k in [
+        format!("{p}:revoked:{s}"),
+        format!("{p}:rl:login:x"),
+        format!("{p}:conns:{u}"),
+    ] {
+        let ttl: i64 = c.pttl(&k).await.unwrap();
+        assert!(ttl > 0, "{k} must exist and expire (pttl {ttl})");
+        keys.push(k);
+    }
+    let conns_ttl: i64 = c.pttl(&keys[2]).await.unwrap();
+    assert!(
+        conns_ttl > 3_600_000,
+        "presence must outlive an hour: {conns_ttl}"
+    );
+
+    // Another prefix sees none of it.
+    let other = store(&prefix()).await;
+    assert!(!other.is_session_revoked(s).await.unwrap());
+    assert_eq!(other.online(&[u]).await.unwrap(), vec![false]);
+    assert!(other.over_limit("login:x", 1).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_crashed_gateways_users_go_offline_after_the_presence_ttl() {
+    let p = prefix();
+    let crashed = store(&p)
+        .await
+        .with_presence_ttl(Duration::from_millis(300));
+    let alive = store(&p).await;
+    let u = UserId::new();
+    crashed.connection_opened(u).await.unwrap();
+    drop(crashed); // never closes its connection
+    assert_eq!(alive.online(&[u]).await.unwrap(), vec![true]);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(alive.online(&[u]).await.unwrap(), vec![false]);
+    // A late close does not go negative.
+    assert_eq!(alive.connection_closed(u).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn commands_work_after_a_reconnect() {
+    let e = store(&prefix()).await;
+    let u = UserId::new();
+    e.connection_opened(u).await.unwrap();
+    e.client().force_reconnection().await.unwrap();
+    assert_eq!(e.online(&[u]).await.unwrap(), vec![true]);
+    e.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn connecting_to_a_closed_port_fails_fast() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let err = match RedisEphemeral::connect(&format!("redis://127.0.0.1:{port}"), "p").await {
+        Ok(_) => panic!("connected to a closed port"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, EphemeralError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn connecting_to_a_silent_server_times_out() {
+    // Accepts the TCP connection, never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let started = Instant::now();
+    let result = RedisEphemeral::connect(&format!("redis://127.0.0.1:{port}"), "p").await;
+    assert!(matches!(result, Err(EphemeralError::Unavailable(_))));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    hold.abort();
+}
+
+/// A private `redis-server` (from `PATH`, or `CHAT_TEST_REDIS_SERVER`) on its
+/// own port, which this test may stop and start.
+struct PrivateServer {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateServer {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = Self { port, child: None };
+        s.restart().await;
+        s
+    }
+
+    async fn restart(&mut self) {
+        let bin = std::env::var("CHAT_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = tokio::process::Command::new(&bin)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin} (the outage test needs it): {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().await.unwrap();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+#[tokio::test]
+async fn an_outage_gives_quick_errors_then_recovers() {
+    let mut server = PrivateServer::start().await;
+    let e = RedisEphemeral::connect(&server.url(), &prefix())
+        .await
+        .unwrap();
+    let u = UserId::new();
+    e.connection_opened(u).await.unwrap();
+
+    server.stop().await;
+    let started = Instant::now();
+    assert!(e.ping().await.is_err());
+    assert!(e.connection_opened(u).await.is_err());
+    assert!(e.hit("k", 1, Duration::from_secs(1)).await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    server.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while e.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "no reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A fresh server: the state is gone (it is ephemeral), the store works.
+    assert_eq!(e.online(&[u]).await.unwrap(), vec![false]);
+    assert_eq!(e.connection_opened(u).await.unwrap(), 1);
+}

@@ -1,0 +1,173 @@
+//! The `gateway` process of the distributed mode: REST and WebSocket for
+//! clients, gRPC clients to auth and room (any number of replicas each),
+//! NATS for room events and Redis for revocations, presence and limits.
+
+use crate::{Backends, Gateway, GatewayArgs};
+use anyhow::Context;
+use chat_auth::Verifier;
+use chat_core::config::BackendArgs;
+use chat_core::health::ReadyCheck;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// `gateway`: the client-facing edge (distributed mode).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "gateway", version, about)]
+pub struct Config {
+    /// Address for the REST API, the WebSocket and health.
+    #[arg(long, env = "CHAT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// auth's gRPC URL(s), comma-separated; calls are balanced over them.
+    #[arg(
+        long,
+        env = "CHAT_AUTH_URL",
+        default_value = "http://127.0.0.1:50061",
+        value_delimiter = ','
+    )]
+    pub auth_url: Vec<String>,
+
+    /// room's gRPC URL(s), comma-separated; calls are balanced over them.
+    #[arg(
+        long,
+        env = "CHAT_ROOM_URL",
+        default_value = "http://127.0.0.1:50062",
+        value_delimiter = ','
+    )]
+    pub room_url: Vec<String>,
+
+    #[command(flatten)]
+    pub backends: BackendArgs,
+
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+
+    /// Seconds to wait for connections to close on shutdown.
+    #[arg(long, env = "CHAT_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// A channel balanced over `urls`, connecting lazily (start-up order does
+/// not matter) and reconnecting on its own.
+pub fn balanced_channel(urls: &[String]) -> anyhow::Result<Channel> {
+    let endpoints = urls
+        .iter()
+        .map(|u| {
+            Endpoint::from_shared(u.clone())
+                .map(|e| {
+                    e.connect_timeout(Duration::from_secs(2))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(20))
+                        .keep_alive_timeout(Duration::from_secs(10))
+                })
+                .with_context(|| format!("bad gRPC URL {u:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!endpoints.is_empty(), "no gRPC URL given");
+    Ok(Channel::balance_list(endpoints.into_iter()))
+}
+
+pub struct App {
+    http: TcpListener,
+    gateway: Gateway,
+    shutdown: CancellationToken,
+    drain: Duration,
+}
+
+impl App {
+    pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
+        cfg.backends.check().map_err(anyhow::Error::msg)?;
+        let b = &cfg.backends;
+        let bus = chat_bus::connect(&b.nats_url)
+            .await
+            .context("cannot reach NATS")?;
+        let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
+            .await
+            .context("cannot reach Redis")?;
+        let first_auth = cfg.auth_url.first().cloned().unwrap_or_default();
+        let keys = chat_auth::keys::fetch_public_keys(&first_auth, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("cannot fetch public keys from auth at {first_auth}"))?;
+        let verifier =
+            Verifier::new(&keys, ephemeral.clone()).with_internal_secret(&b.internal_secret);
+        let backends = Backends::new(
+            balanced_channel(&cfg.auth_url)?,
+            balanced_channel(&cfg.room_url)?,
+        );
+        let ready = vec![
+            ReadyCheck::new("bus", {
+                let s = bus.clone();
+                move || {
+                    let s = s.clone();
+                    async move { s.ping().await }
+                }
+            }),
+            ReadyCheck::new("ephemeral", {
+                let s = ephemeral.clone();
+                move || {
+                    let s = s.clone();
+                    async move { s.ping().await }
+                }
+            }),
+            ReadyCheck::new("auth", {
+                let c = backends.auth.clone();
+                move || {
+                    let mut c = c.clone();
+                    async move {
+                        c.get_public_keys(chat_proto::v1::GetPublicKeysRequest {})
+                            .await
+                            .map(|_| ())
+                            .map_err(|s| s.message().to_owned())
+                    }
+                }
+            }),
+            ReadyCheck::new("room", {
+                let c = backends.room.clone();
+                move || {
+                    let mut c = c.clone();
+                    async move {
+                        // Any answer but UNAVAILABLE means a replica is up
+                        // (an unauthenticated call is refused, as it should).
+                        match c.get_room(chat_proto::v1::GetRoomRequest::default()).await {
+                            Err(s) if s.code() == tonic::Code::Unavailable => {
+                                Err(s.message().to_owned())
+                            }
+                            _ => Ok(()),
+                        }
+                    }
+                }
+            }),
+        ];
+        let gateway = Gateway::new(
+            backends,
+            verifier,
+            ephemeral,
+            bus,
+            chat_bus::Subjects::new(b.subject_prefix.clone()),
+            cfg.gateway.config(b.internal_secret.clone()),
+            ready,
+            shutdown.clone(),
+        );
+        Ok(App {
+            http: chat_core::serve::bind(cfg.http_addr).await?,
+            gateway,
+            shutdown,
+            drain: Duration::from_secs(cfg.shutdown_timeout_secs),
+        })
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.local_addr().ok()
+    }
+
+    /// Serves until the shutdown token; then finishes in-flight requests and
+    /// closes WebSockets with 1012.
+    pub async fn run(self) -> anyhow::Result<()> {
+        chat_core::serve::http(self.http, self.gateway.router(), self.shutdown.clone()).await?;
+        self.gateway.drain(self.drain).await;
+        Ok(())
+    }
+}

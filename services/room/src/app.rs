@@ -1,0 +1,105 @@
+//! The `room` process of the distributed mode: the service on Postgres,
+//! Redis and NATS, gRPC with reflection, and health endpoints.
+
+use crate::{RoomArgs, RoomSvc};
+use anyhow::Context;
+use chat_auth::Verifier;
+use chat_core::config::{BackendArgs, ListenArgs};
+use chat_core::health::ReadyCheck;
+use chat_proto::v1::room_service_server::RoomServiceServer;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// `room`: rooms, memberships and messages (distributed mode).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "room", version, about)]
+pub struct Config {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+
+    #[command(flatten)]
+    pub backends: BackendArgs,
+
+    /// auth's gRPC URL, to fetch the token-verifying public keys at start.
+    #[arg(long, env = "CHAT_AUTH_URL", default_value = "http://127.0.0.1:50061")]
+    pub auth_url: String,
+
+    #[command(flatten)]
+    pub room: RoomArgs,
+}
+
+pub struct App {
+    grpc: TcpListener,
+    http: TcpListener,
+    routes: tonic::service::Routes,
+    health: axum::Router,
+}
+
+impl App {
+    pub async fn build(cfg: Config) -> anyhow::Result<App> {
+        cfg.backends.check().map_err(anyhow::Error::msg)?;
+        let b = &cfg.backends;
+        let store = chat_store::connect(&b.database_url)
+            .await
+            .context("cannot open the store")?;
+        let bus = chat_bus::connect(&b.nats_url)
+            .await
+            .context("cannot reach NATS")?;
+        let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
+            .await
+            .context("cannot reach Redis")?;
+        let keys = chat_auth::keys::fetch_public_keys(&cfg.auth_url, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("cannot fetch public keys from auth at {}", cfg.auth_url))?;
+        let verifier =
+            Verifier::new(&keys, ephemeral.clone()).with_internal_secret(&b.internal_secret);
+        let svc = RoomSvc::new(
+            store.clone(),
+            bus.clone(),
+            ephemeral.clone(),
+            chat_bus::Subjects::new(b.subject_prefix.clone()),
+            verifier,
+            cfg.room.config(),
+        );
+        let routes =
+            chat_proto::with_reflection(tonic::service::Routes::new(RoomServiceServer::new(svc)))?;
+        let health = chat_core::health::router(vec![
+            ReadyCheck::new("store", move || {
+                let s = store.clone();
+                async move { s.ping().await }
+            }),
+            ReadyCheck::new("bus", move || {
+                let s = bus.clone();
+                async move { s.ping().await }
+            }),
+            ReadyCheck::new("ephemeral", move || {
+                let s = ephemeral.clone();
+                async move { s.ping().await }
+            }),
+        ]);
+        Ok(App {
+            grpc: chat_core::serve::bind(cfg.listen.grpc_addr).await?,
+            http: chat_core::serve::bind(cfg.listen.http_addr).await?,
+            routes,
+            health,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.local_addr().ok()
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.local_addr().ok()
+    }
+
+    /// Serves until `stop`; in-flight calls finish first.
+    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let http = tokio::spawn(chat_core::serve::http(self.http, self.health, stop.clone()));
+        chat_core::serve::grpc(self.grpc, self.routes, stop).await?;
+        http.await??;
+        Ok(())
+    }
+}

@@ -1,0 +1,1340 @@
+//! The Postgres backend of [`Store`]: the distributed mode's source of truth,
+//! shared by every `auth` and `room` replica.
+//!
+//! One [`PgPool`] per process; any number of processes on one database. The
+//! semantics are the SQLite backend's, decision for decision; what differs
+//! is how writers are kept apart, since here they run in parallel, in
+//! several processes, under `READ COMMITTED`:
+//!
+//! - Every write to a room's event log (append, edit, delete) first locks
+//!   the room's row (`FOR NO KEY UPDATE`). Writers of one room queue on that
+//!   lock; writers of different rooms never meet. Holding it, the seq is
+//!   taken from `rooms.last_seq` in the statement that inserts the event, so
+//!   seqs have no gaps (a rollback gives the seq back) and no repeats.
+//! - The dedupe lookup of `append_message` runs after the lock is taken, in
+//!   a statement of its own (a fresh snapshot): a concurrent identical send
+//!   waits for the first to commit and then finds it. The partial unique
+//!   index `events_dedupe` backs this up.
+//! - Rows a write depends on are locked too: the user (`FOR SHARE`) when a
+//!   session, room or membership is made for them, so `delete_user` cannot
+//!   slip in between the check and the insert; the refresh token
+//!   (`FOR UPDATE`) when it is rotated, so two rotations of one token are
+//!   one rotation and one reuse, as on SQLite.
+//!
+//! # URL
+//!
+//! `postgres://user[:password]@host[:port]/database[?params]` (or
+//! `postgresql://`), with every parameter sqlx knows (`sslmode`, `options`,
+//! …) plus two of ours, which are taken out before sqlx sees the URL:
+//!
+//! - `max_connections=N`: the pool size (default [`DEFAULT_MAX_CONNECTIONS`]).
+//! - `schema=NAME`: use (and create if missing) the schema `NAME`. Every
+//!   connection starts with `search_path` set to it alone, so the tables and
+//!   sqlx's `_sqlx_migrations` live there. This is how tests isolate
+//!   themselves (a fresh `test_<uuid>` schema each) and how several
+//!   deployments can share one database. `NAME` must be a plain lowercase
+//!   identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes): it is the one thing
+//!   spliced into SQL (`CREATE SCHEMA`), as a quoted identifier, because an
+//!   identifier cannot be a bound parameter; it comes from configuration,
+//!   never from a client.
+//!
+//! A `search_path` passed through sqlx's `options` (`?options=-csearch_path%3DNAME`)
+//! works as well, but that schema must exist already.
+//!
+//! # Migrations
+//!
+//! `migrations/postgres`, embedded, run by `connect`. Replicas may start at
+//! once: sqlx's Postgres migrator (0.8) holds `pg_advisory_lock` (keyed on
+//! the database name) around the whole run, so one applies them and the
+//! others wait, then find nothing to do. Each migration runs in a
+//! transaction with its bookkeeping row.
+//!
+//! Only runtime-checked queries with bound parameters; rows are decoded in
+//! `rows`, where a corrupt row becomes a `Backend` error.
+
+mod rows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_core::{RoomId, Seq, SessionId, UserId};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection};
+use uuid::Uuid;
+
+use self::rows::{db_err, event_cols, membership_cols, room_cols, session_cols, user_cols};
+use crate::{
+    EditMessage, Event, EventKind, MemberProfile, Membership, Message, NewMessage, NewRoom,
+    NewSession, NewUser, Result, Role, Room, RoomKind, RoomPatch, RotateOutcome, Session, Store,
+    StoreError, User, UserAuth, UserRoom, Visibility,
+};
+
+/// Pool size unless the URL says `max_connections=N`.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// How long a query waits for a pooled connection (or for a new one to
+/// connect) before it fails instead of hanging the request.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest schema name Postgres keeps whole (NAMEDATALEN - 1).
+const MAX_SCHEMA_LEN: usize = 63;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The Store on a Postgres database (see the module docs for the locking).
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (see the module docs for the URL
+    /// and its `schema` and `max_connections` parameters), creating the
+    /// schema if one is named and missing, and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let url = StoreUrl::parse(url)?;
+        // The message of a URL parse error never repeats the URL, which may
+        // hold a password.
+        let mut options = PgConnectOptions::from_str(&url.sqlx_url)
+            .map_err(|e| StoreError::Config(format!("bad Postgres URL: {e}")))?;
+        if let Some(schema) = &url.schema {
+            ensure_schema(&options, schema).await?;
+            options = options.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(url.max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(StoreError::backend)?;
+        MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
+        tracing::debug!(
+            schema = url.schema.as_deref().unwrap_or("(search_path)"),
+            max_connections = url.max_connections,
+            "postgres store ready"
+        );
+        Ok(Self { pool })
+    }
+}
+
+/// A store URL split into what sqlx gets and what we act on ourselves.
+#[derive(Debug, PartialEq, Eq)]
+struct StoreUrl {
+    sqlx_url: String,
+    schema: Option<String>,
+    max_connections: u32,
+}
+
+impl StoreUrl {
+    fn parse(url: &str) -> Result<Self> {
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (url, None),
+        };
+        let mut schema = None;
+        let mut max_connections = DEFAULT_MAX_CONNECTIONS;
+        let mut kept = Vec::new();
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "schema" => {
+                    if !is_plain_identifier(value) {
+                        return Err(StoreError::Config(format!(
+                            "schema {value:?} in the Postgres URL must match \
+                             [a-z_][a-z0-9_]* (at most {MAX_SCHEMA_LEN} bytes)"
+                        )));
+                    }
+                    schema = Some(value.to_owned());
+                }
+                "max_connections" => {
+                    max_connections =
+                        value.parse().ok().filter(|&n: &u32| n > 0).ok_or_else(|| {
+                            StoreError::Config(format!(
+                                "max_connections {value:?} in the Postgres URL must be a \
+                                 positive integer"
+                            ))
+                        })?;
+                }
+                "" => {}
+                _ => kept.push(pair),
+            }
+        }
+        let sqlx_url = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok(Self {
+            sqlx_url,
+            schema,
+            max_connections,
+        })
+    }
+}
+
+fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= MAX_SCHEMA_LEN
+}
+
+/// Creates `schema` unless it exists. Several processes may do this at once
+/// on a fresh schema, and `CREATE SCHEMA IF NOT EXISTS` is not safe against
+/// that race (one of them can still fail on the catalog's unique index), so
+/// "it exists now" errors count as success.
+async fn ensure_schema(options: &PgConnectOptions, schema: &str) -> Result<()> {
+    let mut conn = tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect())
+        .await
+        .map_err(|_| {
+            StoreError::Config(format!(
+                "timed out after {ACQUIRE_TIMEOUT:?} connecting to Postgres"
+            ))
+        })?
+        .map_err(StoreError::backend)?;
+    // Checked first so a role that may not CREATE in the database can still
+    // use a schema made for it.
+    let exists = sqlx::query("SELECT 1 FROM pg_namespace WHERE nspname = $1")
+        .bind(schema)
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(StoreError::backend)?
+        .is_some();
+    if !exists {
+        // `schema` is a checked plain identifier (see `StoreUrl::parse`).
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+        match sqlx::query(&create).execute(&mut conn).await {
+            Ok(_) => tracing::info!(schema, "created Postgres schema"),
+            Err(sqlx::Error::Database(d))
+                if matches!(d.code().as_deref(), Some("42P06" | "23505")) => {}
+            Err(e) => return Err(StoreError::backend(e)),
+        }
+    }
+    conn.close().await.map_err(StoreError::backend)
+}
+
+/// The case-insensitive uniqueness key of a username (lowercased in Rust,
+/// as the SQLite backend does, so both agree on which names clash).
+fn username_key(username: &str) -> String {
+    username.to_lowercase()
+}
+
+/// `q` as an `ILIKE … ESCAPE '\'` pattern matching names that contain it
+/// literally (`%`, `_` and `\` in `q` are not special).
+fn contains_pattern(q: &str) -> String {
+    let mut pattern = String::with_capacity(q.len() + 2);
+    pattern.push('%');
+    for c in q.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The one key of the DM between two users, whatever the order.
+fn dm_key(a: UserId, b: UserId) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo}:{hi}")
+}
+
+fn decode_all<T>(rows: &[PgRow], f: fn(&PgRow) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(f).collect()
+}
+
+fn decode_opt<T>(row: Option<PgRow>, f: fn(&PgRow) -> Result<T>) -> Result<Option<T>> {
+    row.as_ref().map(f).transpose()
+}
+
+/// Cuts a page fetched with `limit + 1` rows to `limit`; true if it was cut.
+fn cut<T>(items: &mut Vec<T>, limit: u32) -> bool {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = items.len() > limit;
+    items.truncate(limit);
+    more
+}
+
+/// True if the user is live; the row is then share-locked until the end of
+/// the transaction, so it cannot be deleted before what we insert for it.
+async fn lock_live_user(conn: &mut PgConnection, id: UserId) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL FOR SHARE")
+        .bind(id.0)
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(row.is_some())
+}
+
+/// True if the room is live; the row is then share-locked until the end of
+/// the transaction: no event is appended and the room is not deleted
+/// meanwhile (a new member's read marker is exactly the room's end).
+async fn share_live_room(conn: &mut PgConnection, id: RoomId) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR SHARE")
+        .bind(id.0)
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(row.is_some())
+}
+
+/// Takes the room's write lock for its event log, or false if the room is
+/// not live. `NO KEY UPDATE` conflicts with itself (writers of the room
+/// queue here) but not with the key-share locks that foreign-key checks
+/// take, so inserting a membership does not wait for it.
+async fn lock_room_log(conn: &mut PgConnection, id: RoomId) -> Result<bool> {
+    let row =
+        sqlx::query("SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE")
+            .bind(id.0)
+            .fetch_optional(conn)
+            .await
+            .map_err(db_err)?;
+    Ok(row.is_some())
+}
+
+/// One row of the event log, before it has a seq.
+struct NewEvent<'a> {
+    room_id: RoomId,
+    kind: &'static str,
+    message_id: Uuid,
+    sender_id: UserId,
+    body: &'a str,
+    client_msg_id: Option<&'a str>,
+    created_at: i64,
+    edited_at: Option<i64>,
+    target_seq: Option<Seq>,
+}
+
+/// Takes the room's next seq and inserts the event with it, in one
+/// statement. Called with the room's log lock held (`lock_room_log`), inside
+/// the transaction that commits the event: a rollback gives the seq back.
+async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Seq> {
+    let row = sqlx::query(
+        "WITH bumped AS ( \
+             UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq \
+         ) \
+         INSERT INTO events (room_id, seq, kind, message_id, sender_id, body, client_msg_id, \
+                             created_at, edited_at, deleted, target_seq) \
+         SELECT $1, last_seq, $2, $3, $4, $5, $6, $7, $8, FALSE, $9 FROM bumped \
+         RETURNING seq",
+    )
+    .bind(event.room_id.0)
+    .bind(event.kind)
+    .bind(event.message_id)
+    .bind(event.sender_id.0)
+    .bind(event.body)
+    .bind(event.client_msg_id)
+    .bind(event.created_at)
+    .bind(event.edited_at)
+    .bind(event.target_seq)
+    .fetch_optional(conn)
+    .await
+    .map_err(db_err)?
+    .ok_or(StoreError::NotFound)?;
+    rows::int(&row, "seq")
+}
+
+async fn find_message(conn: &mut PgConnection, room: RoomId, seq: Seq) -> Result<Option<Message>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        event_cols!(),
+        " FROM events WHERE room_id = $1 AND seq = $2 AND kind = 'message'"
+    ))
+    .bind(room.0)
+    .bind(seq)
+    .fetch_optional(conn)
+    .await
+    .map_err(db_err)?;
+    decode_opt(row, rows::message)
+}
+
+async fn find_membership(
+    conn: &mut PgConnection,
+    room: RoomId,
+    user: UserId,
+) -> Result<Option<Membership>> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        membership_cols!(),
+        " FROM memberships WHERE room_id = $1 AND user_id = $2"
+    ))
+    .bind(room.0)
+    .bind(user.0)
+    .fetch_optional(conn)
+    .await
+    .map_err(db_err)?;
+    decode_opt(row, rows::membership)
+}
+
+/// Adds the membership unless it exists; true if it was added. The read
+/// marker starts at the room's current end.
+async fn insert_membership(
+    conn: &mut PgConnection,
+    room: RoomId,
+    user: UserId,
+    role: Role,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO memberships (room_id, user_id, role, joined_at, last_read_seq) \
+         VALUES ($1, $2, $3, $4, COALESCE((SELECT last_seq FROM rooms WHERE id = $1), 0)) \
+         ON CONFLICT (room_id, user_id) DO NOTHING",
+    )
+    .bind(room.0)
+    .bind(user.0)
+    .bind(role.as_str())
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(db_err)?;
+    Ok(done.rows_affected() == 1)
+}
+
+fn new_room(room: &NewRoom) -> Room {
+    Room {
+        id: room.id,
+        name: room.name.clone(),
+        topic: room.topic.clone(),
+        visibility: room.visibility,
+        kind: room.kind,
+        created_at: room.created_at,
+        last_seq: 0,
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    // ---- users ----
+
+    async fn create_user(&self, user: &NewUser) -> Result<User> {
+        sqlx::query(
+            "INSERT INTO users (id, username, username_key, display_name, password_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(user.id.0)
+        .bind(&user.username)
+        .bind(username_key(&user.username))
+        .bind(&user.display_name)
+        .bind(&user.password_hash)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(User {
+            id: user.id,
+            username: user.username.clone(),
+            display_name: user.display_name.clone(),
+            created_at: user.created_at,
+        })
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<UserAuth>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE username_key = $1 AND deleted_at IS NULL"
+        ))
+        .bind(username_key(username))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::user_auth)
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserAuth>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE id = $1 AND deleted_at IS NULL"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::user_auth)
+    }
+
+    async fn update_display_name(&self, id: UserId, display_name: &str) -> Result<User> {
+        let row = sqlx::query(concat!(
+            "UPDATE users SET display_name = $1 WHERE id = $2 AND deleted_at IS NULL RETURNING ",
+            user_cols!()
+        ))
+        .bind(display_name)
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::user)?.ok_or(StoreError::NotFound)
+    }
+
+    async fn set_password_hash(&self, id: UserId, hash: &str) -> Result<()> {
+        let done =
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2 AND deleted_at IS NULL")
+                .bind(hash)
+                .bind(id.0)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
+    async fn delete_user(&self, id: UserId, now: i64) -> Result<Vec<SessionId>> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let done = sqlx::query(
+            "UPDATE users SET deleted_at = $1, username_key = NULL \
+             WHERE id = $2 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let revoked = sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 \
+             WHERE user_id = $2 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(now)
+        .bind(id.0)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let revoked = revoked
+            .iter()
+            .map(|row| rows::session_id(row, "id"))
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(revoked)
+    }
+
+    // ---- sessions and refresh tokens ----
+
+    async fn create_session(&self, session: &NewSession, token_hash: &[u8]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if !lock_live_user(&mut tx, session.user_id).await? {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, user_agent, created_at, last_used_at) \
+             VALUES ($1, $2, $3, $4, $4)",
+        )
+        .bind(session.id.0)
+        .bind(session.user_id.0)
+        .bind(&session.user_agent)
+        .bind(session.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(token_hash)
+        .bind(session.id.0)
+        .bind(session.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn rotate_refresh_token(
+        &self,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        now: i64,
+    ) -> Result<RotateOutcome> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // Locking the token makes a concurrent rotation of it wait, then see
+        // it spent (a reuse), exactly as if the two had come one by one.
+        let row = sqlx::query(
+            "SELECT t.session_id, t.spent_at, s.revoked_at, u.deleted_at \
+             FROM refresh_tokens t \
+             JOIN sessions s ON s.id = t.session_id \
+             JOIN users u ON u.id = s.user_id \
+             WHERE t.token_hash = $1 \
+             FOR UPDATE OF t",
+        )
+        .bind(old_hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(RotateOutcome::Unknown);
+        };
+        let session_id = rows::session_id(&row, "session_id")?;
+        let (spent_at, revoked_at, user_deleted_at) = (
+            rows::opt_int(&row, "spent_at")?,
+            rows::opt_int(&row, "revoked_at")?,
+            rows::opt_int(&row, "deleted_at")?,
+        );
+
+        if revoked_at.is_some() || user_deleted_at.is_some() {
+            return Ok(RotateOutcome::Revoked);
+        }
+        if spent_at.is_some() {
+            // A spent token came back: someone holds a copy. End the session
+            // for both holders.
+            sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(session_id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
+            return Ok(RotateOutcome::Reused(session_id));
+        }
+
+        sqlx::query("UPDATE refresh_tokens SET spent_at = $1 WHERE token_hash = $2")
+            .bind(now)
+            .bind(old_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(new_hash)
+        .bind(session_id.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let row = sqlx::query(concat!(
+            "UPDATE sessions SET last_used_at = $1 WHERE id = $2 RETURNING ",
+            session_cols!()
+        ))
+        .bind(now)
+        .bind(session_id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let session = rows::session(&row)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(RotateOutcome::Rotated(session))
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<Session>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM sessions WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::session)
+    }
+
+    async fn list_sessions(&self, user_id: UserId) -> Result<Vec<Session>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM sessions WHERE user_id = $1 AND revoked_at IS NULL \
+             ORDER BY created_at DESC, id DESC"
+        ))
+        .bind(user_id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        decode_all(&rows, rows::session)
+    }
+
+    async fn revoke_session(&self, user_id: UserId, id: SessionId, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 \
+             WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.0)
+        .bind(user_id.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user_id: UserId,
+        keep: Option<SessionId>,
+        now: i64,
+    ) -> Result<Vec<SessionId>> {
+        let rows = sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 \
+             WHERE user_id = $2 AND revoked_at IS NULL AND ($3::uuid IS NULL OR id <> $3) \
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(user_id.0)
+        .bind(keep.map(|k| k.0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(|row| rows::session_id(row, "id")).collect()
+    }
+
+    async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<SessionId>> {
+        let rows =
+            sqlx::query("SELECT id FROM sessions WHERE revoked_at >= $1 ORDER BY revoked_at, id")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+        rows.iter().map(|row| rows::session_id(row, "id")).collect()
+    }
+
+    // ---- rooms and memberships ----
+
+    async fn create_room(&self, room: &NewRoom, owner: UserId) -> Result<Room> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if !lock_live_user(&mut tx, owner).await? {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "INSERT INTO rooms (id, name, topic, visibility, kind, created_at, last_seq, dm_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0, NULL)",
+        )
+        .bind(room.id.0)
+        .bind(&room.name)
+        .bind(&room.topic)
+        .bind(room.visibility.as_str())
+        .bind(room.kind.as_str())
+        .bind(room.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        insert_membership(&mut tx, room.id, owner, Role::Owner, room.created_at).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(new_room(room))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room.id))]
+    async fn open_dm(&self, room: &NewRoom, a: UserId, b: UserId) -> Result<Room> {
+        /// Rounds of "find it, else create it". A round only repeats when
+        /// the DM another process just created was deleted before we could
+        /// read it, so two are plenty; the bound keeps a pathological
+        /// create/delete storm from spinning us forever.
+        const ROUNDS: usize = 3;
+        let key = dm_key(a, b);
+        // A DM is private and two-person whatever the caller filled in.
+        let room = NewRoom {
+            kind: RoomKind::Dm,
+            visibility: Visibility::Private,
+            ..room.clone()
+        };
+        for _ in 0..ROUNDS {
+            let mut tx = self.pool.begin().await.map_err(db_err)?;
+            for user in [a, b] {
+                if !lock_live_user(&mut tx, user).await? {
+                    return Err(StoreError::NotFound);
+                }
+            }
+            // Insert unless a live DM has the key. A concurrent creator's
+            // uncommitted row makes this wait for its outcome; if it
+            // commits, nothing is inserted and the next statement (a fresh
+            // snapshot) reads its room.
+            let created = sqlx::query(
+                "INSERT INTO rooms (id, name, topic, visibility, kind, created_at, last_seq, dm_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 0, $7) \
+                 ON CONFLICT (dm_key) DO NOTHING",
+            )
+            .bind(room.id.0)
+            .bind(&room.name)
+            .bind(&room.topic)
+            .bind(room.visibility.as_str())
+            .bind(room.kind.as_str())
+            .bind(room.created_at)
+            .bind(&key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected()
+                == 1;
+            let dm = if created {
+                new_room(&room)
+            } else {
+                let existing = sqlx::query(concat!(
+                    "SELECT ",
+                    room_cols!(),
+                    " FROM rooms WHERE dm_key = $1 AND deleted_at IS NULL FOR SHARE"
+                ))
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                match decode_opt(existing, rows::room)? {
+                    Some(existing) => existing,
+                    // Deleted between the insert and the read: try again.
+                    None => continue,
+                }
+            };
+            // Both are members of their DM, even after one of them left.
+            for user in [a, b] {
+                insert_membership(&mut tx, dm.id, user, Role::Member, room.created_at).await?;
+            }
+            tx.commit().await.map_err(db_err)?;
+            return Ok(dm);
+        }
+        Err(StoreError::backend(std::io::Error::other(
+            "open_dm: the DM kept vanishing while being opened",
+        )))
+    }
+
+    async fn room(&self, id: RoomId) -> Result<Option<Room>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            " FROM rooms WHERE id = $1 AND deleted_at IS NULL"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::room)
+    }
+
+    async fn update_room(&self, id: RoomId, patch: &RoomPatch) -> Result<Room> {
+        let row = sqlx::query(concat!(
+            "UPDATE rooms SET name = COALESCE($1, name), topic = COALESCE($2, topic), \
+             visibility = COALESCE($3, visibility) \
+             WHERE id = $4 AND deleted_at IS NULL RETURNING ",
+            room_cols!()
+        ))
+        .bind(patch.name.as_deref())
+        .bind(patch.topic.as_deref())
+        .bind(patch.visibility.map(Visibility::as_str))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::room)?.ok_or(StoreError::NotFound)
+    }
+
+    async fn delete_room(&self, id: RoomId, now: i64) -> Result<()> {
+        // Freeing dm_key lets the two users open a fresh DM later.
+        let done = sqlx::query(
+            "UPDATE rooms SET deleted_at = $1, dm_key = NULL WHERE id = $2 AND deleted_at IS NULL",
+        )
+        .bind(now)
+        .bind(id.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_public_rooms(
+        &self,
+        q: &str,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> Result<Vec<Room>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            " FROM rooms \
+             WHERE visibility = 'public' AND kind = 'group' AND deleted_at IS NULL \
+             AND name ILIKE $1 ESCAPE '\\' AND ($2::uuid IS NULL OR id > $2) \
+             ORDER BY id LIMIT $3"
+        ))
+        .bind(contains_pattern(q))
+        .bind(after.map(|a| a.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        decode_all(&rows, rows::room)
+    }
+
+    async fn list_user_rooms(
+        &self,
+        user_id: UserId,
+        after: Option<RoomId>,
+        limit: u32,
+    ) -> Result<Vec<UserRoom>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            ", ",
+            membership_cols!(),
+            ", (SELECT COUNT(*) FROM events e \
+                WHERE e.room_id = m.room_id AND e.seq > m.last_read_seq \
+                AND e.kind = 'message' AND NOT e.deleted AND e.sender_id <> m.user_id) AS unread \
+             FROM memberships m JOIN rooms r ON r.id = m.room_id \
+             WHERE m.user_id = $1 AND r.deleted_at IS NULL \
+             AND ($2::uuid IS NULL OR m.room_id > $2) \
+             ORDER BY m.room_id LIMIT $3"
+        ))
+        .bind(user_id.0)
+        .bind(after.map(|a| a.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(UserRoom {
+                    room: rows::room(row)?,
+                    membership: rows::membership(row)?,
+                    unread: rows::int(row, "unread")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn user_room_ids(&self, user_id: UserId) -> Result<Vec<RoomId>> {
+        let rows = sqlx::query(
+            "SELECT m.room_id FROM memberships m JOIN rooms r ON r.id = m.room_id \
+             WHERE m.user_id = $1 AND r.deleted_at IS NULL ORDER BY m.room_id",
+        )
+        .bind(user_id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| rows::room_id(row, "room_id"))
+            .collect()
+    }
+
+    async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            membership_cols!(),
+            " FROM memberships m JOIN rooms r ON r.id = m.room_id \
+             WHERE m.room_id = $1 AND m.user_id = $2 AND r.deleted_at IS NULL"
+        ))
+        .bind(room.0)
+        .bind(user.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        decode_opt(row, rows::membership)
+    }
+
+    async fn add_member(
+        &self,
+        room: RoomId,
+        user: UserId,
+        role: Role,
+        now: i64,
+    ) -> Result<(Membership, bool)> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if !share_live_room(&mut tx, room).await? || !lock_live_user(&mut tx, user).await? {
+            return Err(StoreError::NotFound);
+        }
+        let added = insert_membership(&mut tx, room, user, role, now).await?;
+        let membership = find_membership(&mut tx, room, user)
+            .await?
+            .ok_or_else(|| rows::corrupt("membership vanished after insert"))?;
+        tx.commit().await.map_err(db_err)?;
+        Ok((membership, added))
+    }
+
+    async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM memberships WHERE room_id = $1 AND user_id = $2")
+            .bind(room.0)
+            .bind(user.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_members(
+        &self,
+        room: RoomId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<MemberProfile>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            membership_cols!(),
+            ", u.username, u.display_name \
+             FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.room_id = $1 AND u.deleted_at IS NULL \
+             AND ($2::uuid IS NULL OR m.user_id > $2) \
+             ORDER BY m.user_id LIMIT $3"
+        ))
+        .bind(room.0)
+        .bind(after.map(|a| a.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(MemberProfile {
+                    membership: rows::membership(row)?,
+                    username: rows::text(row, "username")?,
+                    display_name: rows::text(row, "display_name")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_read(&self, room: RoomId, user: UserId, seq: Seq) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE memberships SET last_read_seq = GREATEST(last_read_seq, \
+               LEAST($1, COALESCE((SELECT last_seq FROM rooms WHERE id = $2), 0))) \
+             WHERE room_id = $2 AND user_id = $3",
+        )
+        .bind(seq)
+        .bind(room.0)
+        .bind(user.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotMember);
+        }
+        Ok(())
+    }
+
+    // ---- the event log ----
+
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(room_id = %msg.room_id, client_msg_id = %msg.client_msg_id)
+    )]
+    async fn append_message(&self, msg: &NewMessage) -> Result<(Message, bool)> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // The lock comes first: a concurrent send of the same client_msg_id
+        // waits here until ours commits, then finds it below.
+        if !lock_room_log(&mut tx, msg.room_id).await? {
+            return Err(StoreError::NotFound);
+        }
+        if find_membership(&mut tx, msg.room_id, msg.sender_id)
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::NotMember);
+        }
+        let original = sqlx::query(concat!(
+            "SELECT ",
+            event_cols!(),
+            " FROM events \
+             WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3 AND kind = 'message'"
+        ))
+        .bind(msg.room_id.0)
+        .bind(msg.sender_id.0)
+        .bind(&msg.client_msg_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(original) = decode_opt(original, rows::message)? {
+            return Ok((original, false));
+        }
+
+        let seq = insert_event(
+            &mut tx,
+            &NewEvent {
+                room_id: msg.room_id,
+                kind: "message",
+                message_id: msg.id.0,
+                sender_id: msg.sender_id,
+                body: &msg.body,
+                client_msg_id: Some(&msg.client_msg_id),
+                created_at: msg.created_at,
+                edited_at: None,
+                target_seq: None,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        tracing::debug!(seq, "message appended");
+        Ok((
+            Message {
+                room_id: msg.room_id,
+                seq,
+                id: msg.id,
+                sender_id: msg.sender_id,
+                body: msg.body.clone(),
+                client_msg_id: msg.client_msg_id.clone(),
+                created_at: msg.created_at,
+                edited_at: None,
+                deleted: false,
+            },
+            true,
+        ))
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(room_id = %edit.room_id, target_seq = edit.target)
+    )]
+    async fn edit_message(&self, edit: &EditMessage) -> Result<(Event, Message)> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if !lock_room_log(&mut tx, edit.room_id).await? {
+            return Err(StoreError::NotFound);
+        }
+        let mut message = match find_message(&mut tx, edit.room_id, edit.target).await? {
+            Some(m) if !m.deleted => m,
+            _ => return Err(StoreError::NotFound),
+        };
+        if message.sender_id != edit.editor {
+            return Err(StoreError::Forbidden);
+        }
+        sqlx::query("UPDATE events SET body = $1, edited_at = $2 WHERE room_id = $3 AND seq = $4")
+            .bind(&edit.body)
+            .bind(edit.now)
+            .bind(edit.room_id.0)
+            .bind(edit.target)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let seq = insert_event(
+            &mut tx,
+            &NewEvent {
+                room_id: edit.room_id,
+                kind: "message_edited",
+                message_id: message.id.0,
+                sender_id: edit.editor,
+                body: &edit.body,
+                client_msg_id: None,
+                created_at: edit.now,
+                edited_at: Some(edit.now),
+                target_seq: Some(edit.target),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+
+        message.body.clone_from(&edit.body);
+        message.edited_at = Some(edit.now);
+        let event = Event {
+            room_id: edit.room_id,
+            seq,
+            kind: EventKind::Edited {
+                target_seq: edit.target,
+                body: edit.body.clone(),
+                sender_id: edit.editor,
+                edited_at: edit.now,
+            },
+        };
+        Ok((event, message))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room, target_seq = target))]
+    async fn delete_message(
+        &self,
+        room: RoomId,
+        target: Seq,
+        by: UserId,
+        now: i64,
+    ) -> Result<Event> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if !lock_room_log(&mut tx, room).await? {
+            return Err(StoreError::NotFound);
+        }
+        let message = match find_message(&mut tx, room, target).await? {
+            Some(m) if !m.deleted => m,
+            _ => return Err(StoreError::NotFound),
+        };
+        sqlx::query("UPDATE events SET deleted = TRUE, body = '' WHERE room_id = $1 AND seq = $2")
+            .bind(room.0)
+            .bind(target)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        // The bodies its edits set go too: a tombstone keeps no text.
+        sqlx::query(
+            "UPDATE events SET body = '' \
+             WHERE room_id = $1 AND target_seq = $2 AND kind = 'message_edited'",
+        )
+        .bind(room.0)
+        .bind(target)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let seq = insert_event(
+            &mut tx,
+            &NewEvent {
+                room_id: room,
+                kind: "message_deleted",
+                message_id: message.id.0,
+                sender_id: by,
+                body: "",
+                client_msg_id: None,
+                created_at: now,
+                edited_at: None,
+                target_seq: Some(target),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Event {
+            room_id: room,
+            seq,
+            kind: EventKind::Deleted {
+                target_seq: target,
+                deleted_by: by,
+                at: now,
+            },
+        })
+    }
+
+    async fn message(&self, room: RoomId, seq: Seq) -> Result<Option<Message>> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        find_message(&mut conn, room, seq).await
+    }
+
+    async fn list_messages(
+        &self,
+        room: RoomId,
+        before: Option<Seq>,
+        after: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool)> {
+        let fetch = i64::from(limit) + 1;
+        if let Some(after) = after {
+            // Forward from `after`, oldest first.
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                event_cols!(),
+                " FROM events \
+                 WHERE room_id = $1 AND kind = 'message' AND seq > $2 \
+                 AND ($3::bigint IS NULL OR seq < $3) \
+                 ORDER BY seq ASC LIMIT $4"
+            ))
+            .bind(room.0)
+            .bind(after)
+            .bind(before)
+            .bind(fetch)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            let mut messages = decode_all(&rows, rows::message)?;
+            let more = cut(&mut messages, limit);
+            Ok((messages, more))
+        } else {
+            // Backward from `before` (or the end): the newest page, then
+            // turned to ascending order.
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                event_cols!(),
+                " FROM events \
+                 WHERE room_id = $1 AND kind = 'message' AND ($2::bigint IS NULL OR seq < $2) \
+                 ORDER BY seq DESC LIMIT $3"
+            ))
+            .bind(room.0)
+            .bind(before)
+            .bind(fetch)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            let mut messages = decode_all(&rows, rows::message)?;
+            let more = cut(&mut messages, limit);
+            messages.reverse();
+            Ok((messages, more))
+        }
+    }
+
+    async fn list_events(
+        &self,
+        room: RoomId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<(Vec<Event>, bool)> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            event_cols!(),
+            " FROM events WHERE room_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
+        ))
+        .bind(room.0)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut events = decode_all(&rows, rows::event)?;
+        let more = cut(&mut events, limit);
+        Ok((events, more))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_pattern_escapes_wildcards_and_the_escape_char() {
+        assert_eq!(contains_pattern("50%"), "%50\\%%");
+        assert_eq!(contains_pattern("a_b"), "%a\\_b%");
+        assert_eq!(contains_pattern("c:\\x"), "%c:\\\\x%");
+        assert_eq!(contains_pattern(""), "%%");
+    }
+
+    #[test]
+    fn our_url_parameters_are_taken_out_and_the_rest_kept() {
+        let url = StoreUrl::parse(
+            "postgres://u:p@h:5432/db?sslmode=disable&schema=test_1&max_connections=3&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            StoreUrl {
+                sqlx_url: "postgres://u:p@h:5432/db?sslmode=disable&application_name=x".into(),
+                schema: Some("test_1".into()),
+                max_connections: 3,
+            }
+        );
+        let url = StoreUrl::parse("postgresql://h/db?schema=_s").unwrap();
+        assert_eq!(url.sqlx_url, "postgresql://h/db");
+        assert_eq!(url.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let url = StoreUrl::parse("postgres://h/db").unwrap();
+        assert_eq!(
+            (url.sqlx_url.as_str(), url.schema),
+            ("postgres://h/db", None)
+        );
+    }
+
+    #[test]
+    fn only_plain_schema_names_and_positive_pool_sizes_pass() {
+        for bad in [
+            "schema=",
+            "schema=Upper",
+            "schema=1abc",
+            "schema=a-b",
+            "schema=a%22b",
+            "schema=\"x\"",
+            "max_connections=0",
+            "max_connections=lots",
+        ] {
+            let res = StoreUrl::parse(&format!("postgres://h/db?{bad}"));
+            assert!(matches!(res, Err(StoreError::Config(_))), "{bad}: {res:?}");
+        }
+        let long = "a".repeat(MAX_SCHEMA_LEN + 1);
+        assert!(StoreUrl::parse(&format!("postgres://h/db?schema={long}")).is_err());
+        assert!(StoreUrl::parse(&format!("postgres://h/db?schema={}", &long[1..])).is_ok());
+    }
+
+    #[test]
+    fn dm_key_ignores_argument_order() {
+        let (a, b) = (UserId::new(), UserId::new());
+        assert_eq!(dm_key(a, b), dm_key(b, a));
+        assert_ne!(dm_key(a, b), dm_key(a, a));
+    }
+}
