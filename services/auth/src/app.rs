@@ -60,8 +60,10 @@ impl App {
             cfg.auth.config(Some(b.internal_secret.clone())),
         );
         svc.seed_revocations().await?;
-        let routes =
-            chat_proto::with_reflection(tonic::service::Routes::new(AuthServiceServer::new(svc)))?;
+        let routes = chat_proto::with_reflection(
+            tonic::service::Routes::new(AuthServiceServer::new(svc)),
+            &[chat_proto::AUTH_SERVICE],
+        )?;
         let health = chat_core::health::router(vec![
             ReadyCheck::new("store", move || {
                 let s = store.clone();

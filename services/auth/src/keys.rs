@@ -141,32 +141,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_generated_key_is_kept_and_reloaded_with_the_same_kid() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys/jwt.pk8");
-        let a = SigningKey::load_or_generate(&path).unwrap();
-        let b = SigningKey::load_or_generate(&path).unwrap();
-        assert_eq!(a.kid(), b.kid());
-        assert_eq!(a.public_key(), b.public_key());
-    }
-
-    #[test]
-    fn garbage_is_not_a_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("jwt.pk8");
-        std::fs::write(&path, b"not a key").unwrap();
-        assert!(matches!(
-            SigningKey::load_or_generate(&path),
-            Err(KeyError::Invalid(_))
-        ));
-    }
-}
-
 /// Fetches the public keys from auth (`GetPublicKeys`), retrying until
 /// `deadline` so that services may start in any order.
 pub async fn fetch_public_keys(
@@ -208,5 +182,31 @@ pub async fn fetch_public_keys(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_is_kept_and_reloaded_with_the_same_kid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/jwt.pk8");
+        let a = SigningKey::load_or_generate(&path).unwrap();
+        let b = SigningKey::load_or_generate(&path).unwrap();
+        assert_eq!(a.kid(), b.kid());
+        assert_eq!(a.public_key(), b.public_key());
+    }
+
+    #[test]
+    fn garbage_is_not_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt.pk8");
+        std::fs::write(&path, b"not a key").unwrap();
+        assert!(matches!(
+            SigningKey::load_or_generate(&path),
+            Err(KeyError::Invalid(_))
+        ));
     }
 }

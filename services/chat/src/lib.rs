@@ -94,16 +94,11 @@ impl App {
             },
         );
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(chat_proto::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
-        let grpc_router = tonic::service::Routes::new(AuthServiceServer::new(auth))
-            .add_service(RoomServiceServer::new(room))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        let grpc_router = chat_proto::with_reflection(
+            tonic::service::Routes::new(AuthServiceServer::new(auth))
+                .add_service(RoomServiceServer::new(room)),
+            &[chat_proto::AUTH_SERVICE, chat_proto::ROOM_SERVICE],
+        )?;
 
         // The gateway's channel to auth and room: HTTP/2 over in-memory pipes.
         let (pipe_tx, pipe_rx) = tokio::sync::mpsc::channel::<tokio::io::DuplexStream>(64);

@@ -11,16 +11,24 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chat
 
 pub use v1::*;
 
-/// Adds gRPC server reflection (v1 and v1alpha, for every grpcurl) for
-/// every chat.v1 service to `routes`.
+pub const AUTH_SERVICE: &str = "chat.v1.AuthService";
+pub const ROOM_SERVICE: &str = "chat.v1.RoomService";
+
+/// Adds gRPC server reflection (v1 and v1alpha, for every grpcurl) to
+/// `routes`, advertising `services` (the ones this process serves).
 pub fn with_reflection(
     routes: tonic::service::Routes,
+    services: &[&str],
 ) -> Result<tonic::service::Routes, tonic_reflection::server::Error> {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    Ok(routes.add_service(v1).add_service(v1alpha))
+    let mut v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET);
+    let mut v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET);
+    for s in services {
+        v1 = v1.with_service_name(*s);
+        v1alpha = v1alpha.with_service_name(*s);
+    }
+    Ok(routes
+        .add_service(v1.build_v1()?)
+        .add_service(v1alpha.build_v1alpha()?))
 }

@@ -63,8 +63,10 @@ impl App {
             verifier,
             cfg.room.config(),
         );
-        let routes =
-            chat_proto::with_reflection(tonic::service::Routes::new(RoomServiceServer::new(svc)))?;
+        let routes = chat_proto::with_reflection(
+            tonic::service::Routes::new(RoomServiceServer::new(svc)),
+            &[chat_proto::ROOM_SERVICE],
+        )?;
         let health = chat_core::health::router(vec![
             ReadyCheck::new("store", move || {
                 let s = store.clone();

@@ -234,8 +234,10 @@ async fn run(gw: Gateway, io: Io, caller: Caller) {
     });
     let span = tracing::info_span!("ws", conn_id = shared.id, user_id = %caller.user_id);
     let _registered = gw.inner.conns.register(shared.clone()).await;
-    if let Err(error) = gw.inner.ephemeral.connection_opened(caller.user_id).await {
-        tracing::warn!(parent: &span, %error, "presence unavailable");
+    match gw.inner.ephemeral.connection_opened(caller.user_id).await {
+        Ok(1) => announce_presence(&gw, caller, true),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(parent: &span, %error, "presence unavailable"),
     }
     tracing::debug!(parent: &span, "connected");
     let mut conn = Conn {
@@ -264,10 +266,69 @@ async fn run(gw: Gateway, io: Io, caller: Caller) {
         conn.io.close(code, reason(code)).await;
     }
     drop(conn);
-    if let Err(error) = gw.inner.ephemeral.connection_closed(caller.user_id).await {
-        tracing::warn!(parent: &span, %error, "presence unavailable");
+    match gw.inner.ephemeral.connection_closed(caller.user_id).await {
+        Ok(0) => announce_presence(&gw, caller, false),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(parent: &span, %error, "presence unavailable"),
     }
     tracing::debug!(parent: &span, close = ?code, "disconnected");
+}
+
+/// Rooms told about one user's presence change, at most.
+const PRESENCE_MAX_ROOMS: usize = 1000;
+
+/// Tells the user's rooms that they came online (first connection, across
+/// gateways) or went offline (last one), in the background.
+fn announce_presence(gw: &Gateway, caller: Caller, online: bool) {
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        let inner = &gw.inner;
+        let mut cursor = String::new();
+        let mut told = 0;
+        while told < PRESENCE_MAX_ROOMS {
+            let page = inner
+                .backends
+                .room
+                .clone()
+                .list_my_rooms(request(
+                    pb::ListMyRoomsRequest {
+                        cursor: cursor.clone(),
+                        limit: 200,
+                    },
+                    As::User(&caller, &inner.cfg.internal_secret),
+                    inner.cfg.rpc_timeout,
+                    None,
+                ))
+                .await;
+            let page = match page {
+                Ok(p) => p.into_inner(),
+                Err(status) => {
+                    tracing::debug!(error = %status.message(), "cannot list rooms for presence");
+                    return;
+                }
+            };
+            for room in page.items.iter().filter_map(|r| r.room.as_ref()) {
+                let ev = pb::BusEvent {
+                    kind: Some(pb::bus_event::Kind::Presence(pb::Presence {
+                        room_id: room.id.clone(),
+                        user_id: caller.user_id.to_string(),
+                        online,
+                    })),
+                    trace: Default::default(),
+                };
+                let subject = inner.subjects.room(&room.id);
+                if let Err(error) = inner.bus.publish(&subject, ev.encode_to_vec().into()).await {
+                    tracing::debug!(%error, "cannot publish presence");
+                    return;
+                }
+                told += 1;
+            }
+            match page.next_cursor {
+                Some(c) if !c.is_empty() => cursor = c,
+                _ => return,
+            }
+        }
+    });
 }
 
 fn reason(code: u16) -> &'static str {
@@ -379,6 +440,7 @@ impl Conn {
                                     r#ref: None,
                                 });
                                 self.feed(f).await?;
+                                self.catch_up(room, None).await?;
                             }
                             Err(e) => {
                                 tracing::debug!(error = %e, room_id = %room, "cannot follow joined room")
@@ -458,9 +520,13 @@ impl Conn {
     }
 
     /// Subscribes to a room: access check, hub registration, then the
-    /// events after `since` (if given). Returns the room's last seq as
-    /// delivered. Live events queue up meanwhile and are de-duplicated
-    /// against the cursor.
+    /// events after `since` (if given). Returns the last seq delivered, for
+    /// the `subscribed` frame. Live events queue up meanwhile and are
+    /// de-duplicated against the cursor.
+    ///
+    /// Without `since`, events committed between reading the room and the
+    /// hub going live are *live* events: they must follow `subscribed`, so
+    /// the caller sends it and then calls [`Self::catch_up_live`].
     async fn subscribe(&mut self, room: RoomId, since: Option<Seq>) -> Result<Seq, ApiError> {
         if let Some(s) = since {
             chat_core::validate::seq("since_seq", s)?;
@@ -495,12 +561,20 @@ impl Conn {
                 _guard: guard,
             },
         );
-        // Everything committed before the hub subscription went live: the
-        // missed events when resuming, and the race window otherwise.
-        self.catch_up(room, None)
-            .await
-            .map_err(|_| ApiError::unavailable("cannot read the room's history; retry"))?;
+        if since.is_some() {
+            // The events the client missed, before `subscribed`.
+            self.catch_up(room, None)
+                .await
+                .map_err(|_| ApiError::unavailable("cannot read the room's history; retry"))?;
+        }
         Ok(self.rooms.get(&room).map_or(last, |r| r.cursor))
+    }
+
+    /// After `subscribed` of a live-only subscribe: delivers what was
+    /// committed while the hub subscription was being set up.
+    async fn catch_up_live(&mut self, room: RoomId) -> Result<(), Handled> {
+        self.catch_up(room, None).await.map_err(Handled::Close)?;
+        self.flush().await
     }
 
     fn hubs(&self) -> Arc<hub::Hubs> {
@@ -598,12 +672,17 @@ impl Conn {
                     .subscribe(room, since_seq)
                     .await
                     .map_err(Handled::from)?;
-                self.flush().await?;
-                Ok(Some(encode(&ServerFrame::Subscribed {
+                let subscribed = encode(&ServerFrame::Subscribed {
                     room_id: &room_id,
                     last_seq: last,
                     r#ref: r,
-                })))
+                });
+                self.feed(subscribed).await.map_err(Handled::Close)?;
+                if since_seq.is_none() {
+                    self.catch_up_live(room).await?;
+                }
+                self.flush().await?;
+                Ok(None)
             }
             ClientFrame::SubscribeAll { since } => {
                 let mut since_rooms = HashMap::new();
@@ -611,6 +690,7 @@ impl Conn {
                     since_rooms.insert(RoomId::parse(&k)?, chat_core::validate::seq("since", v)?);
                 }
                 let mut rooms = BTreeMap::new();
+                let mut live_only = Vec::new();
                 let mut cursor = String::new();
                 loop {
                     let page = self
@@ -637,7 +717,11 @@ impl Conn {
                             continue;
                         };
                         if !self.rooms.contains_key(&id) {
-                            let last = self.subscribe(id, since_rooms.get(&id).copied()).await?;
+                            let since = since_rooms.get(&id).copied();
+                            let last = self.subscribe(id, since).await?;
+                            if since.is_none() {
+                                live_only.push(id);
+                            }
                             rooms.insert(room.id.clone(), last);
                         } else if let Some(s) = self.rooms.get(&id) {
                             rooms.insert(room.id.clone(), s.cursor);
@@ -649,11 +733,16 @@ impl Conn {
                     }
                 }
                 self.all = true;
-                self.flush().await?;
-                Ok(Some(encode(&ServerFrame::SubscribedAll {
+                let frame = encode(&ServerFrame::SubscribedAll {
                     rooms: &rooms,
                     r#ref: r,
-                })))
+                });
+                self.feed(frame).await.map_err(Handled::Close)?;
+                for id in live_only {
+                    self.catch_up_live(id).await?;
+                }
+                self.flush().await?;
+                Ok(None)
             }
             ClientFrame::Unsubscribe { room_id } => {
                 let room = RoomId::parse(&room_id)?;

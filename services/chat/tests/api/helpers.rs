@@ -1,0 +1,953 @@
+//! The harness every test uses: a real `chat` server per test (in this
+//! process on port 0, or as a separate process for the crash tests), each
+//! with its own temporary data dir, plus thin REST and WebSocket clients that
+//! speak the client contract. Every wait is bounded by [`WAIT`].
+
+use chat::{App, Config};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The longest any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The password every test user signs up with.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Fails the test if `fut` does not finish within [`WAIT`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    within_for(WAIT, what, fut).await
+}
+
+/// Fails the test if `fut` does not finish within `limit`.
+pub async fn within_for<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            chat_core::telemetry::init("debug");
+        }
+    });
+}
+
+/// A name no other test uses: `prefix` plus a uuid-derived suffix (valid as
+/// a username when `prefix` is: at most 32 of `[A-Za-z0-9_.-]`).
+pub fn unique(prefix: &str) -> String {
+    let id = Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &id[..12])
+}
+
+/// A fresh `client_msg_id`.
+pub fn cmid() -> String {
+    Uuid::new_v4().to_string()
+}
+
+/// The defaults of every in-process test server: cheap password hashing and
+/// no send rate limit (tests that check the limit set one).
+pub fn test_config(dir: &Path) -> Config {
+    let mut cfg = Config::ephemeral(dir);
+    cfg.argon2_memory_kib = 256;
+    cfg.argon2_iterations = 1;
+    cfg.send_limit = 0;
+    cfg.shutdown_timeout_secs = 5;
+    cfg
+}
+
+/// A config change a test applies on top of [`test_config`].
+pub type Tweak = fn(&mut Config);
+
+/// A server running in this process.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    /// `ws://127.0.0.1:<port>/ws`
+    pub ws_url: String,
+    pub http_addr: SocketAddr,
+    pub dir: Arc<tempfile::TempDir>,
+    pub client: reqwest::Client,
+    tweak: Tweak,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts a server with the test defaults on a new data dir.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server with `tweak` applied to the test defaults.
+pub async fn spawn_app_with(tweak: Tweak) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("cannot create a temp dir"));
+    start(dir, tweak).await
+}
+
+async fn start(dir: Arc<tempfile::TempDir>, tweak: Tweak) -> TestApp {
+    init_tracing();
+    let mut cfg = test_config(dir.path());
+    tweak(&mut cfg);
+    let shutdown = CancellationToken::new();
+    let app = within("the server to build", App::build(cfg, shutdown.clone()))
+        .await
+        .expect("the server builds");
+    let http_addr = app.http_addr();
+    let server = tokio::spawn(app.run());
+    TestApp {
+        base: format!("http://{http_addr}"),
+        ws_url: format!("ws://{http_addr}/ws"),
+        http_addr,
+        dir,
+        client: http_client(),
+        tweak,
+        shutdown,
+        server: Some(server),
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("cannot build the HTTP client")
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// An HTTP answer: status, headers and the body as JSON (`Null` if empty or
+/// not JSON; `text` keeps it verbatim).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Resp {
+    /// The contract's `error.code`, or "" when the body is not an error.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// The contract's `error.message`, or "".
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+
+    /// Asserts the status and, for errors, the contract's error shape.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        &self.body
+    }
+
+    /// Asserts an error answer: status, `error.code` and a non-empty message.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.code(),
+            code,
+            "unexpected error code; body: {}",
+            self.text
+        );
+        assert!(
+            !self.message().is_empty(),
+            "an error carries a message; body: {}",
+            self.text
+        );
+    }
+}
+
+pub async fn into_resp(r: reqwest::Response) -> Resp {
+    let status = r.status();
+    let headers = r.headers().clone();
+    let text = within("a response body", r.text())
+        .await
+        .expect("cannot read the response body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+/// A signed-up user and the tokens of its first session.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: String,
+    pub username: String,
+    pub password: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request (JSON body if given, bearer token if given).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let mut rb = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        self.send(rb).await
+    }
+
+    /// Sends a hand-built request (raw bodies, odd headers).
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
+        let r = rb
+            .send()
+            .await
+            .expect("the request fails at the transport level");
+        into_resp(r).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.request(Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.request(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.request(Method::PUT, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Resp {
+        self.request(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// `POST /auth/signup` with whatever body (no assertion).
+    pub async fn signup_raw(&self, body: Value) -> Resp {
+        self.request(Method::POST, "/api/v1/auth/signup", None, Some(body))
+            .await
+    }
+
+    /// Signs up a new user named `prefix_<unique>`.
+    pub async fn signup(&self, prefix: &str) -> TestUser {
+        let username = unique(prefix);
+        let r = self
+            .signup_raw(json!({"username": username, "password": PASSWORD}))
+            .await;
+        let b = r.expect(201);
+        TestUser {
+            id: b["user"]["id"].as_str().expect("user.id").to_owned(),
+            username,
+            password: PASSWORD.to_owned(),
+            access: b["access_token"].as_str().expect("access_token").to_owned(),
+            refresh: b["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        }
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Resp {
+        self.request(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"username": username, "password": password})),
+        )
+        .await
+    }
+
+    /// Logs `user` in again: a second session. Returns (access, refresh).
+    pub async fn new_session(&self, user: &TestUser) -> (String, String) {
+        let r = self.login(&user.username, &user.password).await;
+        let b = r.expect(200);
+        (
+            b["access_token"].as_str().expect("access_token").to_owned(),
+            b["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        )
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Resp {
+        self.request(
+            Method::POST,
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refresh_token": refresh_token})),
+        )
+        .await
+    }
+
+    /// Creates a room; returns its JSON.
+    pub async fn create_room_named(&self, token: &str, name: &str, visibility: &str) -> Value {
+        let r = self
+            .post(
+                "/api/v1/rooms",
+                token,
+                json!({"name": name, "visibility": visibility}),
+            )
+            .await;
+        r.expect(201).clone()
+    }
+
+    /// Creates a room owned by `owner`; returns its id.
+    pub async fn create_room(&self, owner: &TestUser, visibility: &str) -> String {
+        let room = self
+            .create_room_named(&owner.access, &unique("room"), visibility)
+            .await;
+        room["id"].as_str().expect("room.id").to_owned()
+    }
+
+    pub async fn join(&self, user: &TestUser, room: &str) {
+        self.post(
+            &format!("/api/v1/rooms/{room}/join"),
+            &user.access,
+            json!({}),
+        )
+        .await
+        .expect(200);
+    }
+
+    /// A public room owned by the first user that every other user joined.
+    pub async fn room_with(&self, owner: &TestUser, others: &[&TestUser]) -> String {
+        let room = self.create_room(owner, "public").await;
+        for u in others {
+            self.join(u, &room).await;
+        }
+        room
+    }
+
+    pub async fn post_message(&self, token: &str, room: &str, body: &str, cmid: &str) -> Resp {
+        self.post(
+            &format!("/api/v1/rooms/{room}/messages"),
+            token,
+            json!({"body": body, "client_msg_id": cmid}),
+        )
+        .await
+    }
+
+    /// Posts a message over REST; returns the stored message.
+    pub async fn say(&self, user: &TestUser, room: &str, body: &str) -> Value {
+        let r = self.post_message(&user.access, room, body, &cmid()).await;
+        r.expect(201).clone()
+    }
+
+    /// `GET messages` with a query string; returns (seqs, has_more, items).
+    pub async fn history(
+        &self,
+        user: &TestUser,
+        room: &str,
+        query: &str,
+    ) -> (Vec<i64>, bool, Vec<Value>) {
+        let r = self
+            .get(
+                &format!("/api/v1/rooms/{room}/messages?{query}"),
+                &user.access,
+            )
+            .await;
+        let b = r.expect(200);
+        let items = b["items"].as_array().expect("items").clone();
+        let seqs = items
+            .iter()
+            .map(|m| m["seq"].as_i64().expect("seq"))
+            .collect();
+        (seqs, b["has_more"].as_bool().expect("has_more"), items)
+    }
+
+    /// Every message of the room, oldest first (all pages).
+    pub async fn all_messages(&self, user: &TestUser, room: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let (_, more, items) = self
+                .history(user, room, &format!("after_seq={after}&limit=200"))
+                .await;
+            if let Some(last) = items.last() {
+                after = last["seq"].as_i64().expect("seq");
+            }
+            out.extend(items);
+            if !more {
+                return out;
+            }
+        }
+    }
+
+    /// A WebSocket authenticated with the header; the `authenticated` frame
+    /// has been read.
+    pub async fn ws(&self, user: &TestUser) -> Ws {
+        self.ws_with_token(&user.access).await
+    }
+
+    pub async fn ws_with_token(&self, token: &str) -> Ws {
+        let mut ws = ws_connect(&self.ws_url, token)
+            .await
+            .expect("the WebSocket upgrade is accepted");
+        let hello = ws.recv_json().await;
+        assert_eq!(hello["type"], "authenticated", "first frame: {hello}");
+        ws
+    }
+
+    /// A header-authenticated WebSocket whose TCP receive buffer is tiny,
+    /// so that the server's writes back up as soon as the test stops reading.
+    pub async fn ws_small_buffer(&self, user: &TestUser) -> Ws {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(128 * 1024).expect("SO_RCVBUF");
+        let tcp = within("a TCP connect", socket.connect(self.http_addr))
+            .await
+            .expect("connect");
+        let mut req = self.ws_url.as_str().into_client_request().expect("request");
+        let value = HeaderValue::from_str(&format!("Bearer {}", user.access)).expect("header");
+        req.headers_mut().insert("authorization", value);
+        let (stream, _) = within(
+            "the WebSocket handshake",
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp)),
+        )
+        .await
+        .expect("the WebSocket upgrade is accepted");
+        let mut ws = Ws {
+            stream,
+            next_ref: 0,
+        };
+        let hello = ws.recv_json().await;
+        assert_eq!(hello["type"], "authenticated", "first frame: {hello}");
+        ws
+    }
+
+    /// A WebSocket with no `Authorization` header (a browser).
+    pub async fn ws_anonymous(&self) -> Ws {
+        ws_connect_anonymous(&self.ws_url)
+            .await
+            .expect("the WebSocket upgrade is accepted")
+    }
+
+    /// Stops the server: cancels its token and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            within_for(Duration::from_secs(20), "the server to stop", server)
+                .await
+                .expect("the server task panicked")
+                .expect("the server stops cleanly");
+        }
+    }
+
+    /// Stops the server and starts a new one on the same data dir (and the
+    /// same config tweak). The new server listens on a new port.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        start(self.dir.clone(), self.tweak).await
+    }
+}
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client that speaks the contract's JSON frames.
+pub struct Ws {
+    stream: Stream,
+    next_ref: u64,
+}
+
+/// Opens `/ws` with `Authorization: Bearer <token>`; no frame is read.
+pub async fn ws_connect(url: &str, token: &str) -> Result<Ws, tungstenite::Error> {
+    let mut req = url.into_client_request()?;
+    let value = HeaderValue::from_str(&format!("Bearer {token}")).expect("a header-safe token");
+    req.headers_mut().insert("authorization", value);
+    ws_connect_request(req).await
+}
+
+/// Opens `/ws` with an arbitrary `Authorization` header value.
+pub async fn ws_connect_with_header(url: &str, header: &str) -> Result<Ws, tungstenite::Error> {
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(header).expect("a header-safe value"),
+    );
+    ws_connect_request(req).await
+}
+
+pub async fn ws_connect_anonymous(url: &str) -> Result<Ws, tungstenite::Error> {
+    ws_connect_request(url.into_client_request()?).await
+}
+
+async fn ws_connect_request(
+    req: tungstenite::handshake::client::Request,
+) -> Result<Ws, tungstenite::Error> {
+    let (stream, _) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::connect_async(req),
+    )
+    .await?;
+    Ok(Ws {
+        stream,
+        next_ref: 0,
+    })
+}
+
+/// What a refused upgrade answered: (status, body JSON).
+pub fn refused(err: tungstenite::Error) -> (u16, Value) {
+    match err {
+        tungstenite::Error::Http(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            (status, body)
+        }
+        other => panic!("expected an HTTP refusal of the upgrade, got {other:?}"),
+    }
+}
+
+/// Live-only notices, which may arrive at any time and carry no seq.
+pub fn is_live_notice(frame: &Value) -> bool {
+    matches!(
+        frame["type"].as_str(),
+        Some("presence" | "typing" | "member_joined" | "member_left")
+    )
+}
+
+/// How a socket ended, as the client saw it.
+#[derive(Debug)]
+pub struct Closed {
+    /// The close code, `None` if the server sent a close frame without one.
+    pub code: Option<u16>,
+    /// Text frames read before the close frame.
+    pub frames: Vec<Value>,
+}
+
+impl Ws {
+    /// A fresh `ref` for a client frame.
+    pub fn new_ref(&mut self) -> String {
+        self.next_ref += 1;
+        format!("r{}", self.next_ref)
+    }
+
+    pub async fn send_json(&mut self, frame: Value) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        let text: String = text.into();
+        within("a WebSocket send", self.stream.send(Message::text(text)))
+            .await
+            .expect("the WebSocket send fails");
+    }
+
+    pub async fn send_message(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        within("a WebSocket send", self.stream.send(msg)).await
+    }
+
+    /// The next raw message (control frames included), within [`WAIT`].
+    pub async fn next_message(&mut self) -> Option<Result<Message, tungstenite::Error>> {
+        within("a WebSocket frame", self.stream.next()).await
+    }
+
+    /// The next text frame as JSON. Fails on close, error or timeout.
+    pub async fn recv_json(&mut self) -> Value {
+        within("a WebSocket frame", self.read_json()).await
+    }
+
+    /// The next text frame as JSON, unbounded (callers bound it).
+    async fn read_json(&mut self) -> Value {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(t.as_str())
+                        .unwrap_or_else(|e| panic!("the server sent non-JSON text {t:?}: {e}"));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Binary(b))) => {
+                    panic!("unexpected binary frame ({} bytes)", b.len())
+                }
+                Some(Ok(Message::Close(c))) => panic!("the server closed the socket: {c:?}"),
+                Some(Err(e)) => panic!("the WebSocket failed: {e}"),
+                None => panic!("the WebSocket ended"),
+            }
+        }
+    }
+
+    /// The next frame that is not a live-only notice (presence, typing,
+    /// membership): room events and replies.
+    pub async fn recv_event(&mut self) -> Value {
+        loop {
+            let f = self.recv_json().await;
+            if !is_live_notice(&f) {
+                return f;
+            }
+        }
+    }
+
+    /// Skips frames until one matches `pred`, which is returned.
+    pub async fn recv_until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        within(what, async {
+            loop {
+                let f = self.read_json().await;
+                if pred(&f) {
+                    return f;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Skips frames until the reply carrying `r`.
+    pub async fn reply_to(&mut self, r: &str) -> Value {
+        self.recv_until(&format!("the reply to {r}"), |f| f["ref"] == r)
+            .await
+    }
+
+    /// Subscribes to `room` (resuming after `since` if given) and returns the
+    /// replayed events and the `subscribed` frame.
+    pub async fn subscribe(&mut self, room: &str, since: Option<i64>) -> (Vec<Value>, Value) {
+        let r = self.new_ref();
+        let mut frame = json!({"type": "subscribe", "room_id": room, "ref": r});
+        if let Some(s) = since {
+            frame["since_seq"] = json!(s);
+        }
+        self.send_json(frame).await;
+        let mut replayed = Vec::new();
+        loop {
+            let f = self.recv_event().await;
+            match f["type"].as_str() {
+                Some("subscribed") if f["room_id"] == room => return (replayed, f),
+                Some("error") => panic!("subscribe to {room} failed: {f}"),
+                _ => replayed.push(f),
+            }
+        }
+    }
+
+    /// Sends a subscribe and returns the reply frame, error or not.
+    pub async fn try_subscribe(&mut self, room: &str) -> Value {
+        let r = self.new_ref();
+        self.send_json(json!({"type": "subscribe", "room_id": room, "ref": r}))
+            .await;
+        self.reply_to(&r).await
+    }
+
+    /// Sends a `send` frame; returns its ref.
+    pub async fn send_chat(&mut self, room: &str, client_msg_id: &str, body: &str) -> String {
+        let r = self.new_ref();
+        self.send_json(json!({
+            "type": "send",
+            "ref": r,
+            "room_id": room,
+            "client_msg_id": client_msg_id,
+            "body": body,
+        }))
+        .await;
+        r
+    }
+
+    /// Sends a message and waits for its ack (or error), skipping anything
+    /// else; returns the reply.
+    pub async fn send_and_wait(&mut self, room: &str, client_msg_id: &str, body: &str) -> Value {
+        let r = self.send_chat(room, client_msg_id, body).await;
+        self.reply_to(&r).await
+    }
+
+    /// Sends a `ping` and returns every event (live notices skipped) read
+    /// before its `pong`: as the server answers frames in order, this shows
+    /// what it had queued for us, e.g. a duplicate.
+    pub async fn ping_barrier(&mut self) -> Vec<Value> {
+        let r = self.new_ref();
+        self.send_json(json!({"type": "ping", "ref": r})).await;
+        let mut before = Vec::new();
+        loop {
+            let f = self.recv_event().await;
+            if f["type"] == "pong" && f["ref"] == r {
+                return before;
+            }
+            before.push(f);
+        }
+    }
+
+    /// Waits for the server to close the socket; returns the close code and
+    /// the text frames read before it.
+    pub async fn expect_close(&mut self) -> Closed {
+        let mut frames = Vec::new();
+        loop {
+            match self.next_message().await {
+                Some(Ok(Message::Close(c))) => {
+                    return Closed {
+                        code: c.map(|c| u16::from(c.code)),
+                        frames,
+                    }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    frames.push(serde_json::from_str(t.as_str()).unwrap_or(Value::Null));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!(
+                    "the socket failed before a close frame: {e} (frames before: {frames:?})"
+                ),
+                None => {
+                    panic!("the socket ended without a close frame (frames before: {frames:?})")
+                }
+            }
+        }
+    }
+
+    /// Waits for a close frame and asserts its code.
+    pub async fn expect_close_code(&mut self, code: u16) -> Closed {
+        let closed = self.expect_close().await;
+        assert_eq!(
+            closed.code,
+            Some(code),
+            "close code; frames before: {:?}",
+            closed.frames
+        );
+        closed
+    }
+
+    /// Closes the socket from our side (best effort).
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(WAIT, self.stream.close(None)).await;
+    }
+}
+
+/// Message-frame seqs in `frames`, in order.
+pub fn message_seqs(frames: &[Value]) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["seq"].as_i64().expect("message seq"))
+        .collect()
+}
+
+// ---- a server as a separate process (crash and signal tests) ----
+
+/// `chat` running as its own process, killed when dropped.
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub ws_url: String,
+    pub client: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free port")
+        .port()
+}
+
+/// Starts the `chat` binary on `data_dir` and waits for `/healthz`.
+pub async fn spawn_process(data_dir: &Path) -> ServerProcess {
+    init_tracing();
+    let client = http_client();
+    // A free port may be taken again before the server binds it: retry.
+    for _ in 0..5 {
+        let (http, grpc) = (free_port(), free_port());
+        let log = std::env::var_os("TEST_LOG").is_some();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat"))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("--grpc-addr")
+            .arg(format!("127.0.0.1:{grpc}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("CHAT_ARGON2_MEMORY_KIB", "256")
+            .env("CHAT_ARGON2_ITERATIONS", "1")
+            .env("CHAT_SEND_LIMIT", "0")
+            .env("CHAT_SHUTDOWN_TIMEOUT", "5")
+            .stdin(Stdio::null())
+            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cannot start the chat binary");
+        let base = format!("http://127.0.0.1:{http}");
+        let healthy = within_for(
+            Duration::from_secs(30),
+            "the server process to be healthy",
+            async {
+                loop {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return false;
+                    }
+                    if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+                        if r.status() == StatusCode::OK {
+                            return true;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        )
+        .await;
+        if healthy {
+            return ServerProcess {
+                child,
+                ws_url: format!("ws://127.0.0.1:{http}/ws"),
+                base,
+                client,
+            };
+        }
+    }
+    panic!("the chat binary did not start");
+}
+
+impl ServerProcess {
+    /// A view of the process as a [`TestApp`]-like REST client.
+    pub fn api(&self) -> ProcessApi<'_> {
+        ProcessApi { p: self }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the process is running")
+    }
+}
+
+/// REST helpers against a [`ServerProcess`].
+pub struct ProcessApi<'a> {
+    p: &'a ServerProcess,
+}
+
+impl ProcessApi<'_> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let mut rb = self
+            .p
+            .client
+            .request(method, format!("{}{}", self.p.base, path));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb
+            .send()
+            .await
+            .expect("the request fails at the transport level");
+        into_resp(r).await
+    }
+
+    pub async fn signup(&self, prefix: &str) -> TestUser {
+        let username = unique(prefix);
+        let r = self
+            .request(
+                Method::POST,
+                "/api/v1/auth/signup",
+                None,
+                Some(json!({"username": username, "password": PASSWORD})),
+            )
+            .await;
+        let b = r.expect(201);
+        TestUser {
+            id: b["user"]["id"].as_str().expect("user.id").to_owned(),
+            username,
+            password: PASSWORD.to_owned(),
+            access: b["access_token"].as_str().expect("access_token").to_owned(),
+            refresh: b["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        }
+    }
+
+    pub async fn create_room(&self, owner: &TestUser) -> String {
+        let r = self
+            .request(
+                Method::POST,
+                "/api/v1/rooms",
+                Some(&owner.access),
+                Some(json!({"name": unique("room"), "visibility": "public"})),
+            )
+            .await;
+        r.expect(201)["id"].as_str().expect("room.id").to_owned()
+    }
+
+    /// Every message of the room, oldest first.
+    pub async fn all_messages(&self, user: &TestUser, room: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let r = self
+                .request(
+                    Method::GET,
+                    &format!("/api/v1/rooms/{room}/messages?after_seq={after}&limit=200"),
+                    Some(&user.access),
+                    None,
+                )
+                .await;
+            let b = r.expect(200);
+            let items = b["items"].as_array().expect("items").clone();
+            if let Some(last) = items.last() {
+                after = last["seq"].as_i64().expect("seq");
+            }
+            out.extend(items);
+            if !b["has_more"].as_bool().expect("has_more") {
+                return out;
+            }
+        }
+    }
+
+    pub async fn ws(&self, user: &TestUser) -> Ws {
+        let mut ws = ws_connect(&self.p.ws_url, &user.access)
+            .await
+            .expect("the WebSocket upgrade is accepted");
+        let hello = ws.recv_json().await;
+        assert_eq!(hello["type"], "authenticated", "first frame: {hello}");
+        ws
+    }
+}

@@ -1,0 +1,10 @@
+//! The `chat` server's integration tests, as one test binary: each module
+//! drives a real server (see `helpers`) through the client contract only.
+
+mod auth;
+mod bad_input;
+mod durability;
+mod helpers;
+mod messages;
+mod rooms;
+mod websocket;

@@ -1,0 +1,655 @@
+//! Real-time delivery over `/ws`: fan-out, ordering, resume, and the
+//! no-gap/no-duplicate promise under concurrency.
+
+use crate::helpers::{cmid, message_seqs, spawn_app, within, within_for, TestUser, Ws};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Reads the sender's own ack and message frame for `r`, in either order.
+async fn ack_and_echo(ws: &mut Ws, r: &str) -> (Value, Value) {
+    let mut ack = None;
+    let mut echo = None;
+    while ack.is_none() || echo.is_none() {
+        let f = ws.recv_event().await;
+        match f["type"].as_str() {
+            Some("ack") if f["ref"] == r => ack = Some(f),
+            Some("message") => echo = Some(f),
+            _ => panic!("unexpected frame while waiting for ack {r}: {f}"),
+        }
+    }
+    (ack.expect("ack"), echo.expect("message"))
+}
+
+#[tokio::test]
+async fn two_users_chatting_over_websockets_see_the_same_messages_in_the_same_order() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+    let mut a = app.ws(&alice).await;
+    let mut b = app.ws(&bob).await;
+    let (replayed, subscribed) = a.subscribe(&room, None).await;
+    assert!(replayed.is_empty(), "nothing to replay: {replayed:?}");
+    assert_eq!(subscribed["last_seq"], 0);
+    b.subscribe(&room, None).await;
+
+    let r = a.send_chat(&room, &cmid(), "hello bob").await;
+    let (ack, a_first) = ack_and_echo(&mut a, &r).await;
+    assert_eq!(ack["room_id"], room.as_str());
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(a_first["seq"], ack["seq"]);
+    assert_eq!(a_first["id"], ack["id"]);
+    assert_eq!(a_first["sender_id"], alice.id.as_str());
+    assert_eq!(a_first["body"], "hello bob");
+
+    let b_first = b.recv_event().await;
+    assert_eq!(b_first["type"], "message", "{b_first}");
+    assert_eq!(b_first["seq"], ack["seq"]);
+    assert_eq!(b_first["id"], ack["id"]);
+    assert_eq!(b_first["room_id"], room.as_str());
+    assert_eq!(b_first["body"], "hello bob");
+
+    let r = b.send_chat(&room, &cmid(), "hi alice").await;
+    let (ack, b_second) = ack_and_echo(&mut b, &r).await;
+    assert_eq!(ack["seq"], 2);
+    assert_eq!(b_second["sender_id"], bob.id.as_str());
+    let a_second = a.recv_event().await;
+    assert_eq!(a_second["type"], "message", "{a_second}");
+
+    let seen_by_a: Vec<(i64, String)> = [&a_first, &a_second]
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_i64().unwrap(),
+                m["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let seen_by_b: Vec<(i64, String)> = [&b_first, &b_second]
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_i64().unwrap(),
+                m["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(seen_by_a, seen_by_b);
+    assert_eq!(
+        seen_by_a,
+        vec![(1, "hello bob".to_owned()), (2, "hi alice".to_owned())]
+    );
+    assert!(a.ping_barrier().await.is_empty());
+    assert!(b.ping_barrier().await.is_empty());
+}
+
+#[tokio::test]
+async fn resume_after_a_disconnect_replays_exactly_the_missed_messages_in_order() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+
+    let mut b = app.ws(&bob).await;
+    b.subscribe(&room, None).await;
+    app.say(&alice, &room, "before").await;
+    let first = b.recv_event().await;
+    assert_eq!(first["type"], "message");
+    let last_seen = first["seq"].as_i64().unwrap();
+    b.close().await;
+
+    let mut missed = Vec::new();
+    for i in 0..5 {
+        missed.push(app.say(&alice, &room, &format!("missed {i}")).await);
+    }
+
+    let mut b = app.ws(&bob).await;
+    let (replayed, subscribed) = b.subscribe(&room, Some(last_seen)).await;
+    assert_eq!(message_seqs(&replayed), vec![2, 3, 4, 5, 6]);
+    let bodies: Vec<&str> = replayed
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["missed 0", "missed 1", "missed 2", "missed 3", "missed 4"]
+    );
+    for (got, sent) in replayed.iter().zip(&missed) {
+        assert_eq!(got["id"], sent["id"]);
+    }
+    assert_eq!(subscribed["last_seq"], 6);
+
+    app.say(&alice, &room, "live").await;
+    let live = b.recv_event().await;
+    assert_eq!(live["type"], "message", "{live}");
+    assert_eq!(live["seq"], 7);
+    assert_eq!(live["body"], "live");
+    let extra = b.ping_barrier().await;
+    assert!(extra.is_empty(), "no duplicates: {extra:?}");
+}
+
+#[tokio::test]
+async fn subscribing_without_since_seq_delivers_only_live_events() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let room = app.create_room(&alice, "public").await;
+    app.say(&alice, &room, "old").await;
+    let mut a = app.ws(&alice).await;
+    let (replayed, subscribed) = a.subscribe(&room, None).await;
+    assert!(replayed.is_empty(), "{replayed:?}");
+    assert_eq!(subscribed["last_seq"], 1);
+    app.say(&alice, &room, "new").await;
+    let f = a.recv_event().await;
+    assert_eq!(
+        (f["type"].as_str(), f["seq"].as_i64()),
+        (Some("message"), Some(2))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_messages_are_sent_has_no_gap_and_no_duplicate() {
+    const TOTAL: i64 = 200;
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+
+    let (progress_tx, mut progress) = tokio::sync::mpsc::channel::<i64>(8);
+    let client = app.client.clone();
+    let url = app.url(&format!("/api/v1/rooms/{room}/messages"));
+    let token = alice.access.clone();
+    let sender = tokio::spawn(async move {
+        for i in 1..=TOTAL {
+            let r = client
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({"body": format!("m{i}"), "client_msg_id": format!("c{i}")}))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(r.status().as_u16(), 201, "post {i}");
+            if i % 40 == 0 {
+                let _ = progress_tx.send(i).await;
+            }
+        }
+    });
+
+    // Three subscribers join midway: a full replay, a resume, live only.
+    let mut subs: Vec<(Ws, Vec<Value>, i64)> = Vec::new();
+    for since in [Some(0), Some(10), None] {
+        within("the sender's progress", progress.recv())
+            .await
+            .expect("the sender stopped early");
+        let mut ws = app.ws(&bob).await;
+        let (replayed, subscribed) = ws.subscribe(&room, since).await;
+        let last = subscribed["last_seq"].as_i64().expect("last_seq");
+        let replayed_seqs = message_seqs(&replayed);
+        // Live only: nothing before `subscribed`, everything after it.
+        let first = since.map_or(last + 1, |s| s + 1);
+        assert_eq!(
+            replayed_seqs,
+            (first..=last).collect::<Vec<_>>(),
+            "events before `subscribed` run up to its last_seq"
+        );
+        subs.push((ws, replayed, first));
+    }
+
+    for (ws, frames, first) in &mut subs {
+        within_for(Duration::from_secs(30), "every message to arrive", async {
+            while message_seqs(frames).last().copied().unwrap_or(0) < TOTAL {
+                let f = ws.recv_event().await;
+                assert_eq!(f["type"], "message", "only messages: {f}");
+                frames.push(f);
+            }
+        })
+        .await;
+        let extra = ws.ping_barrier().await;
+        assert!(
+            extra.is_empty(),
+            "no duplicate after the last message: {extra:?}"
+        );
+        assert_eq!(message_seqs(frames), (*first..=TOTAL).collect::<Vec<_>>());
+        for f in frames.iter() {
+            assert_eq!(f["body"], format!("m{}", f["seq"]), "{f}");
+        }
+    }
+    within("the sender to finish", sender)
+        .await
+        .expect("sender task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_live_only_answers_subscribed_before_any_event() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let client = app.client.clone();
+    let url = app.url(&format!("/api/v1/rooms/{room}/messages"));
+    let token = alice.access.clone();
+    let sending = stop.clone();
+    let sender = tokio::spawn(async move {
+        let mut i = 0;
+        while !sending.is_cancelled() && i < 2000 {
+            i += 1;
+            let r = client
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({"body": format!("m{i}"), "client_msg_id": format!("c{i}")}))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(r.status().as_u16(), 201);
+        }
+    });
+    // "Without since_seq: subscribed, then live events only."
+    let mut early = Vec::new();
+    for _ in 0..10 {
+        let mut ws = app.ws(&bob).await;
+        let (before, subscribed) = ws.subscribe(&room, None).await;
+        if !before.is_empty() {
+            early.push((message_seqs(&before), subscribed["last_seq"].clone()));
+        }
+        ws.close().await;
+    }
+    stop.cancel();
+    within("the sender to stop", sender).await.expect("sender");
+    assert!(
+        early.is_empty(),
+        "events arrived before `subscribed` (seqs, last_seq): {early:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_get_unique_seqs_and_every_subscriber_sees_them_in_order() {
+    const CONNS: usize = 4;
+    const EACH: usize = 50;
+    const TOTAL: i64 = (CONNS * EACH) as i64;
+    let app = spawn_app().await;
+    let mut users: Vec<TestUser> = Vec::new();
+    for _ in 0..CONNS {
+        users.push(app.signup("sender").await);
+    }
+    let others: Vec<&TestUser> = users[1..].iter().collect();
+    let room = app.room_with(&users[0], &others).await;
+    let mut sockets = Vec::new();
+    for u in &users {
+        let mut ws = app.ws(u).await;
+        ws.subscribe(&room, None).await;
+        sockets.push(ws);
+    }
+
+    let mut tasks = Vec::new();
+    for (k, mut ws) in sockets.into_iter().enumerate() {
+        let room = room.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut refs = HashMap::new();
+            for i in 0..EACH {
+                let c = format!("conn{k}-msg{i}");
+                let r = ws.send_chat(&room, &c, &format!("from {k} #{i}")).await;
+                refs.insert(r, c);
+            }
+            let mut acks: HashMap<String, i64> = HashMap::new();
+            let mut messages = Vec::new();
+            within_for(Duration::from_secs(60), "every ack and message", async {
+                while acks.len() < EACH || (messages.len() as i64) < TOTAL {
+                    let f = ws.recv_event().await;
+                    match f["type"].as_str() {
+                        Some("ack") => {
+                            let r = f["ref"].as_str().expect("ack ref");
+                            let c = refs.get(r).expect("an ack for one of our refs").clone();
+                            assert!(acks.insert(c, f["seq"].as_i64().expect("seq")).is_none());
+                        }
+                        Some("message") => messages.push(f),
+                        _ => panic!("unexpected frame: {f}"),
+                    }
+                }
+            })
+            .await;
+            let extra = ws.ping_barrier().await;
+            assert!(extra.is_empty(), "no duplicate: {extra:?}");
+            (acks, messages)
+        }));
+    }
+
+    let mut all_acks: BTreeMap<i64, String> = BTreeMap::new();
+    let mut views = Vec::new();
+    for t in tasks {
+        let (acks, messages) = within_for(Duration::from_secs(90), "a connection task", t)
+            .await
+            .expect("connection task");
+        for (c, seq) in acks {
+            assert!(all_acks.insert(seq, c).is_none(), "seq {seq} acked twice");
+        }
+        views.push(messages);
+    }
+    assert_eq!(
+        all_acks.keys().copied().collect::<Vec<_>>(),
+        (1..=TOTAL).collect::<Vec<_>>()
+    );
+    for messages in &views {
+        assert_eq!(message_seqs(messages), (1..=TOTAL).collect::<Vec<_>>());
+        for m in messages {
+            let seq = m["seq"].as_i64().unwrap();
+            assert_eq!(m["client_msg_id"].as_str(), Some(all_acks[&seq].as_str()));
+        }
+        // Everyone sees the very same messages.
+        assert_eq!(messages, &views[0]);
+    }
+}
+
+#[tokio::test]
+async fn subscribe_all_resumes_every_room_and_follows_rooms_joined_later() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let r1 = app.create_room(&alice, "public").await;
+    let r2 = app.create_room(&alice, "public").await;
+    for i in 0..3 {
+        app.say(&alice, &r1, &format!("one {i}")).await;
+    }
+    for i in 0..2 {
+        app.say(&alice, &r2, &format!("two {i}")).await;
+    }
+
+    let mut a = app.ws(&alice).await;
+    a.send_json(json!({"type": "subscribe_all", "since": {r1.as_str(): 1}}))
+        .await;
+    let mut replayed = Vec::new();
+    let done = loop {
+        let f = a.recv_event().await;
+        if f["type"] == "subscribed_all" {
+            break f;
+        }
+        replayed.push(f);
+    };
+    let got: Vec<(String, i64)> = replayed
+        .iter()
+        .map(|f| {
+            assert_eq!(f["type"], "message", "{f}");
+            (
+                f["room_id"].as_str().unwrap().to_owned(),
+                f["seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(r1.clone(), 2), (r1.clone(), 3)],
+        "r2 is live only"
+    );
+    assert_eq!(done["rooms"][&r1], 3);
+    assert_eq!(done["rooms"][&r2], 2);
+
+    app.say(&alice, &r2, "two live").await;
+    let f = a.recv_event().await;
+    assert_eq!(
+        (f["room_id"].as_str(), f["seq"].as_i64()),
+        (Some(r2.as_str()), Some(3))
+    );
+
+    // A room joined later is added to the subscription.
+    let r3 = app.create_room(&bob, "public").await;
+    app.join(&alice, &r3).await;
+    a.recv_until("the new room to be followed", |f| {
+        f["type"] == "subscribed" && f["room_id"] == r3.as_str()
+    })
+    .await;
+    app.say(&bob, &r3, "welcome").await;
+    let f = a.recv_event().await;
+    assert_eq!(f["type"], "message", "{f}");
+    assert_eq!(f["room_id"], r3.as_str());
+    assert_eq!(f["body"], "welcome");
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_for_that_room() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let room = app.create_room(&alice, "public").await;
+    let mut a = app.ws(&alice).await;
+    a.subscribe(&room, None).await;
+    let r = a.new_ref();
+    a.send_json(json!({"type": "unsubscribe", "room_id": room, "ref": r}))
+        .await;
+    let f = a.reply_to(&r).await;
+    assert_eq!(f["type"], "unsubscribed", "{f}");
+    app.say(&alice, &room, "unseen").await;
+    // Deliveries are asynchronous: a second room's event, published after
+    // the first, shows the first would have arrived by now.
+    let other = app.create_room(&alice, "public").await;
+    a.subscribe(&other, None).await;
+    app.say(&alice, &other, "seen").await;
+    let f = a.recv_event().await;
+    assert_eq!(
+        f["room_id"],
+        other.as_str(),
+        "only the subscribed room: {f}"
+    );
+    assert!(a.ping_barrier().await.is_empty());
+}
+
+#[tokio::test]
+async fn typing_is_relayed_live_to_other_subscribers() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+    let mut a = app.ws(&alice).await;
+    let mut b = app.ws(&bob).await;
+    a.subscribe(&room, None).await;
+    b.subscribe(&room, None).await;
+    a.send_json(json!({"type": "typing", "room_id": room}))
+        .await;
+    let f = b
+        .recv_until("a typing notice", |f| f["type"] == "typing")
+        .await;
+    assert_eq!(f["room_id"], room.as_str());
+    assert_eq!(f["user_id"], alice.id.as_str());
+    assert!(f.get("seq").is_none(), "typing carries no seq: {f}");
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_pong() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let mut a = app.ws(&alice).await;
+    a.send_json(json!({"type": "ping"})).await;
+    let f = a.recv_event().await;
+    assert_eq!(f["type"], "pong");
+    let extra = a.ping_barrier().await;
+    assert!(extra.is_empty());
+}
+
+#[tokio::test]
+async fn joins_and_leaves_are_announced_live_without_a_seq() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.create_room(&alice, "public").await;
+    let mut a = app.ws(&alice).await;
+    a.subscribe(&room, None).await;
+
+    app.join(&bob, &room).await;
+    let f = a
+        .recv_until("member_joined", |f| f["type"] == "member_joined")
+        .await;
+    assert_eq!(f["room_id"], room.as_str());
+    assert_eq!(f["user_id"], bob.id.as_str());
+    assert!(f.get("seq").is_none(), "membership carries no seq: {f}");
+
+    app.post(
+        &format!("/api/v1/rooms/{room}/leave"),
+        &bob.access,
+        json!({}),
+    )
+    .await
+    .expect(204);
+    let f = a
+        .recv_until("member_left", |f| f["type"] == "member_left")
+        .await;
+    assert_eq!(f["user_id"], bob.id.as_str());
+    assert!(f.get("seq").is_none(), "{f}");
+    // Neither consumed a seq.
+    let next = app.say(&alice, &room, "still seq 1").await;
+    assert_eq!(next["seq"], 1);
+}
+
+#[tokio::test]
+async fn a_member_coming_online_and_going_offline_is_announced_to_the_room() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+    let mut a = app.ws(&alice).await;
+    a.subscribe(&room, None).await;
+
+    let b = app.ws(&bob).await;
+    let online = |f: &Value| f["type"] == "presence" && f["user_id"] == bob.id.as_str();
+    let f = a.recv_until("bob's presence (online)", online).await;
+    assert_eq!(f["room_id"], room.as_str());
+    assert_eq!(f["online"], true, "{f}");
+    b.close().await;
+    let f = a.recv_until("bob's presence (offline)", online).await;
+    assert_eq!(f["online"], false, "{f}");
+}
+
+#[tokio::test]
+async fn a_removed_member_stops_receiving_the_rooms_events() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+    let other = app.room_with(&alice, &[&bob]).await;
+    let mut b = app.ws(&bob).await;
+    b.subscribe(&room, None).await;
+    b.subscribe(&other, None).await;
+
+    app.delete(
+        &format!("/api/v1/rooms/{room}/members/{}", bob.id),
+        &alice.access,
+    )
+    .await
+    .expect(204);
+    // The server ends the subscription (and says so).
+    b.recv_until("the end of the subscription", |f| {
+        f["type"] == "unsubscribed" && f["room_id"] == room.as_str()
+    })
+    .await;
+    app.say(&alice, &room, "not for bob").await;
+    app.say(&alice, &other, "for bob").await;
+    let f = b.recv_event().await;
+    assert_eq!(
+        f["room_id"],
+        other.as_str(),
+        "nothing from the room bob left: {f}"
+    );
+    assert_eq!(f["body"], "for bob");
+    assert!(b.ping_barrier().await.is_empty());
+    let f = b.try_subscribe(&room).await;
+    assert_eq!(
+        (f["type"].as_str(), f["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{f}"
+    );
+}
+
+#[tokio::test]
+async fn too_many_frames_per_second_close_the_socket_with_4008() {
+    let app = crate::helpers::spawn_app_with(|cfg| cfg.ws_frames_per_sec = 20).await;
+    let alice = app.signup("alice").await;
+    let mut a = app.ws(&alice).await;
+    for _ in 0..40 {
+        // The server may close before the last ones are written.
+        if a.send_message(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "ping"}).to_string(),
+        ))
+        .await
+        .is_err()
+        {
+            break;
+        }
+    }
+    let closed = a.expect_close_code(4008).await;
+    assert!(closed.frames.iter().all(|f| f["type"] == "pong"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_falls_behind_is_closed_with_4009_and_resumes_with_since_seq() {
+    const TOTAL: i64 = 600;
+    let app = crate::helpers::spawn_app_with(|cfg| cfg.ws_queue = 8).await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+    let mut slow = app.ws_small_buffer(&bob).await;
+    slow.subscribe(&room, None).await;
+
+    // ~16 KB frames (4000 four-byte characters) from a few concurrent
+    // senders, while bob reads nothing: the TCP buffers fill, then the
+    // server's queue for bob.
+    let body = "\u{1F980}".repeat(4000);
+    let mut senders = Vec::new();
+    for k in 0..4 {
+        let client = app.client.clone();
+        let url = app.url(&format!("/api/v1/rooms/{room}/messages"));
+        let token = alice.access.clone();
+        let body = body.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0..TOTAL / 4 {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"body": body, "client_msg_id": format!("{k}-{i}")}))
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(r.status().as_u16(), 201);
+            }
+        }));
+    }
+    for s in senders {
+        within_for(Duration::from_secs(60), "the senders", s)
+            .await
+            .expect("sender");
+    }
+
+    let mut seen = Vec::new();
+    let code = within_for(Duration::from_secs(30), "the slow reader's close", async {
+        loop {
+            match slow.next_message().await {
+                Some(Ok(Message::Text(t))) => {
+                    let f: Value = serde_json::from_str(t.as_str()).expect("JSON");
+                    if f["type"] == "message" {
+                        seen.push(f["seq"].as_i64().expect("seq"));
+                        assert!(
+                            *seen.last().unwrap() < TOTAL,
+                            "the reader got everything: it never fell behind"
+                        );
+                    }
+                }
+                Some(Ok(Message::Close(c))) => return c.map(|c| u16::from(c.code)),
+                Some(Ok(_)) => {}
+                other => panic!("the socket ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, Some(4009));
+    let last_seen = seen.last().copied().unwrap_or(0);
+    assert_eq!(
+        seen,
+        (1..=last_seen).collect::<Vec<_>>(),
+        "in order up to the close"
+    );
+
+    let mut again = app.ws(&bob).await;
+    let (replayed, subscribed) = again.subscribe(&room, Some(last_seen)).await;
+    assert_eq!(
+        message_seqs(&replayed),
+        (last_seen + 1..=TOTAL).collect::<Vec<_>>()
+    );
+    assert_eq!(subscribed["last_seq"], TOTAL);
+}
