@@ -4,10 +4,14 @@
 #   1. formatting      cargo fmt --all --check
 #   2. lints           cargo clippy --workspace --all-targets -- -D warnings
 #   3. tests           cargo test --workspace --locked
+#   4. the behaviour suite again, against the distributed mode:
+#                      CHAT_TEST_MODE=cluster cargo test -p chat --test api
 #
-# The all-in-one server's suite needs no external service: it runs on the
-# embedded backends (SQLite in a temp dir, in-process bus and ephemeral
-# store). Builds go to a target dir outside the checkout so reruns are fast.
+# First it makes sure PostgreSQL, Redis, NATS, HAProxy, grpcurl and
+# docker-compose are there (scripts/services.sh: use, start or install them).
+# Every test uses its own SQLite file, Postgres schema, Redis key prefix and
+# NATS subject prefix, so tests run in parallel. Builds go to a target dir
+# outside the checkout so reruns are fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +25,10 @@ fi
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "services"
+source scripts/services.sh
+ensure_services
+
 step "cargo fmt --all --check"
 cargo fmt --all --check
 
@@ -29,3 +37,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test --workspace --locked"
 cargo test --workspace --locked
+
+step "CHAT_TEST_MODE=cluster cargo test -p chat --test api --locked"
+CHAT_TEST_MODE=cluster cargo test -p chat --test api --locked

@@ -30,41 +30,14 @@ pub struct Config {
     #[arg(long, env = "CHAT_JWT_KEY_FILE")]
     pub jwt_key_file: Option<PathBuf>,
 
-    /// Access token lifetime in seconds.
-    #[arg(long, env = "CHAT_ACCESS_TOKEN_TTL", default_value_t = 900)]
-    pub access_token_ttl_secs: u64,
+    #[command(flatten)]
+    pub auth: chat_auth::AuthArgs,
 
-    /// argon2id memory cost in KiB.
-    #[arg(long, env = "CHAT_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
-    pub argon2_memory_kib: u32,
+    #[command(flatten)]
+    pub room: chat_room::RoomArgs,
 
-    /// argon2id iterations.
-    #[arg(long, env = "CHAT_ARGON2_ITERATIONS", default_value_t = 2)]
-    pub argon2_iterations: u32,
-
-    /// Failed logins per username in 5 minutes before 429.
-    #[arg(long, env = "CHAT_LOGIN_MAX_FAILURES", default_value_t = 10)]
-    pub login_max_failures: u32,
-
-    /// Messages one user may send per --send-window-secs (0: unlimited).
-    #[arg(long, env = "CHAT_SEND_LIMIT", default_value_t = 100)]
-    pub send_limit: u32,
-
-    /// The send rate-limit window in seconds.
-    #[arg(long, env = "CHAT_SEND_WINDOW_SECS", default_value_t = 10)]
-    pub send_window_secs: u64,
-
-    /// Frames queued for one WebSocket before it is closed with 4009.
-    #[arg(long, env = "CHAT_WS_QUEUE", default_value_t = 4096)]
-    pub ws_queue: usize,
-
-    /// Largest WebSocket frame or REST body accepted, in bytes.
-    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
-    pub max_frame_bytes: usize,
-
-    /// Client frames per WebSocket per second before it is closed with 4008.
-    #[arg(long, env = "CHAT_WS_FRAMES_PER_SEC", default_value_t = 200)]
-    pub ws_frames_per_sec: u32,
+    #[command(flatten)]
+    pub gateway: chat_gateway::GatewayArgs,
 
     /// Bus subject prefix.
     #[arg(long, env = "CHAT_SUBJECT_PREFIX", default_value = "chat")]

@@ -7,12 +7,12 @@
 pub mod config;
 
 use anyhow::Context;
-use chat_auth::{AuthConfig, AuthSvc, SigningKey};
+use chat_auth::{AuthSvc, SigningKey};
 use chat_bus::Subjects;
-use chat_gateway::{Backends, Gateway, GatewayConfig, ReadyCheck};
+use chat_gateway::{Backends, Gateway, ReadyCheck};
 use chat_proto::v1::auth_service_server::AuthServiceServer;
 use chat_proto::v1::room_service_server::RoomServiceServer;
-use chat_room::{RoomConfig, RoomSvc};
+use chat_room::RoomSvc;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -66,16 +66,7 @@ impl App {
             bus.clone(),
             subjects.clone(),
             &key,
-            AuthConfig {
-                access_ttl: Duration::from_secs(cfg.access_token_ttl_secs),
-                hash_cost: chat_auth::password::HashCost {
-                    memory_kib: cfg.argon2_memory_kib,
-                    iterations: cfg.argon2_iterations,
-                },
-                login_max_failures: cfg.login_max_failures,
-                login_window: Duration::from_secs(300),
-                internal_secret: Some(internal_secret.clone()),
-            },
+            cfg.auth.config(Some(internal_secret.clone())),
         );
         let seeded = auth.seed_revocations().await?;
         if seeded > 0 {
@@ -88,10 +79,7 @@ impl App {
             ephemeral.clone(),
             subjects.clone(),
             verifier.clone(),
-            RoomConfig {
-                send_limit: cfg.send_limit,
-                send_window: Duration::from_secs(cfg.send_window_secs),
-            },
+            cfg.room.config(),
         );
 
         let grpc_router = chat_proto::with_reflection(
@@ -144,14 +132,7 @@ impl App {
             ephemeral,
             bus,
             subjects,
-            GatewayConfig {
-                max_frame_bytes: cfg.max_frame_bytes,
-                max_body_bytes: cfg.max_frame_bytes,
-                outbound_queue: cfg.ws_queue,
-                internal_secret,
-                ws_frames_per_sec: cfg.ws_frames_per_sec,
-                ..GatewayConfig::default()
-            },
+            cfg.gateway.config(internal_secret),
             ready,
             shutdown.clone(),
         );

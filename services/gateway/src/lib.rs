@@ -9,6 +9,7 @@
 pub mod app;
 pub mod backends;
 pub mod extract;
+pub mod metrics;
 pub mod rest;
 pub mod wire;
 pub mod ws;
@@ -71,6 +72,7 @@ pub(crate) struct Inner {
     pub subjects: Subjects,
     pub cfg: GatewayConfig,
     pub hubs: Arc<ws::hub::Hubs>,
+    pub metrics: Arc<metrics::Metrics>,
     pub conns: ws::registry::Registry,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -90,8 +92,10 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Self {
         let tracker = TaskTracker::new();
+        let metrics = Arc::new(metrics::Metrics::default());
         Self {
             inner: Arc::new(Inner {
+                metrics: metrics.clone(),
                 hubs: Arc::new(ws::hub::Hubs::new(
                     bus.clone(),
                     subjects.clone(),
@@ -100,6 +104,7 @@ impl Gateway {
                         internal_secret: cfg.internal_secret.clone(),
                         timeout: cfg.rpc_timeout,
                     },
+                    metrics,
                 )),
                 conns: ws::registry::Registry::new(bus.clone(), subjects.clone()),
                 backends,

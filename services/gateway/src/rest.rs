@@ -62,6 +62,18 @@ pub fn router(gw: Gateway) -> Router {
         .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|State(gw): State<Gateway>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    gw.inner.metrics.render(),
+                )
+            }),
+        )
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|m: Method| async move {
             let mut r =

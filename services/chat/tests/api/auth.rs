@@ -129,7 +129,7 @@ async fn login_fails_alike_for_an_unknown_user_and_a_wrong_password() {
 
 #[tokio::test]
 async fn repeated_login_failures_are_rate_limited_with_retry_after() {
-    let app = spawn_app_with(|cfg| cfg.login_max_failures = 3).await;
+    let app = spawn_app_with(|cfg| cfg.auth.login_max_failures = 3).await;
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
     for _ in 0..3 {
@@ -498,7 +498,7 @@ async fn unsigned_and_tampered_tokens_are_rejected() {
 
 #[tokio::test]
 async fn expired_access_tokens_are_rejected() {
-    let app = spawn_app_with(|cfg| cfg.access_token_ttl_secs = 1).await;
+    let app = spawn_app_with(|cfg| cfg.auth.access_token_ttl_secs = 1).await;
     let alice = app.signup("alice").await;
     let claims = claims_of(&alice.access);
     let exp = claims["exp"].as_i64().expect("exp");

@@ -2,6 +2,11 @@
 //! process on port 0, or as a separate process for the crash tests), each
 //! with its own temporary data dir, plus thin REST and WebSocket clients that
 //! speak the client contract. Every wait is bounded by [`WAIT`].
+//!
+//! With `CHAT_TEST_MODE=cluster` the same tests run against the distributed
+//! mode instead: each `spawn_app` starts its own cluster (auth, room, two
+//! gateways, HAProxy in front; own Postgres schema, Redis key prefix and
+//! NATS subject prefix) and the clients talk to the load balancer.
 
 use chat::{App, Config};
 use futures_util::{SinkExt, StreamExt};
@@ -22,6 +27,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::cluster::{Cluster, Options as ClusterOptions};
 
 /// The longest any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -67,9 +74,9 @@ pub fn cmid() -> String {
 /// no send rate limit (tests that check the limit set one).
 pub fn test_config(dir: &Path) -> Config {
     let mut cfg = Config::ephemeral(dir);
-    cfg.argon2_memory_kib = 256;
-    cfg.argon2_iterations = 1;
-    cfg.send_limit = 0;
+    cfg.auth.argon2_memory_kib = 256;
+    cfg.auth.argon2_iterations = 1;
+    cfg.room.send_limit = 0;
     cfg.shutdown_timeout_secs = 5;
     cfg
 }
@@ -77,7 +84,16 @@ pub fn test_config(dir: &Path) -> Config {
 /// A config change a test applies on top of [`test_config`].
 pub type Tweak = fn(&mut Config);
 
-/// A server running in this process.
+/// Which deployment the suite drives (`CHAT_TEST_MODE`).
+pub fn cluster_mode() -> bool {
+    match std::env::var("CHAT_TEST_MODE").as_deref() {
+        Ok("cluster") => true,
+        Ok("all-in-one") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("CHAT_TEST_MODE must be all-in-one or cluster, not {other:?}"),
+    }
+}
+
+/// A server running in this process, or a cluster behind a load balancer.
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`
     pub base: String,
@@ -89,6 +105,7 @@ pub struct TestApp {
     tweak: Tweak,
     shutdown: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    cluster: Option<Arc<std::sync::Mutex<Cluster>>>,
 }
 
 /// Starts a server with the test defaults on a new data dir.
@@ -104,6 +121,9 @@ pub async fn spawn_app_with(tweak: Tweak) -> TestApp {
 
 async fn start(dir: Arc<tempfile::TempDir>, tweak: Tweak) -> TestApp {
     init_tracing();
+    if cluster_mode() {
+        return start_cluster(dir, tweak).await;
+    }
     let mut cfg = test_config(dir.path());
     tweak(&mut cfg);
     let shutdown = CancellationToken::new();
@@ -121,6 +141,76 @@ async fn start(dir: Arc<tempfile::TempDir>, tweak: Tweak) -> TestApp {
         tweak,
         shutdown,
         server: Some(server),
+        cluster: None,
+    }
+}
+
+/// The test config's tunables as the distributed processes' flags.
+pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
+    let mut cfg = test_config(Path::new("."));
+    tweak(&mut cfg);
+    let (a, r, g) = (&cfg.auth, &cfg.room, &cfg.gateway);
+    ClusterOptions {
+        auth_args: vec![
+            format!("--access-token-ttl={}", a.access_token_ttl_secs),
+            format!("--argon2-memory-kib={}", a.argon2_memory_kib),
+            format!("--argon2-iterations={}", a.argon2_iterations),
+            format!("--login-max-failures={}", a.login_max_failures),
+        ],
+        room_args: vec![
+            format!("--send-limit={}", r.send_limit),
+            format!("--send-window-secs={}", r.send_window_secs),
+        ],
+        gateway_args: vec![
+            format!("--ws-queue={}", g.ws_queue),
+            format!("--max-frame-bytes={}", g.max_frame_bytes),
+            format!("--ws-frames-per-sec={}", g.ws_frames_per_sec),
+        ],
+        ..ClusterOptions::default()
+    }
+}
+
+async fn start_cluster(dir: Arc<tempfile::TempDir>, tweak: Tweak) -> TestApp {
+    let cluster = start_cluster_with(cluster_options(tweak)).await;
+    TestApp::for_cluster(cluster, dir, tweak)
+}
+
+/// Starts a cluster (blocking work off the runtime), bounded in time.
+pub async fn start_cluster_with(opts: ClusterOptions) -> Cluster {
+    within_for(
+        Duration::from_secs(90),
+        "the cluster to start",
+        tokio::task::spawn_blocking(move || Cluster::start(opts)),
+    )
+    .await
+    .expect("the cluster starts")
+}
+
+impl TestApp {
+    /// Clients of `cluster`, talking to its load balancer.
+    pub fn for_cluster(cluster: Cluster, dir: Arc<tempfile::TempDir>, tweak: Tweak) -> TestApp {
+        let http_addr: SocketAddr = cluster
+            .lb
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the load balancer's address");
+        TestApp {
+            base: cluster.lb.clone(),
+            ws_url: cluster.lb_ws(),
+            http_addr,
+            dir,
+            client: http_client(),
+            tweak,
+            shutdown: CancellationToken::new(),
+            server: None,
+            cluster: Some(Arc::new(std::sync::Mutex::new(cluster))),
+        }
+    }
+
+    /// The cluster behind this app (cluster mode only).
+    #[allow(dead_code)]
+    pub fn cluster(&self) -> Arc<std::sync::Mutex<Cluster>> {
+        self.cluster.clone().expect("not a cluster")
     }
 }
 
@@ -474,7 +564,26 @@ impl TestApp {
     }
 
     /// Stops the server: cancels its token and waits for `run` to return.
+    /// (A cluster: every service process gets SIGTERM and exits.)
     pub async fn stop(&mut self) {
+        if let Some(c) = &self.cluster {
+            let c = c.clone();
+            within_for(
+                Duration::from_secs(60),
+                "the cluster to stop",
+                tokio::task::spawn_blocking(move || {
+                    let mut c = c.lock().expect("cluster lock");
+                    let c = &mut *c;
+                    for p in c.gateways.iter_mut().chain(c.rooms.iter_mut()) {
+                        p.terminate();
+                    }
+                    c.auth.terminate();
+                }),
+            )
+            .await
+            .expect("the cluster stops");
+            return;
+        }
         self.shutdown.cancel();
         if let Some(server) = self.server.take() {
             within_for(Duration::from_secs(20), "the server to stop", server)
@@ -486,8 +595,32 @@ impl TestApp {
 
     /// Stops the server and starts a new one on the same data dir (and the
     /// same config tweak). The new server listens on a new port.
+    /// A cluster restarts every service process on the same schema and
+    /// keeps its load balancer.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
+        if let Some(c) = self.cluster.clone() {
+            within_for(
+                Duration::from_secs(90),
+                "the cluster to come back",
+                tokio::task::spawn_blocking(move || {
+                    let mut c = c.lock().expect("cluster lock");
+                    let c = &mut *c;
+                    Cluster::start_again(&mut c.auth);
+                    for p in c.rooms.iter_mut().chain(c.gateways.iter_mut()) {
+                        Cluster::start_again(p);
+                    }
+                    let lb = c.haproxy.health.clone();
+                    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                    while !crate::cluster::http_ok(&lb) && std::time::Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }),
+            )
+            .await
+            .expect("the cluster restarts");
+            return self;
+        }
         start(self.dir.clone(), self.tweak).await
     }
 }

@@ -3,6 +3,8 @@
 
 mod auth;
 mod bad_input;
+#[path = "../common/cluster.rs"]
+mod cluster;
 mod durability;
 mod helpers;
 mod messages;

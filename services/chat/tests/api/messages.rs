@@ -273,8 +273,8 @@ async fn only_the_author_may_edit_and_only_author_or_admin_may_delete() {
 #[tokio::test]
 async fn sending_faster_than_the_limit_is_rate_limited() {
     let app = spawn_app_with(|cfg| {
-        cfg.send_limit = 3;
-        cfg.send_window_secs = 60;
+        cfg.room.send_limit = 3;
+        cfg.room.send_window_secs = 60;
     })
     .await;
     let alice = app.signup("alice").await;

@@ -559,7 +559,7 @@ async fn a_removed_member_stops_receiving_the_rooms_events() {
 
 #[tokio::test]
 async fn too_many_frames_per_second_close_the_socket_with_4008() {
-    let app = crate::helpers::spawn_app_with(|cfg| cfg.ws_frames_per_sec = 20).await;
+    let app = crate::helpers::spawn_app_with(|cfg| cfg.gateway.ws_frames_per_sec = 20).await;
     let alice = app.signup("alice").await;
     let mut a = app.ws(&alice).await;
     for _ in 0..40 {
@@ -580,7 +580,7 @@ async fn too_many_frames_per_second_close_the_socket_with_4008() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_falls_behind_is_closed_with_4009_and_resumes_with_since_seq() {
     const TOTAL: i64 = 600;
-    let app = crate::helpers::spawn_app_with(|cfg| cfg.ws_queue = 8).await;
+    let app = crate::helpers::spawn_app_with(|cfg| cfg.gateway.ws_queue = 8).await;
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
     let room = app.room_with(&alice, &[&bob]).await;

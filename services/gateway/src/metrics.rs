@@ -1,0 +1,79 @@
+//! The gateway's Prometheus metrics (`GET /metrics`, text format).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Rooms with a bus subscription on this gateway.
+    pub hubs: Gauge,
+    /// Room events and notices handed to connections.
+    pub deliveries: Counter,
+    /// Frames received from clients.
+    pub frames_in: Counter,
+    /// Gaps in a room's seq that a hub filled from the log.
+    pub backfills: Counter,
+    /// Connections closed with 4009 because they fell behind.
+    pub slow_closes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("chat");
+        let m = Self {
+            connections: Gauge::default(),
+            hubs: Gauge::default(),
+            deliveries: Counter::default(),
+            frames_in: Counter::default(),
+            backfills: Counter::default(),
+            slow_closes: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ws_connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "room_hubs",
+            "Rooms with a bus subscription on this gateway",
+            m.hubs.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Room events and notices handed to connections",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "frames_in",
+            "Frames received from clients",
+            m.frames_in.clone(),
+        );
+        registry.register(
+            "backfills",
+            "Gaps in a room's seq filled from the log by a hub",
+            m.backfills.clone(),
+        );
+        registry.register(
+            "slow_closes",
+            "Connections closed with 4009 for falling behind",
+            m.slow_closes.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = encode(&mut out, &self.registry) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        out
+    }
+}
