@@ -70,3 +70,69 @@ pub fn request<T>(
     }
     req
 }
+
+/// Attempts of a call that is safe to repeat.
+const ATTEMPTS: u32 = 4;
+
+/// Runs `call` again while it fails with `UNAVAILABLE` (a replica restarting,
+/// a connection being re-established), with a short backoff. Only for calls
+/// that are safe to repeat: reads, and writes that are idempotent by design
+/// (`PostMessage` dedupes on `client_msg_id`, `MarkRead` only moves forward).
+pub async fn retrying<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut wait = Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(s) if s.code() == tonic::Code::Unavailable && attempt < ATTEMPTS => {
+                tracing::debug!(attempt, error = %s.message(), "backend unavailable; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 3;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn unavailable_is_retried_and_other_errors_are_not() {
+        let calls = AtomicU32::new(0);
+        let r = retrying(|| async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            if n < 2 {
+                Err(tonic::Status::unavailable("restarting"))
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 2);
+
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = retrying(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(tonic::Status::permission_denied("no"))
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = retrying(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(tonic::Status::unavailable("down"))
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::Unavailable);
+        assert_eq!(calls.load(Ordering::SeqCst), ATTEMPTS);
+    }
+}

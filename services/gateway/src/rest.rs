@@ -2,7 +2,7 @@
 //! shape of a request, forward it to auth or room with the caller's token,
 //! and turn the answer (or the error) into the contract's JSON.
 
-use crate::backends::{request, As};
+use crate::backends::{request, retrying, As};
 use crate::extract::{Bearer, Json, Query, UserAgent};
 use crate::wire::EventView;
 use crate::Gateway;
@@ -134,6 +134,24 @@ impl Bearer {
     /// A request to auth or room made with the client's own token.
     fn req<T>(&self, gw: &Gateway, msg: T) -> tonic::Request<T> {
         request(msg, As::Bearer(&self.0), gw.inner.cfg.rpc_timeout, None)
+    }
+}
+
+impl Gateway {
+    /// A call to room with the client's token that is safe to repeat
+    /// (see [`retrying`]), made again while room is unavailable.
+    async fn room_call<M, R, F, Fut>(
+        &self,
+        tok: &Bearer,
+        msg: M,
+        call: F,
+    ) -> Result<R, tonic::Status>
+    where
+        M: Clone,
+        F: Fn(RoomServiceClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<R, tonic::Status>>,
+    {
+        retrying(|| call(self.room(), tok.req(self, msg.clone()))).await
     }
 }
 
@@ -435,13 +453,13 @@ async fn list_my_rooms(State(gw): State<Gateway>, tok: Bearer, Query(q): Query<P
 
 async fn get_room(State(gw): State<Gateway>, tok: Bearer, Path(id): Path<String>) -> Res {
     let r = gw
-        .room()
-        .get_room(tok.req(
-            &gw,
+        .room_call(
+            &tok,
             pb::GetRoomRequest {
                 room_id: room_id(&id)?,
             },
-        ))
+            |mut c, r| async move { c.get_room(r).await },
+        )
         .await?
         .into_inner();
     ok(r.room)
@@ -490,13 +508,13 @@ async fn delete_room(State(gw): State<Gateway>, tok: Bearer, Path(id): Path<Stri
 
 async fn join_room(State(gw): State<Gateway>, tok: Bearer, Path(id): Path<String>) -> Res {
     let r = gw
-        .room()
-        .join_room(tok.req(
-            &gw,
+        .room_call(
+            &tok,
             pb::JoinRoomRequest {
                 room_id: room_id(&id)?,
             },
-        ))
+            |mut c, r| async move { c.join_room(r).await },
+        )
         .await?;
     ok(r.into_inner())
 }
@@ -598,15 +616,15 @@ async fn post_message(
     Json(b): Json<PostBody>,
 ) -> Res {
     let r = gw
-        .room()
-        .post_message(tok.req(
-            &gw,
+        .room_call(
+            &tok,
             pb::PostMessageRequest {
                 room_id: room_id(&id)?,
                 client_msg_id: b.client_msg_id,
                 body: b.body,
             },
-        ))
+            |mut c, r| async move { c.post_message(r).await },
+        )
         .await?
         .into_inner();
     let status = if r.created {
@@ -632,16 +650,16 @@ async fn list_messages(
     Query(q): Query<HistoryQuery>,
 ) -> Res {
     let r = gw
-        .room()
-        .list_messages(tok.req(
-            &gw,
+        .room_call(
+            &tok,
             pb::ListMessagesRequest {
                 room_id: room_id(&id)?,
                 before_seq: q.before_seq,
                 after_seq: q.after_seq,
                 limit: q.limit,
             },
-        ))
+            |mut c, r| async move { c.list_messages(r).await },
+        )
         .await?;
     ok(r.into_inner())
 }
@@ -653,15 +671,15 @@ async fn list_events(
     Query(q): Query<HistoryQuery>,
 ) -> Res {
     let r = gw
-        .room()
-        .list_events(tok.req(
-            &gw,
+        .room_call(
+            &tok,
             pb::ListEventsRequest {
                 room_id: room_id(&id)?,
                 after_seq: q.after_seq.unwrap_or(0),
                 limit: q.limit,
             },
-        ))
+            |mut c, r| async move { c.list_events(r).await },
+        )
         .await?
         .into_inner();
     let items: Vec<_> = r.items.iter().filter_map(EventView::of).collect();
@@ -721,14 +739,14 @@ async fn mark_read(
     Path(id): Path<String>,
     Json(b): Json<ReadBody>,
 ) -> Res {
-    gw.room()
-        .mark_read(tok.req(
-            &gw,
-            pb::MarkReadRequest {
-                room_id: room_id(&id)?,
-                seq: b.seq,
-            },
-        ))
-        .await?;
+    gw.room_call(
+        &tok,
+        pb::MarkReadRequest {
+            room_id: room_id(&id)?,
+            seq: b.seq,
+        },
+        |mut c, r| async move { c.mark_read(r).await },
+    )
+    .await?;
     no_content()
 }

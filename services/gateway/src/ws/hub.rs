@@ -7,7 +7,7 @@
 //! rather than slowing the room down or growing memory.
 
 use super::{ConnShared, Outbound};
-use crate::backends::{request, As, Backends};
+use crate::backends::{request, retrying, As, Backends};
 use crate::metrics::Metrics;
 use crate::wire::{encode, EventView, ServerFrame};
 use chat_bus::{Bus, Subjects};
@@ -248,21 +248,24 @@ impl Hub {
                 return last;
             };
             let limit = until.map_or(200, |u| (u - last).clamp(1, 200) as u32);
-            let page = b
-                .backends
-                .room
-                .clone()
-                .list_events(request(
-                    pb::ListEventsRequest {
-                        room_id: self.room.to_string(),
-                        after_seq: last,
-                        limit,
-                    },
-                    As::User(&caller, &b.internal_secret),
-                    b.timeout,
-                    None,
-                ))
-                .await;
+            let page = {
+                let msg = pb::ListEventsRequest {
+                    room_id: self.room.to_string(),
+                    after_seq: last,
+                    limit,
+                };
+                retrying(|| {
+                    let mut c = b.backends.room.clone();
+                    let req = request(
+                        msg.clone(),
+                        As::User(&caller, &b.internal_secret),
+                        b.timeout,
+                        None,
+                    );
+                    async move { c.list_events(req).await }
+                })
+                .await
+            };
             let page = match page {
                 Ok(p) => p.into_inner(),
                 Err(status) => {

@@ -11,7 +11,7 @@
 pub mod hub;
 pub mod registry;
 
-use crate::backends::{request, As};
+use crate::backends::{request, retrying, As};
 use crate::wire::{encode, error_frame, EventView, ServerFrame};
 use crate::Gateway;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use chat_auth::Caller;
 use chat_core::{ApiError, RoomId, Seq};
 use chat_proto::v1 as pb;
+use chat_proto::v1::room_service_client::RoomServiceClient;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 /// What the hubs and the registry hand a connection.
 #[derive(Clone)]
@@ -466,6 +468,22 @@ impl Conn {
         As::User(&self.shared.caller, &self.gw.inner.cfg.internal_secret)
     }
 
+    /// A call to room on the user's behalf that is safe to repeat (see
+    /// [`retrying`]), made again while room is unavailable.
+    async fn room_call<M, R, F, Fut>(&self, msg: M, call: F) -> Result<R, tonic::Status>
+    where
+        M: Clone,
+        F: Fn(RoomServiceClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<R, tonic::Status>>,
+    {
+        let timeout = self.gw.inner.cfg.rpc_timeout;
+        retrying(|| {
+            let req = request(msg.clone(), self.who(), timeout, None);
+            call(self.gw.inner.backends.room.clone(), req)
+        })
+        .await
+    }
+
     /// Delivers every event after the room's cursor (up to `until`, or to
     /// the end of the log), advancing the cursor.
     async fn catch_up(&mut self, room: RoomId, until: Option<Seq>) -> Result<(), Option<u16>> {
@@ -478,21 +496,14 @@ impl Conn {
             }
             let limit = until.map_or(200, |u| (u - cursor).clamp(1, 200) as u32);
             let page = self
-                .gw
-                .inner
-                .backends
-                .room
-                .clone()
-                .list_events(request(
+                .room_call(
                     pb::ListEventsRequest {
                         room_id: room.to_string(),
                         after_seq: cursor,
                         limit,
                     },
-                    self.who(),
-                    self.gw.inner.cfg.rpc_timeout,
-                    None,
-                ))
+                    |mut c, r| async move { c.list_events(r).await },
+                )
                 .await;
             let page = match page {
                 Ok(p) => p.into_inner(),
@@ -534,19 +545,12 @@ impl Conn {
             chat_core::validate::seq("since_seq", s)?;
         }
         let r = self
-            .gw
-            .inner
-            .backends
-            .room
-            .clone()
-            .get_room(request(
+            .room_call(
                 pb::GetRoomRequest {
                     room_id: room.to_string(),
                 },
-                self.who(),
-                self.gw.inner.cfg.rpc_timeout,
-                None,
-            ))
+                |mut c, r| async move { c.get_room(r).await },
+            )
             .await?
             .into_inner();
         if r.my_role.is_empty() {
@@ -764,21 +768,14 @@ impl Conn {
                 chat_core::validate::body(&body)?;
                 chat_core::validate::client_msg_id(&client_msg_id)?;
                 let resp = self
-                    .gw
-                    .inner
-                    .backends
-                    .room
-                    .clone()
-                    .post_message(request(
+                    .room_call(
                         pb::PostMessageRequest {
                             room_id: room.to_string(),
                             client_msg_id,
                             body,
                         },
-                        self.who(),
-                        t,
-                        None,
-                    ))
+                        |mut c, r| async move { c.post_message(r).await },
+                    )
                     .await
                     .map_err(ApiError::from)?
                     .into_inner();
@@ -818,22 +815,15 @@ impl Conn {
             }
             ClientFrame::Read { room_id, seq } => {
                 let room = RoomId::parse(&room_id)?;
-                self.gw
-                    .inner
-                    .backends
-                    .room
-                    .clone()
-                    .mark_read(request(
-                        pb::MarkReadRequest {
-                            room_id: room.to_string(),
-                            seq,
-                        },
-                        self.who(),
-                        t,
-                        None,
-                    ))
-                    .await
-                    .map_err(ApiError::from)?;
+                self.room_call(
+                    pb::MarkReadRequest {
+                        room_id: room.to_string(),
+                        seq,
+                    },
+                    |mut c, r| async move { c.mark_read(r).await },
+                )
+                .await
+                .map_err(ApiError::from)?;
                 Ok(r.map(|r| encode(&ServerFrame::Ok { r#ref: Some(r) })))
             }
         }
