@@ -331,3 +331,75 @@ async fn a_nats_restart_loses_no_acked_message() {
     let _ = nats.kill();
     let _ = nats.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_on_every_gateway_and_room_replica_get_one_gapless_order() {
+    const SENDERS: usize = 4;
+    const EACH: usize = 25;
+    let mut opts = base_options();
+    opts.rooms = 2;
+    let app = cluster_app(opts).await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+    let (gw0, gw1) = {
+        let c = app.cluster();
+        let c = c.lock().expect("lock");
+        (c.gateway_ws(0), c.gateway_ws(1))
+    };
+    let mut watchers = Vec::new();
+    for url in [&gw0, &gw1] {
+        let mut w = crate::helpers::ws_connect(url, &bob.access)
+            .await
+            .expect("bob connects");
+        w.recv_json().await;
+        w.subscribe(&room, None).await;
+        watchers.push(w);
+    }
+    let mut tasks = Vec::new();
+    for s in 0..SENDERS {
+        // Alternate gateways; room calls are balanced over both replicas.
+        let url = if s % 2 == 0 { gw0.clone() } else { gw1.clone() };
+        let (token, room) = (alice.access.clone(), room.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ws = crate::helpers::ws_connect(&url, &token)
+                .await
+                .expect("connect");
+            ws.recv_json().await;
+            let mut seqs = Vec::new();
+            for i in 0..EACH {
+                let ack = ws
+                    .send_and_wait(&room, &cmid(), &format!("s{s} m{i}"))
+                    .await;
+                assert_eq!(ack["type"], "ack", "{ack}");
+                seqs.push(ack["seq"].as_i64().expect("seq"));
+            }
+            seqs
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("sender"));
+    }
+    acked.sort_unstable();
+    let total = (SENDERS * EACH) as i64;
+    assert_eq!(
+        acked,
+        (1..=total).collect::<Vec<_>>(),
+        "unique, gapless seqs"
+    );
+    for w in &mut watchers {
+        let mut got: Vec<Value> = Vec::new();
+        within_for(
+            Duration::from_secs(30),
+            "every message on every gateway",
+            async {
+                while message_seqs(&got).last().copied().unwrap_or(0) < total {
+                    got.push(w.recv_event().await);
+                }
+            },
+        )
+        .await;
+        assert_eq!(message_seqs(&got), (1..=total).collect::<Vec<_>>());
+    }
+}
