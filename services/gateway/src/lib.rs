@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     pub internal_secret: String,
     /// Client frames per connection per second before 4008.
     pub ws_frames_per_sec: u32,
+    /// How long a busy room's events may wait to be handed to connections
+    /// together (an idle room's first event goes at once).
+    pub fanout_linger: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -52,6 +55,7 @@ impl Default for GatewayConfig {
             rpc_timeout: Duration::from_secs(10),
             internal_secret: String::new(),
             ws_frames_per_sec: 200,
+            fanout_linger: Duration::from_millis(25),
         }
     }
 }
@@ -105,6 +109,7 @@ impl Gateway {
                         timeout: cfg.rpc_timeout,
                     },
                     metrics,
+                    cfg.fanout_linger,
                 )),
                 conns: ws::registry::Registry::new(bus.clone(), subjects.clone()),
                 backends,
@@ -163,6 +168,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "CHAT_WS_FRAMES_PER_SEC", default_value_t = 200)]
     pub ws_frames_per_sec: u32,
 
+    /// How long a busy room's events may wait to be written together, in
+    /// milliseconds: fewer, larger writes for more latency. An idle room's
+    /// first event is never delayed.
+    #[arg(long, env = "CHAT_FANOUT_LINGER_MS", default_value_t = 25)]
+    pub fanout_linger_ms: u64,
+
     /// Deadline of each call to auth and room, in milliseconds.
     #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
@@ -177,6 +188,7 @@ impl GatewayArgs {
             rpc_timeout: Duration::from_millis(self.rpc_timeout_ms),
             internal_secret,
             ws_frames_per_sec: self.ws_frames_per_sec,
+            fanout_linger: Duration::from_millis(self.fanout_linger_ms),
             ..GatewayConfig::default()
         }
     }

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub struct Hubs {
@@ -27,6 +28,7 @@ pub struct Hubs {
     rooms: Mutex<HashMap<RoomId, Arc<Hub>>>,
     backfill: Backfill,
     metrics: Arc<Metrics>,
+    linger: Duration,
 }
 
 /// What a hub needs to read the log: room, and the right to call it on a
@@ -78,6 +80,7 @@ impl Hubs {
         subjects: Subjects,
         backfill: Backfill,
         metrics: Arc<Metrics>,
+        linger: Duration,
     ) -> Self {
         Self {
             bus,
@@ -85,6 +88,7 @@ impl Hubs {
             rooms: Mutex::new(HashMap::new()),
             backfill,
             metrics,
+            linger,
         }
     }
 
@@ -156,6 +160,7 @@ impl Hubs {
         let subject = self.subjects.room(room);
         let weak = Arc::downgrade(&hub);
         let backfill = self.backfill.clone();
+        let linger = self.linger;
         let mut reconnects = bus.reconnects();
         tokio::spawn(async move {
             let mut sub = match bus.subscribe(&subject).await {
@@ -176,15 +181,22 @@ impl Hubs {
             };
             // The last seq this hub delivered; None until the first event.
             let mut last: Option<Seq> = None;
+            let mut batch = Batcher::new(linger);
             loop {
+                let due = batch.due();
                 tokio::select! {
                     () = stop.cancelled() => break,
+                    () = sleep_until(due), if due.is_some() => {
+                        let Some(hub) = weak.upgrade() else { break };
+                        hub.flush(&mut batch);
+                    }
                     changed = reconnects.changed() => {
                         if changed.is_err() { continue; }
                         let Some(hub) = weak.upgrade() else { break };
                         if let Some(l) = last {
                             tracing::info!(room_id = %room, after_seq = l, "bus reconnected; re-reading the log");
-                            last = Some(hub.backfill(&backfill, l, None).await);
+                            last = Some(hub.backfill(&backfill, l, None, &mut batch).await);
+                            hub.flush(&mut batch);
                         }
                     }
                     next = sub.next() => {
@@ -203,7 +215,7 @@ impl Hubs {
                                     if e.seq > l + 1 {
                                         tracing::info!(room_id = %room, after_seq = l, seq = e.seq, "gap on the bus; backfilling");
                                         hub.metrics.backfills.inc();
-                                        let reached = hub.backfill(&backfill, l, Some(e.seq - 1)).await;
+                                        let reached = hub.backfill(&backfill, l, Some(e.seq - 1), &mut batch).await;
                                         if reached < e.seq - 1 {
                                             // Could not fill it: let each connection's
                                             // cursor find the gap and backfill itself.
@@ -212,16 +224,83 @@ impl Hubs {
                                     }
                                 }
                                 last = Some(e.seq);
-                                hub.deliver_event(&e);
+                                if let Some(item) = hub.event_item(&e) {
+                                    batch.push(item);
+                                }
                             }
-                            Some(other) => hub.deliver_notice(other),
+                            Some(other) => {
+                                if let Some(item) = hub.notice_item(other) {
+                                    batch.push(item);
+                                }
+                            }
                             None => {}
+                        }
+                        if batch.flush_now() {
+                            hub.flush(&mut batch);
                         }
                     }
                 }
             }
         });
         hub
+    }
+}
+
+/// Items handed over at once, at most.
+const BATCH_MAX: usize = 256;
+
+/// Coalesces a busy room's items: the first item after a quiet spell goes
+/// out at once (an idle room adds no latency); items that follow within
+/// `linger` of the last hand-off wait for the next one, so each connection
+/// wakes once per interval and writes them all with one flush.
+struct Batcher {
+    linger: Duration,
+    pending: Vec<Outbound>,
+    last_flush: Instant,
+}
+
+impl Batcher {
+    fn new(linger: Duration) -> Self {
+        Self {
+            linger,
+            pending: Vec::new(),
+            last_flush: Instant::now()
+                .checked_sub(linger)
+                .unwrap_or_else(Instant::now),
+        }
+    }
+
+    fn push(&mut self, item: Outbound) {
+        self.pending.push(item);
+    }
+
+    /// Whether to hand over now rather than at [`Self::due`].
+    fn flush_now(&self) -> bool {
+        !self.pending.is_empty()
+            && (self.linger.is_zero()
+                || self.pending.len() >= BATCH_MAX
+                || self.last_flush.elapsed() >= self.linger)
+    }
+
+    /// When the pending items must go out.
+    fn due(&self) -> Option<Instant> {
+        (!self.pending.is_empty()).then(|| self.last_flush + self.linger)
+    }
+
+    fn take(&mut self) -> Option<Outbound> {
+        self.last_flush = Instant::now();
+        match self.pending.len() {
+            0 => None,
+            1 => self.pending.pop(),
+            _ => Some(Outbound::Batch(std::mem::take(&mut self.pending).into())),
+        }
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -237,8 +316,14 @@ fn decode(payload: &[u8]) -> Option<pb::bus_event::Kind> {
 
 impl Hub {
     /// Reads the log after `after` (up to `until`) on a subscriber's behalf
-    /// and delivers it; returns the last seq delivered.
-    async fn backfill(&self, b: &Backfill, after: Seq, until: Option<Seq>) -> Seq {
+    /// and queues it for delivery; returns the last seq queued.
+    async fn backfill(
+        &self,
+        b: &Backfill,
+        after: Seq,
+        until: Option<Seq>,
+        out: &mut Batcher,
+    ) -> Seq {
         let mut last = after;
         loop {
             if until.is_some_and(|u| last >= u) {
@@ -280,7 +365,9 @@ impl Hub {
                     continue;
                 }
                 last = e.seq;
-                self.deliver_event(e);
+                if let Some(item) = self.event_item(e) {
+                    out.push(item);
+                }
             }
             if !page.has_more || last == before {
                 return last;
@@ -296,16 +383,17 @@ impl Hub {
         subs.values().next().map(|c| c.caller)
     }
 
-    fn deliver_event(&self, e: &pb::RoomEvent) {
-        let Some(view) = EventView::of(e) else { return };
-        self.fan_out(Outbound::Event {
+    /// The event, encoded once for every connection.
+    fn event_item(&self, e: &pb::RoomEvent) -> Option<Outbound> {
+        let view = EventView::of(e)?;
+        Some(Outbound::Event {
             room: self.room,
             seq: e.seq,
             frame: encode(&view),
-        });
+        })
     }
 
-    fn deliver_notice(&self, kind: pb::bus_event::Kind) {
+    fn notice_item(&self, kind: pb::bus_event::Kind) -> Option<Outbound> {
         use pb::bus_event::Kind;
         let frame = match kind {
             Kind::Typing(t) => encode(&ServerFrame::Typing {
@@ -325,12 +413,19 @@ impl Hub {
                 room_id: &m.room_id,
                 user_id: &m.user_id,
             }),
-            Kind::RoomEvent(_) | Kind::SessionRevoked(_) => return,
+            Kind::RoomEvent(_) | Kind::SessionRevoked(_) => return None,
         };
-        self.fan_out(Outbound::Live {
+        Some(Outbound::Live {
             room: self.room,
             frame,
-        });
+        })
+    }
+
+    /// Hands what the batch holds to every subscriber.
+    fn flush(&self, batch: &mut Batcher) {
+        if let Some(item) = batch.take() {
+            self.fan_out(item);
+        }
     }
 
     /// The same item (shared bytes) into every subscriber's queue; a full
@@ -359,5 +454,76 @@ impl Hub {
                 conn.close(code);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: Seq) -> Outbound {
+        Outbound::Event {
+            room: RoomId::new(),
+            seq,
+            frame: axum::extract::ws::Utf8Bytes::from_static("{}"),
+        }
+    }
+
+    #[test]
+    fn a_quiet_room_hands_over_at_once_and_a_busy_one_in_batches() {
+        let mut b = Batcher::new(Duration::from_secs(60));
+        assert!(b.due().is_none());
+        b.push(item(1));
+        assert!(
+            b.flush_now(),
+            "the first event after a quiet spell is not delayed"
+        );
+        assert!(matches!(b.take(), Some(Outbound::Event { seq: 1, .. })));
+
+        b.push(item(2));
+        b.push(item(3));
+        assert!(
+            !b.flush_now(),
+            "events right after a hand-off wait for the linger"
+        );
+        let due = b.due().expect("due");
+        assert!(due > Instant::now() + Duration::from_secs(50));
+        match b.take() {
+            Some(Outbound::Batch(items)) => {
+                let seqs: Vec<Seq> = items
+                    .iter()
+                    .map(|i| match i {
+                        Outbound::Event { seq, .. } => *seq,
+                        _ => 0,
+                    })
+                    .collect();
+                assert_eq!(seqs, vec![2, 3], "in order");
+            }
+            _ => panic!("expected one batch"),
+        }
+        assert!(b.take().is_none());
+    }
+
+    #[test]
+    fn a_full_batch_goes_out_without_waiting() {
+        let mut b = Batcher::new(Duration::from_secs(60));
+        b.push(item(0));
+        b.take();
+        for s in 1..BATCH_MAX as Seq {
+            b.push(item(s));
+            assert!(!b.flush_now());
+        }
+        b.push(item(BATCH_MAX as Seq));
+        assert!(b.flush_now());
+    }
+
+    #[test]
+    fn no_linger_means_no_batching() {
+        let mut b = Batcher::new(Duration::ZERO);
+        b.push(item(1));
+        assert!(b.flush_now());
+        b.take();
+        b.push(item(2));
+        assert!(b.flush_now());
     }
 }

@@ -46,6 +46,10 @@ pub enum Outbound {
     },
     /// A live-only room notice (typing, presence, membership).
     Live { room: RoomId, frame: Utf8Bytes },
+    /// Several of the above from one room, in order: a busy room's hub
+    /// hands each connection one batch per linger interval, so that a
+    /// connection wakes once and writes many frames with one flush.
+    Batch(Arc<[Outbound]>),
     /// The user joined or left a room (from the user's subject).
     Membership(pb::MemberChange),
 }
@@ -97,6 +101,10 @@ pub async fn upgrade(
     let tracker = gw.inner.tracker.clone();
     ws.max_message_size(max)
         .max_frame_size(max)
+        // Small buffers: most connections are idle most of the time, and a
+        // buffer grows when a frame needs it (tungstenite's default read
+        // buffer is 128 KiB per connection, allocated up front).
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
@@ -409,7 +417,23 @@ impl Conn {
 
     async fn outbound(&mut self, item: Outbound) -> Result<(), Option<u16>> {
         match item {
+            Outbound::Batch(items) => {
+                for item in items.iter() {
+                    self.room_item(item).await?;
+                }
+            }
+            Outbound::Event { .. } | Outbound::Live { .. } => self.room_item(&item).await?,
+            Outbound::Membership(m) => self.membership(m).await?,
+        }
+        Ok(())
+    }
+
+    /// A room event (delivered once, in seq order, gaps backfilled) or a
+    /// live notice of a subscribed room.
+    async fn room_item(&mut self, item: &Outbound) -> Result<(), Option<u16>> {
+        match item {
             Outbound::Event { room, seq, frame } => {
+                let (room, seq) = (*room, *seq);
                 let Some(cursor) = self.rooms.get(&room).map(|r| r.cursor) else {
                     return Ok(());
                 };
@@ -419,49 +443,56 @@ impl Conn {
                 if seq > cursor + 1 {
                     self.catch_up(room, Some(seq - 1)).await?;
                 }
-                self.feed(frame).await?;
+                self.feed(frame.clone()).await?;
                 if let Some(r) = self.rooms.get_mut(&room) {
                     r.cursor = r.cursor.max(seq);
                 }
             }
             Outbound::Live { room, frame } => {
-                if self.rooms.contains_key(&room) {
-                    self.feed(frame).await?;
+                if self.rooms.contains_key(room) {
+                    self.feed(frame.clone()).await?;
                 }
             }
-            Outbound::Membership(m) => {
-                let Ok(room) = RoomId::parse(&m.room_id) else {
-                    return Ok(());
-                };
-                if m.joined {
-                    if self.all && !self.rooms.contains_key(&room) {
-                        match self.subscribe(room, None).await {
-                            Ok(last) => {
-                                let id = room.to_string();
-                                let f = encode(&ServerFrame::Subscribed {
-                                    room_id: &id,
-                                    last_seq: last,
-                                    r#ref: None,
-                                });
-                                self.feed(f).await?;
-                                self.catch_up(room, None).await?;
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, room_id = %room, "cannot follow joined room")
-                            }
-                        }
-                    }
-                } else if self.rooms.remove(&room).is_some() {
-                    let id = room.to_string();
-                    self.feed(encode(&ServerFrame::Unsubscribed {
-                        room_id: &id,
-                        r#ref: None,
-                    }))
-                    .await?;
-                }
-            }
+            Outbound::Batch(_) | Outbound::Membership(_) => {}
         }
         Ok(())
+    }
+
+    /// The user joined a room (followed when subscribed to all) or left it.
+    async fn membership(&mut self, m: pb::MemberChange) -> Result<(), Option<u16>> {
+        let Ok(room) = RoomId::parse(&m.room_id) else {
+            return Ok(());
+        };
+        if !m.joined {
+            if self.rooms.remove(&room).is_some() {
+                let id = room.to_string();
+                let frame = encode(&ServerFrame::Unsubscribed {
+                    room_id: &id,
+                    r#ref: None,
+                });
+                self.feed(frame).await?;
+            }
+            return Ok(());
+        }
+        if !self.all || self.rooms.contains_key(&room) {
+            return Ok(());
+        }
+        match self.subscribe(room, None).await {
+            Ok(last) => {
+                let id = room.to_string();
+                let frame = encode(&ServerFrame::Subscribed {
+                    room_id: &id,
+                    last_seq: last,
+                    r#ref: None,
+                });
+                self.feed(frame).await?;
+                self.catch_up(room, None).await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, room_id = %room, "cannot follow a joined room");
+                Ok(())
+            }
+        }
     }
 
     fn who(&self) -> As<'_> {
