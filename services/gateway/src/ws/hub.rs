@@ -246,6 +246,9 @@ impl Hubs {
     }
 }
 
+/// Local subscribers above which a room gets no presence or typing frames.
+const CROWD: usize = 1000;
+
 /// Items handed over at once, at most.
 const BATCH_MAX: usize = 256;
 
@@ -395,6 +398,12 @@ impl Hub {
 
     fn notice_item(&self, kind: pb::bus_event::Kind) -> Option<Outbound> {
         use pb::bus_event::Kind;
+        if matches!(kind, Kind::Presence(_) | Kind::Typing(_)) && self.crowded() {
+            // In a crowd, every member coming and going (or typing) would
+            // be a frame to everyone: N² frames. Clients of large rooms
+            // read `online` from the member list instead.
+            return None;
+        }
         let frame = match kind {
             Kind::Typing(t) => encode(&ServerFrame::Typing {
                 room_id: &t.room_id,
@@ -419,6 +428,16 @@ impl Hub {
             room: self.room,
             frame,
         })
+    }
+
+    /// Whether this room has more local subscribers than live notices are
+    /// worth.
+    fn crowded(&self) -> bool {
+        let subs = match self.subscribers.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        subs.len() > CROWD
     }
 
     /// Hands what the batch holds to every subscriber.
