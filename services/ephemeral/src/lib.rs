@@ -1,13 +1,16 @@
 //! The Ephemeral seam: fast, losable state. Revoked sessions (so a logged-out
-//! access token stops working before it expires), presence and rate-limit
-//! counters. Nothing here is the source of truth: losing it logs nobody out
-//! and loses no message (revocations are re-seeded from the store at start).
+//! access token stops working before it expires), presence, rate-limit
+//! counters and a cache of each room's recent events (so resumes and
+//! backfills need not read the store). Nothing here is the source of truth:
+//! losing it logs nobody out and loses no message (revocations are re-seeded
+//! from the store at start; the event cache is only ever a copy of the log).
 
 pub mod memory;
 pub mod redis;
 
 use async_trait::async_trait;
-use chat_core::{SessionId, UserId};
+use bytes::Bytes;
+use chat_core::{RoomId, Seq, SessionId, UserId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +26,10 @@ pub enum EphemeralError {
 }
 
 pub type Result<T, E = EphemeralError> = std::result::Result<T, E>;
+
+/// How long a room's recent-event cache lives after its last write, by
+/// default: idle rooms cost nothing.
+pub const DEFAULT_RECENT_TTL: Duration = Duration::from_secs(3600);
 
 /// The answer of a rate limiter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +58,26 @@ pub trait Ephemeral: Send + Sync + 'static {
     async fn connection_closed(&self, user: UserId) -> Result<u32>;
     /// Which of `users` have an open connection.
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>>;
+
+    /// Caches encoded events of `room`'s log (the recent-event cache; a copy,
+    /// never the truth). Each `(seq, bytes)` replaces whatever the room had
+    /// cached under that seq (an edit or a deletion rewrites its target
+    /// message's entry; a seq given twice keeps the last); then only the
+    /// newest `keep` seqs of the room stay (`keep == 0` empties the room's
+    /// cache). The room's cache expires [`DEFAULT_RECENT_TTL`] (or the
+    /// store's configured TTL) after its last write. One atomic step: a
+    /// reader sees all of it or none of it.
+    async fn cache_events(&self, room: RoomId, events: &[(Seq, Bytes)], keep: usize) -> Result<()>;
+    /// The cached events of `room` with seq > `after`, ascending, at most
+    /// `limit`. May have holes (a write that failed or is still in flight,
+    /// a trimmed or expired cache): callers check before trusting it.
+    async fn cached_events(
+        &self,
+        room: RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Bytes)>>;
+
     async fn ping(&self) -> Result<()>;
 }
 

@@ -1,25 +1,58 @@
 //! In-process ephemeral state for the all-in-one server.
 
-use crate::{Ephemeral, RateDecision, Result};
+use crate::{Ephemeral, RateDecision, Result, DEFAULT_RECENT_TTL};
 use async_trait::async_trait;
-use chat_core::{SessionId, UserId};
+use bytes::Bytes;
+use chat_core::{RoomId, Seq, SessionId, UserId};
 use dashmap::DashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
-#[derive(Default)]
 pub struct MemoryEphemeral {
     revoked: DashMap<SessionId, Instant>,
     counters: DashMap<String, (Instant, u32)>,
     connections: DashMap<UserId, u32>,
+    /// Each room's cached events and when they expire.
+    recent: DashMap<RoomId, Recent>,
+    recent_ttl: Duration,
+}
+
+struct Recent {
+    until: Instant,
+    events: BTreeMap<Seq, Bytes>,
+}
+
+impl Default for MemoryEphemeral {
+    fn default() -> Self {
+        Self {
+            revoked: DashMap::new(),
+            counters: DashMap::new(),
+            connections: DashMap::new(),
+            recent: DashMap::new(),
+            recent_ttl: DEFAULT_RECENT_TTL,
+        }
+    }
 }
 
 impl MemoryEphemeral {
+    /// How long a room's event cache lives after its last write.
+    pub fn with_recent_ttl(mut self, ttl: Duration) -> Self {
+        self.recent_ttl = ttl;
+        self
+    }
+
     /// Drops expired entries; called now and then from writes so memory stays
     /// bounded without a background task.
     fn sweep(&self) {
         let now = Instant::now();
         self.revoked.retain(|_, until| *until > now);
         self.counters.retain(|_, (until, _)| *until > now);
+    }
+
+    fn sweep_recent(&self) {
+        let now = Instant::now();
+        self.recent.retain(|_, r| r.until > now);
     }
 }
 
@@ -102,8 +135,69 @@ impl Ephemeral for MemoryEphemeral {
             .collect())
     }
 
+    async fn cache_events(&self, room: RoomId, events: &[(Seq, Bytes)], keep: usize) -> Result<()> {
+        if keep == 0 {
+            self.recent.remove(&room);
+            return Ok(());
+        }
+        let now = Instant::now();
+        if events.is_empty() {
+            // Trim and refresh what exists; create nothing.
+            if let Some(mut r) = self.recent.get_mut(&room) {
+                if r.until > now {
+                    r.until = now + self.recent_ttl;
+                    trim(&mut r.events, keep);
+                }
+            }
+            return Ok(());
+        }
+        if self.recent.len() % 256 == 255 {
+            self.sweep_recent();
+        }
+        // The entry's lock is held throughout: readers see all or nothing.
+        let mut r = self.recent.entry(room).or_insert_with(|| Recent {
+            until: now,
+            events: BTreeMap::new(),
+        });
+        if r.until <= now {
+            r.events.clear();
+        }
+        r.until = now + self.recent_ttl;
+        for (seq, bytes) in events {
+            r.events.insert(*seq, bytes.clone());
+        }
+        trim(&mut r.events, keep);
+        Ok(())
+    }
+
+    async fn cached_events(
+        &self,
+        room: RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Bytes)>> {
+        let Some(r) = self.recent.get(&room) else {
+            return Ok(Vec::new());
+        };
+        if r.until <= Instant::now() {
+            return Ok(Vec::new());
+        }
+        Ok(r.events
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .take(limit)
+            .map(|(seq, bytes)| (*seq, bytes.clone()))
+            .collect())
+    }
+
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Keeps the newest `keep` seqs.
+fn trim(events: &mut BTreeMap<Seq, Bytes>, keep: usize) {
+    while events.len() > keep {
+        events.pop_first();
     }
 }
 
@@ -138,6 +232,36 @@ mod tests {
         assert_eq!(e.connection_closed(a).await.unwrap(), 1);
         assert_eq!(e.connection_closed(a).await.unwrap(), 0);
         assert_eq!(e.online(&[a]).await.unwrap(), vec![false]);
+    }
+
+    #[tokio::test]
+    async fn a_rooms_event_cache_expires_after_its_last_write() {
+        let e = MemoryEphemeral::default().with_recent_ttl(Duration::from_millis(200));
+        let room = RoomId::new();
+        e.cache_events(room, &[(1, Bytes::from_static(b"a"))], 10)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        // A write refreshes the whole room's expiry.
+        e.cache_events(room, &[(2, Bytes::from_static(b"b"))], 10)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(e.cached_events(room, 0, 10).await.unwrap().len(), 2);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(e.cached_events(room, 0, 10).await.unwrap().is_empty());
+        // An expired cache starts afresh, without the old entries.
+        e.cache_events(room, &[(3, Bytes::from_static(b"c"))], 10)
+            .await
+            .unwrap();
+        let seqs: Vec<Seq> = e
+            .cached_events(room, 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(seqs, vec![3]);
     }
 
     #[tokio::test]

@@ -5,7 +5,11 @@
 //! - `{prefix}:revoked:{session_id}`: `1`, expiring with the access token;
 //! - `{prefix}:rl:{key}`: a fixed-window counter, expiring with its window;
 //! - `{prefix}:conns:{user_id}`: open connections of the user, summed over
-//!   every gateway.
+//!   every gateway;
+//! - `{prefix}:recent:{room_id}`: the room's recent events, a sorted set
+//!   scored by seq whose members are the 8-byte big-endian seq followed by
+//!   the encoded event (so equal payloads at different seqs stay distinct),
+//!   expiring [`DEFAULT_RECENT_TTL`] after the room's last cache write.
 //!
 //! Every read-modify-write is one Lua script, so it is atomic and one round
 //! trip. Commands time out (a dead Redis gives errors, not hangs); the client
@@ -20,9 +24,10 @@
 //! Exact presence would need per-gateway counts with heartbeats; this is the
 //! cheap approximation the product can live with.
 
-use crate::{Ephemeral, EphemeralError, RateDecision, Result};
+use crate::{Ephemeral, EphemeralError, RateDecision, Result, DEFAULT_RECENT_TTL};
 use async_trait::async_trait;
-use chat_core::{SessionId, UserId};
+use bytes::{BufMut, Bytes, BytesMut};
+use chat_core::{RoomId, Seq, SessionId, UserId};
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use std::time::Duration;
@@ -70,14 +75,35 @@ end
 return redis.call('DECR', KEYS[1])
 ";
 
+/// Caches a room's events: `ARGV` = keep, TTL in ms, then (seq, member)
+/// pairs. Each seq's old member goes before the new one comes; then the
+/// oldest beyond `keep` go, and the expiry restarts. Returns the size.
+const CACHE: &str = r"
+local key = KEYS[1]
+for i = 3, #ARGV, 2 do
+  redis.call('ZREMRANGEBYSCORE', key, ARGV[i], ARGV[i])
+  redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+end
+local keep = tonumber(ARGV[1])
+if keep <= 0 then
+  redis.call('DEL', key)
+  return 0
+end
+redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
+redis.call('PEXPIRE', key, ARGV[2])
+return redis.call('ZCARD', key)
+";
+
 pub struct RedisEphemeral {
     client: Client,
     prefix: String,
     presence_ttl: Duration,
+    recent_ttl: Duration,
     hit: Script,
     peek: Script,
     opened: Script,
     closed: Script,
+    cache: Script,
 }
 
 impl RedisEphemeral {
@@ -118,10 +144,12 @@ impl RedisEphemeral {
             client,
             prefix: key_prefix.to_owned(),
             presence_ttl: DEFAULT_PRESENCE_TTL,
+            recent_ttl: DEFAULT_RECENT_TTL,
             hit: Script::from_lua(HIT),
             peek: Script::from_lua(PEEK),
             opened: Script::from_lua(OPENED),
             closed: Script::from_lua(CLOSED),
+            cache: Script::from_lua(CACHE),
         })
     }
 
@@ -129,6 +157,12 @@ impl RedisEphemeral {
     /// when no close arrives (see the module doc).
     pub fn with_presence_ttl(mut self, ttl: Duration) -> Self {
         self.presence_ttl = ttl;
+        self
+    }
+
+    /// How long a room's event cache lives after its last write.
+    pub fn with_recent_ttl(mut self, ttl: Duration) -> Self {
+        self.recent_ttl = ttl;
         self
     }
 
@@ -230,9 +264,73 @@ impl Ephemeral for RedisEphemeral {
         Ok(counts.into_iter().map(|c| c.unwrap_or(0) > 0).collect())
     }
 
+    async fn cache_events(&self, room: RoomId, events: &[(Seq, Bytes)], keep: usize) -> Result<()> {
+        let mut args: Vec<Value> = Vec::with_capacity(2 + 2 * events.len());
+        args.push(i64::try_from(keep).unwrap_or(i64::MAX).into());
+        args.push(millis(self.recent_ttl).into());
+        for (seq, bytes) in events {
+            args.push((*seq).into());
+            args.push(member(*seq, bytes).into());
+        }
+        let _size: i64 = self
+            .cache
+            .evalsha_with_reload(&self.client, self.key("recent", room), args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn cached_events(
+        &self,
+        room: RoomId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Bytes)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let members: Vec<Bytes> = self
+            .client
+            .zrangebyscore(
+                self.key("recent", room),
+                format!("({after}"),
+                "+inf",
+                false,
+                Some((0, i64::try_from(limit).unwrap_or(i64::MAX))),
+            )
+            .await
+            .map_err(unavailable)?;
+        members
+            .into_iter()
+            .map(|m| {
+                split_member(m).ok_or_else(|| {
+                    EphemeralError::Unavailable("malformed recent-event cache entry".into())
+                })
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> Result<()> {
         self.client.ping::<()>(None).await.map_err(unavailable)
     }
+}
+
+/// A cache member: the seq (8 bytes, big-endian), then the payload.
+fn member(seq: Seq, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(8 + payload.len());
+    b.put_i64(seq);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+/// A member back into `(seq, payload)`; `None` when it is too short.
+fn split_member(mut m: Bytes) -> Option<(Seq, Bytes)> {
+    if m.len() < 8 {
+        return None;
+    }
+    let payload = m.split_off(8);
+    let seq = Seq::from_be_bytes(m.as_ref().try_into().ok()?);
+    Some((seq, payload))
 }
 
 fn log_events(client: &Client) {
@@ -285,6 +383,15 @@ mod tests {
     fn credentials_are_not_logged() {
         assert_eq!(redact("redis://u:p@h:6379/0"), "redis://***@h:6379/0");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn cache_members_carry_their_seq_before_the_payload() {
+        let m = member(258, b"payload");
+        assert_eq!(&m[..8], &[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(split_member(m), Some((258, Bytes::from_static(b"payload"))));
+        assert_eq!(split_member(member(7, b"")), Some((7, Bytes::new())));
+        assert_eq!(split_member(Bytes::from_static(b"short")), None);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 
 mod conformance;
 
-use chat_core::{SessionId, UserId};
-use chat_ephemeral::{Ephemeral, EphemeralError, RedisEphemeral};
+use bytes::Bytes;
+use chat_core::{RoomId, SessionId, UserId};
+use chat_ephemeral::{Ephemeral, EphemeralError, RedisEphemeral, DEFAULT_RECENT_TTL};
 use fred::prelude::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,6 +75,85 @@ async fn keys_live_under_the_prefix_with_expiries() {
     assert!(!other.is_session_revoked(s).await.unwrap());
     assert_eq!(other.online(&[u]).await.unwrap(), vec![false]);
     assert!(other.over_limit("login:x", 1).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_rooms_event_cache_is_one_expiring_sorted_set_under_the_prefix() {
+    let p = prefix();
+    let e = store(&p).await;
+    let room = RoomId::new();
+    let events = [
+        (1, Bytes::from_static(b"same")),
+        (2, Bytes::from_static(b"same")),
+        (3, Bytes::from_static(b"other")),
+    ];
+    e.cache_events(room, &events, 10).await.unwrap();
+
+    let c = e.client();
+    let k = format!("{p}:recent:{room}");
+    let ttl: i64 = c.pttl(&k).await.unwrap();
+    let max = i64::try_from(DEFAULT_RECENT_TTL.as_millis()).unwrap();
+    assert!(
+        ttl > max - 60_000 && ttl <= max,
+        "{k} must expire in about an hour (pttl {ttl})"
+    );
+    let kind: String = c.r#type(&k).await.unwrap();
+    assert_eq!(kind, "zset");
+    // Scored by seq; each member is the big-endian seq, then the payload.
+    let members: Vec<(Bytes, f64)> = c.zrange(&k, 0, -1, None, false, None, true).await.unwrap();
+    assert_eq!(
+        members.len(),
+        3,
+        "equal payloads at two seqs are two members"
+    );
+    for ((member, score), (seq, payload)) in members.iter().zip(&events) {
+        assert_eq!(*score, *seq as f64);
+        assert_eq!(&member[..8], &seq.to_be_bytes());
+        assert_eq!(&member[8..], &payload[..]);
+    }
+    // Nothing else was written under the prefix.
+    let (mut cursor, mut keys) = ("0".to_owned(), Vec::<String>::new());
+    loop {
+        let (next, page): (String, Vec<String>) = c
+            .scan_page(cursor, format!("{p}:*"), Some(1000), None)
+            .await
+            .unwrap();
+        keys.extend(page);
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(keys, vec![k.clone()]);
+
+    // Another prefix has its own cache.
+    let other = store(&prefix()).await;
+    assert!(other.cached_events(room, 0, 10).await.unwrap().is_empty());
+
+    // keep == 0 deletes the key.
+    e.cache_events(room, &[], 0).await.unwrap();
+    let n: u32 = c.exists(&k).await.unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn a_rooms_event_cache_expires_after_its_last_write() {
+    let e = store(&prefix())
+        .await
+        .with_recent_ttl(Duration::from_millis(400));
+    let room = RoomId::new();
+    e.cache_events(room, &[(1, Bytes::from_static(b"a"))], 10)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // A write restarts the whole room's expiry.
+    e.cache_events(room, &[(2, Bytes::from_static(b"b"))], 10)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(e.cached_events(room, 0, 10).await.unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(e.cached_events(room, 0, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -1,6 +1,27 @@
 //! `chat.v1.RoomService`.
+//!
+//! # The recent-event cache
+//!
+//! Every committed event is also copied to a per-room cache in the
+//! Ephemeral store (Redis in the distributed mode), the newest
+//! [`RoomConfig::recent_cache`] events of each room, so that resumes and
+//! gateway backfills (`ListEvents` from near the end of the log) need not
+//! read the store. An edit or deletion also rewrites its target message's
+//! entry (and a deletion blanks the cached bodies of the message's edits).
+//! Cache writes are best effort: a failure is logged and forgotten.
+//!
+//! The store stays the truth, and `ListEvents` trusts the cache only when
+//! it holds *every* event from `after_seq + 1` to the room's last seq (read
+//! with the membership check), with no hole. A write that failed or is still
+//! in flight (a writer commits seq N, then caches it) leaves a hole, so the
+//! reader falls back to the store. Because such a run holds every later
+//! event of each message in it, the reader also re-derives each message's
+//! state from its edits and deletions (`settle`): a stale entry (a lost
+//! or late rewrite of an edited message) is corrected, and a deleted
+//! message's text never comes back.
 
 use crate::convert;
+use bytes::Bytes;
 use chat_auth::{Caller, Verifier};
 use chat_bus::{Bus, Subjects};
 use chat_core::{time, validate, ApiError, MessageId, RoomId, Seq, UserId};
@@ -8,10 +29,11 @@ use chat_ephemeral::{Ephemeral, RateDecision};
 use chat_proto::v1 as pb;
 use chat_proto::v1::room_service_server::RoomService;
 use chat_store::{
-    EditMessage, Membership, NewMessage, NewRoom, Role, Room, RoomKind, RoomPatch, Store,
-    StoreError, Visibility,
+    EditMessage, Event, EventKind, Membership, NewMessage, NewRoom, Role, Room, RoomKind,
+    RoomPatch, Store, StoreError, Visibility,
 };
 use prost::Message as _;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -21,6 +43,9 @@ pub struct RoomConfig {
     /// Messages one user may send per `send_window` (0 = unlimited).
     pub send_limit: u32,
     pub send_window: Duration,
+    /// Events of each room kept in the recent-event cache (0 = no cache;
+    /// see the module docs).
+    pub recent_cache: usize,
 }
 
 impl Default for RoomConfig {
@@ -28,9 +53,13 @@ impl Default for RoomConfig {
         Self {
             send_limit: 100,
             send_window: Duration::from_secs(10),
+            recent_cache: DEFAULT_RECENT_CACHE,
         }
     }
 }
+
+/// Events per room in the recent-event cache, by default.
+pub const DEFAULT_RECENT_CACHE: usize = 256;
 
 pub struct RoomSvc {
     store: Arc<dyn Store>,
@@ -126,9 +155,170 @@ impl RoomSvc {
         }
     }
 
-    async fn publish_event(&self, e: &chat_store::Event) {
-        self.publish(e.room_id, pb::bus_event::Kind::RoomEvent(convert::event(e)))
-            .await;
+    /// After a commit: publishes `event` and, at the same time, caches it
+    /// with the entries its commit changed (`target`: the seq of the message
+    /// an edit or deletion changed).
+    async fn committed(&self, room: RoomId, event: pb::RoomEvent, target: Option<Seq>) {
+        let cached = async {
+            if self.cfg.recent_cache == 0 {
+                return;
+            }
+            let mut entries = Vec::new();
+            if let Some(target) = target {
+                if matches!(event.kind, Some(pb::room_event::Kind::Deleted(_))) {
+                    entries = self.blanked_edits(room, target, event.seq).await;
+                }
+                // Read after the commit: a later edit or deletion may
+                // already have changed it (readers settle either way).
+                entries.extend(self.message_entry(room, target).await);
+            }
+            entries.push(event.clone());
+            self.cache(room, &entries).await;
+        };
+        tokio::join!(
+            self.publish(room, pb::bus_event::Kind::RoomEvent(event.clone())),
+            cached,
+        );
+    }
+
+    /// Copies events to the room's recent-event cache; best effort.
+    async fn cache(&self, room: RoomId, events: &[pb::RoomEvent]) {
+        if self.cfg.recent_cache == 0 || events.is_empty() {
+            return;
+        }
+        let entries: Vec<(Seq, Bytes)> = events
+            .iter()
+            .map(|e| (e.seq, Bytes::from(e.encode_to_vec())))
+            .collect();
+        if let Err(error) = self
+            .ephemeral
+            .cache_events(room, &entries, self.cfg.recent_cache)
+            .await
+        {
+            // The event is durable; readers see the hole and use the store.
+            tracing::warn!(%error, room_id = %room, "cannot cache room events");
+        }
+    }
+
+    /// The message at `seq` in its current state, as the log shows it at
+    /// that seq (to rewrite its cache entry after an edit or deletion).
+    /// `None` when the cache is off or the store cannot say.
+    async fn message_entry(&self, room: RoomId, seq: Seq) -> Option<pb::RoomEvent> {
+        if self.cfg.recent_cache == 0 {
+            return None;
+        }
+        match self.store.message(room, seq).await {
+            Ok(Some(m)) => Some(convert::event(&Event {
+                room_id: room,
+                seq,
+                kind: EventKind::Message(m),
+            })),
+            Ok(None) => None,
+            Err(error) => {
+                // The stale entry is harmless: readers settle it (see `settle`).
+                tracing::warn!(%error, room_id = %room, seq, "cannot reread an edited message");
+                None
+            }
+        }
+    }
+
+    /// The cached edits of the message at `target` (between it and its
+    /// deletion at `deleted_at`), with their bodies blanked, as the store
+    /// blanked them: a deleted message's text does not linger in the cache.
+    async fn blanked_edits(
+        &self,
+        room: RoomId,
+        target: Seq,
+        deleted_at: Seq,
+    ) -> Vec<pb::RoomEvent> {
+        let between = usize::try_from(deleted_at - target - 1).unwrap_or(0);
+        let n = between.min(self.cfg.recent_cache);
+        if n == 0 {
+            return Vec::new();
+        }
+        let cached = match self.ephemeral.cached_events(room, target, n).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, room_id = %room, "cannot read the recent-event cache");
+                return Vec::new();
+            }
+        };
+        cached
+            .into_iter()
+            .filter(|(seq, _)| *seq < deleted_at)
+            .filter_map(|(seq, bytes)| {
+                let mut e = pb::RoomEvent::decode(bytes).ok()?;
+                match &mut e.kind {
+                    Some(pb::room_event::Kind::Edited(ed))
+                        if e.seq == seq && ed.target_seq == target =>
+                    {
+                        ed.body.clear();
+                        Some(e)
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// `ListEvents` from the recent-event cache, or `None` to ask the store:
+    /// only when the cache holds every event from `after + 1` to the room's
+    /// last seq, contiguously (see the module docs).
+    async fn cached_page(
+        &self,
+        room: &Room,
+        after: Seq,
+        limit: u32,
+    ) -> Option<pb::ListEventsResponse> {
+        let keep = self.cfg.recent_cache;
+        if keep == 0 {
+            return None;
+        }
+        if after >= room.last_seq {
+            // Up to date: nothing to read anywhere.
+            return Some(pb::ListEventsResponse {
+                items: Vec::new(),
+                has_more: false,
+            });
+        }
+        let wanted = usize::try_from(room.last_seq - after).ok()?;
+        if wanted > keep {
+            return None;
+        }
+        let cached = match self.ephemeral.cached_events(room.id, after, wanted).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, room_id = %room.id, "recent-event cache unavailable");
+                return None;
+            }
+        };
+        if cached.len() != wanted {
+            tracing::debug!(room_id = %room.id, after, "recent-event cache miss");
+            return None;
+        }
+        let room_id = room.id.to_string();
+        let mut run = Vec::with_capacity(wanted);
+        for (expected, (seq, bytes)) in (after + 1..).zip(cached) {
+            if seq != expected {
+                tracing::debug!(room_id = %room.id, after, seq, "hole in the recent-event cache");
+                return None;
+            }
+            let event = match pb::RoomEvent::decode(bytes) {
+                Ok(e) if e.seq == seq && e.room_id == room_id && e.kind.is_some() => e,
+                _ => {
+                    tracing::warn!(room_id = %room.id, seq, "bad recent-event cache entry");
+                    return None;
+                }
+            };
+            run.push(event);
+        }
+        settle(&mut run);
+        let has_more = run.len() > limit as usize;
+        run.truncate(limit as usize);
+        Some(pb::ListEventsResponse {
+            items: run,
+            has_more,
+        })
     }
 
     async fn publish_membership(&self, room: RoomId, user: UserId, joined: bool) {
@@ -195,6 +385,56 @@ impl RoomSvc {
                 tracing::warn!(%error, "rate limiter unreachable; allowing");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Brings a contiguous run of a room's log, read from the cache, to the
+/// state the store shows: a message takes the body of its last edit in the
+/// run; a message deleted (by a deletion in the run, or already a tombstone
+/// in the cache) is a tombstone; and the edits of a deleted message have
+/// no body. The run holds every event after its first, so every later edit
+/// or deletion of each message in it is there: a stale message entry (a
+/// rewrite that failed, or lost a race with a later one) cannot show.
+fn settle(run: &mut [pb::RoomEvent]) {
+    use pb::room_event::Kind;
+    let mut deleted: HashSet<Seq> = HashSet::new();
+    // target seq → (body, edited_at) of its last edit.
+    let mut last_edit: HashMap<Seq, (String, String)> = HashMap::new();
+    for e in run.iter() {
+        match &e.kind {
+            Some(Kind::Message(m)) if m.deleted => {
+                deleted.insert(e.seq);
+            }
+            Some(Kind::Edited(ed)) => {
+                last_edit.insert(ed.target_seq, (ed.body.clone(), ed.edited_at.clone()));
+            }
+            Some(Kind::Deleted(d)) => {
+                deleted.insert(d.target_seq);
+            }
+            _ => {}
+        }
+    }
+    if deleted.is_empty() && last_edit.is_empty() {
+        return;
+    }
+    for e in run.iter_mut() {
+        match &mut e.kind {
+            Some(Kind::Message(m)) => {
+                let edit = last_edit.get(&m.seq);
+                if deleted.contains(&m.seq) {
+                    m.deleted = true;
+                    m.body.clear();
+                    if let Some((_, at)) = edit {
+                        m.edited_at = Some(at.clone());
+                    }
+                } else if let Some((body, at)) = edit {
+                    m.body.clone_from(body);
+                    m.edited_at = Some(at.clone());
+                }
+            }
+            Some(Kind::Edited(ed)) if deleted.contains(&ed.target_seq) => ed.body.clear(),
+            _ => {}
         }
     }
 }
@@ -546,12 +786,12 @@ impl RoomService for RoomSvc {
         };
         if created {
             tracing::debug!(seq = msg.seq, "message stored");
-            self.publish_event(&chat_store::Event {
+            let event = convert::event(&Event {
                 room_id,
                 seq: msg.seq,
-                kind: chat_store::EventKind::Message(msg.clone()),
-            })
-            .await;
+                kind: EventKind::Message(msg.clone()),
+            });
+            self.committed(room_id, event, None).await;
         }
         Ok(Response::new(pb::PostMessageResponse {
             message: Some(convert::message(&msg)),
@@ -594,6 +834,9 @@ impl RoomService for RoomSvc {
         let (room, _) = self.member(&r.room_id, c.user_id).await?;
         let limit = validate::limit(r.limit)?;
         let after = validate::seq("after_seq", r.after_seq)?;
+        if let Some(page) = self.cached_page(&room, after, limit).await {
+            return Ok(Response::new(page));
+        }
         let (items, has_more) = self.store.list_events(room.id, after, limit).await?;
         Ok(Response::new(pb::ListEventsResponse {
             items: items.iter().map(convert::event).collect(),
@@ -621,7 +864,8 @@ impl RoomService for RoomSvc {
                 StoreError::Forbidden => ApiError::forbidden("only the author may edit a message"),
                 e => store_err("message")(e),
             })?;
-        self.publish_event(&event).await;
+        self.committed(room.id, convert::event(&event), Some(r.seq))
+            .await;
         Ok(Response::new(convert::message(&msg)))
     }
 
@@ -649,7 +893,8 @@ impl RoomService for RoomSvc {
             .delete_message(room.id, r.seq, c.user_id, time::now_ms())
             .await
             .map_err(store_err("message"))?;
-        self.publish_event(&event).await;
+        self.committed(room.id, convert::event(&event), Some(r.seq))
+            .await;
         Ok(Response::new(pb::DeleteMessageResponse {}))
     }
 
@@ -676,6 +921,11 @@ pub struct RoomArgs {
     /// The send rate-limit window in seconds.
     #[arg(long, env = "CHAT_SEND_WINDOW_SECS", default_value_t = 10)]
     pub send_window_secs: u64,
+
+    /// Recent events per room kept in the ephemeral store (Redis in the
+    /// distributed mode) to serve resumes and backfills (0: no cache).
+    #[arg(long, env = "CHAT_RECENT_CACHE", default_value_t = DEFAULT_RECENT_CACHE)]
+    pub recent_cache: usize,
 }
 
 impl RoomArgs {
@@ -683,6 +933,7 @@ impl RoomArgs {
         RoomConfig {
             send_limit: self.send_limit,
             send_window: Duration::from_secs(self.send_window_secs),
+            recent_cache: self.recent_cache,
         }
     }
 }
