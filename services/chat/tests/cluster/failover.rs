@@ -270,15 +270,17 @@ async fn a_nats_restart_loses_no_acked_message() {
     let port = free_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let start_nats = |dir: &std::path::Path| {
-        std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server starts (it is installed by scripts/services.sh)")
+        KillOnDrop(
+            std::process::Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .current_dir(dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("nats-server starts (it is installed by scripts/services.sh)"),
+        )
     };
-    let mut nats = start_nats(dir.path());
+    let nats = start_nats(dir.path());
     wait_port(port).await;
     let mut opts = base_options();
     opts.nats_url = Some(format!("nats://127.0.0.1:{port}"));
@@ -296,13 +298,12 @@ async fn a_nats_restart_loses_no_acked_message() {
         app.say(&alice, &room, &format!("before {i}")).await;
     }
 
-    let _ = nats.kill();
-    let _ = nats.wait();
+    drop(nats);
     // Sent while NATS is down: stored and acked, the publish is lost.
     for i in 4..=6 {
         app.say(&alice, &room, &format!("during {i}")).await;
     }
-    let mut nats = start_nats(dir.path());
+    let nats = start_nats(dir.path());
     wait_port(port).await;
     // After the reconnect the gateway re-reads the log; a later message
     // also shows the gap.
@@ -328,8 +329,17 @@ async fn a_nats_restart_loses_no_acked_message() {
     let seqs = message_seqs(&got);
     let want: Vec<i64> = (1..=*seqs.last().expect("some")).collect();
     assert_eq!(seqs, want, "every message once, in order");
-    let _ = nats.kill();
-    let _ = nats.wait();
+    drop(nats);
+}
+
+/// A child process that dies with the test, even a failing one.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
