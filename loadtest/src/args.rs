@@ -1,0 +1,279 @@
+//! Command-line flags (each also an environment variable where it is
+//! useful in scripts).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What a run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// N connections subscribed to one room and held for --duration
+    /// seconds, nothing sent: the server's resident memory per connection.
+    Idle,
+    /// N connections in ONE room, --rate messages/s in total for
+    /// --duration seconds from --senders of them: deliveries/s, latency,
+    /// nothing lost.
+    Room,
+    /// N connections spread over --rooms rooms (default N/10), one sender
+    /// per room by default: durable messages/s (acks/s) and ack latency.
+    Rooms,
+    /// N connections in one room while messages flow; after
+    /// --disconnect-after seconds every connection that is not a sender
+    /// drops at once, reconnects and resumes with `since_seq`: recovery
+    /// time, nothing lost.
+    Reconnect,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Idle => "idle",
+            Scenario::Room => "room",
+            Scenario::Rooms => "rooms",
+            Scenario::Reconnect => "reconnect",
+        }
+    }
+}
+
+const ABOUT: &str = "Load generator for the chat backend: opens N WebSocket connections, \
+sends at a fixed rate and checks that every connection gets every message once and in order.";
+
+const AFTER_HELP: &str = "\
+SERVER FLAGS A RUN NEEDS
+  The all-in-one server's abuse limits must be raised or a run is throttled:
+    chat --send-limit 0 --ws-frames-per-sec 100000 --argon2-memory-kib 256 --argon2-iterations 1
+  --send-limit 0          no per-user send limit (loadtest reuses one user for many connections)
+  --ws-frames-per-sec N   above the per-sender rate (--rate / --senders)
+  --argon2-memory-kib 256 --argon2-iterations 1   cheap signups (setup is not the bottleneck)
+  --ws-queue N            outbound queue per connection (a slow one is closed with 4009)
+  --access-token-ttl S    above the run's length when reconnects happen late in a long run
+  The server also needs `ulimit -n` above the connections it is to hold (20000 at most here).
+  The distributed gateways take the same flags (room: --send-limit; auth: --argon2-*).
+
+EXAMPLES
+  loadtest --scenario idle  --connections 19000 --duration 20
+  loadtest --scenario room  --connections 2000 --rate 50 --duration 10
+  loadtest --scenario rooms --connections 10000 --rooms 1000 --rate 2000 --duration 30
+  loadtest --scenario reconnect --connections 2000 --rate 50 --duration 15
+  loadtest --url http://127.0.0.1:8081,http://127.0.0.1:8082 --scenario room ...
+
+EXIT STATUS
+  0 all good; 1 lost, duplicated or out-of-order deliveries, or connections that could
+  not connect (unless --allow-loss); 2 the run could not be made (setup, server, limits).";
+
+/// The load generator's flags.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "loadtest", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The scenario to run.
+    #[arg(short, long, value_enum, env = "LOADTEST_SCENARIO", default_value_t = Scenario::Room)]
+    pub scenario: Scenario,
+
+    /// Server base URL(s), comma-separated: the all-in-one server, a load
+    /// balancer, or several gateways (connections are spread over them
+    /// round-robin). http:// or ws://; the WebSocket is at /ws.
+    #[arg(
+        short,
+        long,
+        env = "LOADTEST_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: Vec<String>,
+
+    /// Number of WebSocket connections to open.
+    #[arg(short, long, env = "LOADTEST_CONNECTIONS", default_value_t = 100)]
+    pub connections: usize,
+
+    /// Seconds of sending (idle: seconds to hold the connections).
+    #[arg(short, long, env = "LOADTEST_DURATION", default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Total messages per second over all senders.
+    #[arg(short, long, env = "LOADTEST_RATE", default_value_t = 10.0)]
+    pub rate: f64,
+
+    /// Number of rooms the connections are spread over (connection i is in
+    /// room i mod K). Default: 1, or connections/10 for `rooms`.
+    #[arg(long, env = "LOADTEST_ROOMS")]
+    pub rooms: Option<usize>,
+
+    /// Number of sending connections (connections 0..S; they also
+    /// receive). Default: rate/10 (at least 1) for `room` and `reconnect`,
+    /// one per room for `rooms`, none for `idle`.
+    #[arg(long, env = "LOADTEST_SENDERS")]
+    pub senders: Option<usize>,
+
+    /// Number of users the connections are spread over (one user may hold
+    /// many connections). Default: one per 50 connections.
+    #[arg(long, env = "LOADTEST_USERS")]
+    pub users: Option<usize>,
+
+    /// Message body size in bytes (the body starts with the send time).
+    #[arg(long, env = "LOADTEST_BODY_BYTES", default_value_t = 100)]
+    pub body_bytes: usize,
+
+    /// After sending stops, wait for the last acks and deliveries until
+    /// nothing new has arrived for this many seconds (or --drain-max)
+    /// before counting what is missing as lost.
+    #[arg(long, env = "LOADTEST_DRAIN", default_value_t = 5.0)]
+    pub drain: f64,
+
+    /// The longest the drain may take in seconds, however much still
+    /// arrives (a server far behind shows as late deliveries, then loss).
+    #[arg(long, env = "LOADTEST_DRAIN_MAX", default_value_t = 60.0)]
+    pub drain_max: f64,
+
+    /// Hard limit on the whole run in seconds, setup included; the run is
+    /// abandoned (and the process exits) past it. Default: 120 + 2 x
+    /// duration + drain-max + connections/100.
+    #[arg(long, env = "LOADTEST_DEADLINE")]
+    pub deadline: Option<f64>,
+
+    /// reconnect: seconds after sending starts when the receivers drop.
+    /// Default: a third of --duration.
+    #[arg(long, env = "LOADTEST_DISCONNECT_AFTER")]
+    pub disconnect_after: Option<f64>,
+
+    /// WebSocket connects (and reconnects) in flight at once, per process.
+    #[arg(long, env = "LOADTEST_CONNECT_CONCURRENCY", default_value_t = 200)]
+    pub connect_concurrency: usize,
+
+    /// Seconds allowed for one connect + WebSocket handshake + subscribe.
+    #[arg(long, env = "LOADTEST_CONNECT_TIMEOUT", default_value_t = 15.0)]
+    pub connect_timeout: f64,
+
+    /// Signups, room creations and joins in flight at once during setup.
+    #[arg(long, env = "LOADTEST_SETUP_CONCURRENCY", default_value_t = 64)]
+    pub setup_concurrency: usize,
+
+    /// Source addresses to spread connections over when the server is on
+    /// 127.x: 127.0.0.2 .. 127.0.0.(1+N) (each gives ~28k ports per
+    /// destination). 0: let the kernel pick.
+    #[arg(long, env = "LOADTEST_SOURCE_IPS", default_value_t = 64)]
+    pub source_ips: usize,
+
+    /// Most connections one process holds (the open-file limit is 20000
+    /// here); a run that needs more spreads them over worker processes.
+    #[arg(long, env = "LOADTEST_MAX_CONNS_PER_PROCESS", default_value_t = 19_000)]
+    pub max_conns_per_process: usize,
+
+    /// Number of worker processes holding the connections (0: the
+    /// connections live in this process). Default: 0, or as many as
+    /// --max-conns-per-process requires.
+    #[arg(long, env = "LOADTEST_PROCESSES")]
+    pub processes: Option<usize>,
+
+    /// Runtime threads (per process; workers of a multi-process run get
+    /// threads/processes, at least 1).
+    #[arg(long, env = "LOADTEST_THREADS", default_value_t = 2)]
+    pub threads: usize,
+
+    /// Read buffer per connection in bytes (frames are read many at once).
+    #[arg(long, env = "LOADTEST_READ_BUFFER", default_value_t = 16 * 1024)]
+    pub read_buffer: usize,
+
+    /// Server process id(s) to sample RSS and CPU from, comma-separated.
+    /// Default: the process listening on each --url's port (behind a load
+    /// balancer that is the balancer: give the gateways' pids instead).
+    #[arg(long, env = "LOADTEST_SERVER_PID", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+
+    /// Also write the results as JSON to this file.
+    #[arg(long, env = "LOADTEST_JSON")]
+    pub json: Option<PathBuf>,
+
+    /// Exit 0 even when deliveries were lost, duplicated or out of order
+    /// or connections failed.
+    #[arg(long, env = "LOADTEST_ALLOW_LOSS")]
+    pub allow_loss: bool,
+
+    /// Run id: prefix of usernames, room names and client_msg_ids.
+    /// Default: derived from the time and pid.
+    #[arg(long, env = "LOADTEST_RUN_ID")]
+    pub run_id: Option<String>,
+
+    /// Password of the users the run signs up (or logs in, if they exist).
+    #[arg(long, env = "LOADTEST_PASSWORD", default_value = "loadtest-password")]
+    pub password: String,
+
+    /// No progress line on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// The executable the worker processes run (default: this one).
+    #[arg(long, hide = true)]
+    pub worker_exe: Option<PathBuf>,
+}
+
+/// Subcommands used internally.
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// A worker process: reads its share of the run as JSON on stdin,
+    /// prints JSON lines on stdout.
+    #[command(hide = true)]
+    Worker,
+    /// Measures the cost of the receive path's frame scanner against
+    /// serde_json (ns per frame).
+    #[command(hide = true)]
+    ScanBench {
+        #[arg(long, default_value_t = 2_000_000)]
+        frames: usize,
+    },
+}
+
+impl Args {
+    /// Parses flags as the command line would (for tests and embedding).
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut all: Vec<std::ffi::OsString> = vec!["loadtest".into()];
+        all.extend(flags.into_iter().map(Into::into));
+        Args::try_parse_from(all)
+    }
+
+    pub fn rooms(&self) -> usize {
+        let k = self.rooms.unwrap_or(match self.scenario {
+            Scenario::Rooms => (self.connections / 10).max(1),
+            _ => 1,
+        });
+        k.clamp(1, self.connections.max(1))
+    }
+
+    pub fn senders(&self) -> usize {
+        let s = self.senders.unwrap_or(match self.scenario {
+            Scenario::Idle => 0,
+            Scenario::Rooms => self.rooms(),
+            Scenario::Room | Scenario::Reconnect => (self.rate / 10.0).ceil().max(1.0) as usize,
+        });
+        if self.scenario == Scenario::Idle {
+            0
+        } else {
+            s.clamp(1, self.connections.max(1))
+        }
+    }
+
+    pub fn users(&self) -> usize {
+        self.users
+            .unwrap_or(self.connections.div_ceil(50))
+            .clamp(1, self.connections.max(1))
+    }
+
+    pub fn deadline_secs(&self) -> f64 {
+        self.deadline.unwrap_or(
+            120.0 + 2.0 * self.duration + self.drain_max + self.connections as f64 / 100.0,
+        )
+    }
+
+    pub fn disconnect_after_secs(&self) -> Option<f64> {
+        (self.scenario == Scenario::Reconnect)
+            .then(|| self.disconnect_after.unwrap_or(self.duration / 3.0))
+    }
+}
