@@ -5,10 +5,10 @@ use crate::{AuthArgs, AuthSvc, SigningKey};
 use anyhow::Context;
 use chat_core::config::{BackendArgs, ListenArgs};
 use chat_core::health::ReadyCheck;
+use chat_core::serve::GrpcProcess;
 use chat_proto::v1::auth_service_server::AuthServiceServer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// `auth`: accounts, sessions and tokens (distributed mode).
@@ -30,12 +30,7 @@ pub struct Config {
     pub auth: AuthArgs,
 }
 
-pub struct App {
-    grpc: TcpListener,
-    http: TcpListener,
-    routes: tonic::service::Routes,
-    health: axum::Router,
-}
+pub struct App(GrpcProcess);
 
 impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
@@ -64,7 +59,7 @@ impl App {
             tonic::service::Routes::new(AuthServiceServer::new(svc)),
             &[chat_proto::AUTH_SERVICE],
         )?;
-        let health = chat_core::health::router(vec![
+        let checks = vec![
             ReadyCheck::new("store", move || {
                 let s = store.clone();
                 async move { s.ping().await }
@@ -77,28 +72,20 @@ impl App {
                 let s = ephemeral.clone();
                 async move { s.ping().await }
             }),
-        ]);
-        Ok(App {
-            grpc: chat_core::serve::bind(cfg.listen.grpc_addr).await?,
-            http: chat_core::serve::bind(cfg.listen.http_addr).await?,
-            routes,
-            health,
-        })
+        ];
+        Ok(App(GrpcProcess::bind(&cfg.listen, routes, checks).await?))
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
-        self.grpc.local_addr().ok()
+        self.0.grpc_addr()
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.local_addr().ok()
+        self.0.http_addr()
     }
 
     /// Serves until `stop`; in-flight calls finish first.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
-        let http = tokio::spawn(chat_core::serve::http(self.http, self.health, stop.clone()));
-        chat_core::serve::grpc(self.grpc, self.routes, stop).await?;
-        http.await??;
-        Ok(())
+        self.0.run(stop).await.map_err(|e| anyhow::anyhow!(e))
     }
 }

@@ -38,3 +38,47 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
+
+/// A gRPC service process (auth, room): its gRPC listener and the HTTP
+/// listener for `/healthz` and `/readyz`, bound and ready to run.
+pub struct GrpcProcess {
+    grpc: TcpListener,
+    http: TcpListener,
+    routes: tonic::service::Routes,
+    health: axum::Router,
+}
+
+impl GrpcProcess {
+    /// Binds both listeners of `listen`; `/readyz` runs `checks`.
+    pub async fn bind(
+        listen: &crate::config::ListenArgs,
+        routes: tonic::service::Routes,
+        checks: Vec<crate::health::ReadyCheck>,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            grpc: bind(listen.grpc_addr).await?,
+            http: bind(listen.http_addr).await?,
+            routes,
+            health: crate::health::router(checks),
+        })
+    }
+
+    pub fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
+        self.grpc.local_addr().ok()
+    }
+
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.local_addr().ok()
+    }
+
+    /// Serves until `stop`; in-flight calls finish first.
+    pub async fn run(
+        self,
+        stop: CancellationToken,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let http = tokio::spawn(self::http(self.http, self.health, stop.clone()));
+        grpc(self.grpc, self.routes, stop).await?;
+        http.await??;
+        Ok(())
+    }
+}

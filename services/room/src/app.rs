@@ -6,10 +6,10 @@ use anyhow::Context;
 use chat_auth::Verifier;
 use chat_core::config::{BackendArgs, ListenArgs};
 use chat_core::health::ReadyCheck;
+use chat_core::serve::GrpcProcess;
 use chat_proto::v1::room_service_server::RoomServiceServer;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// `room`: rooms, memberships and messages (distributed mode).
@@ -30,12 +30,7 @@ pub struct Config {
     pub room: RoomArgs,
 }
 
-pub struct App {
-    grpc: TcpListener,
-    http: TcpListener,
-    routes: tonic::service::Routes,
-    health: axum::Router,
-}
+pub struct App(GrpcProcess);
 
 impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
@@ -67,7 +62,7 @@ impl App {
             tonic::service::Routes::new(RoomServiceServer::new(svc)),
             &[chat_proto::ROOM_SERVICE],
         )?;
-        let health = chat_core::health::router(vec![
+        let checks = vec![
             ReadyCheck::new("store", move || {
                 let s = store.clone();
                 async move { s.ping().await }
@@ -80,28 +75,20 @@ impl App {
                 let s = ephemeral.clone();
                 async move { s.ping().await }
             }),
-        ]);
-        Ok(App {
-            grpc: chat_core::serve::bind(cfg.listen.grpc_addr).await?,
-            http: chat_core::serve::bind(cfg.listen.http_addr).await?,
-            routes,
-            health,
-        })
+        ];
+        Ok(App(GrpcProcess::bind(&cfg.listen, routes, checks).await?))
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
-        self.grpc.local_addr().ok()
+        self.0.grpc_addr()
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.local_addr().ok()
+        self.0.http_addr()
     }
 
     /// Serves until `stop`; in-flight calls finish first.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
-        let http = tokio::spawn(chat_core::serve::http(self.http, self.health, stop.clone()));
-        chat_core::serve::grpc(self.grpc, self.routes, stop).await?;
-        http.await??;
-        Ok(())
+        self.0.run(stop).await.map_err(|e| anyhow::anyhow!(e))
     }
 }
