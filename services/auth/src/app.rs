@@ -4,7 +4,6 @@
 use crate::{AuthArgs, AuthSvc, SigningKey};
 use anyhow::Context;
 use chat_core::config::{BackendArgs, ListenArgs};
-use chat_core::health::ReadyCheck;
 use chat_core::serve::GrpcProcess;
 use chat_proto::v1::auth_service_server::AuthServiceServer;
 use std::net::SocketAddr;
@@ -60,18 +59,9 @@ impl App {
             &[chat_proto::AUTH_SERVICE],
         )?;
         let checks = vec![
-            ReadyCheck::new("store", move || {
-                let s = store.clone();
-                async move { s.ping().await }
-            }),
-            ReadyCheck::new("bus", move || {
-                let s = bus.clone();
-                async move { s.ping().await }
-            }),
-            ReadyCheck::new("ephemeral", move || {
-                let s = ephemeral.clone();
-                async move { s.ping().await }
-            }),
+            chat_store::ready_check(store),
+            chat_bus::ready_check(bus),
+            chat_ephemeral::ready_check(ephemeral),
         ];
         Ok(App(GrpcProcess::bind(&cfg.listen, routes, checks).await?))
     }

@@ -102,3 +102,11 @@ impl Default for Subjects {
         Self::new("chat")
     }
 }
+
+/// The `/readyz` probe of a bus: its `ping`.
+pub fn ready_check(s: Arc<dyn Bus>) -> chat_core::health::ReadyCheck {
+    chat_core::health::ReadyCheck::new("bus", move || {
+        let s = s.clone();
+        async move { s.ping().await }
+    })
+}

@@ -9,7 +9,7 @@ pub mod config;
 use anyhow::Context;
 use chat_auth::{AuthSvc, SigningKey};
 use chat_bus::Subjects;
-use chat_gateway::{Backends, Gateway, ReadyCheck};
+use chat_gateway::{Backends, Gateway};
 use chat_proto::v1::auth_service_server::AuthServiceServer;
 use chat_proto::v1::room_service_server::RoomServiceServer;
 use chat_room::RoomSvc;
@@ -104,27 +104,9 @@ impl App {
             }));
 
         let ready = vec![
-            ReadyCheck::new("store", {
-                let s = store.clone();
-                move || {
-                    let s = s.clone();
-                    async move { s.ping().await }
-                }
-            }),
-            ReadyCheck::new("bus", {
-                let b = bus.clone();
-                move || {
-                    let b = b.clone();
-                    async move { b.ping().await }
-                }
-            }),
-            ReadyCheck::new("ephemeral", {
-                let e = ephemeral.clone();
-                move || {
-                    let e = e.clone();
-                    async move { e.ping().await }
-                }
-            }),
+            chat_store::ready_check(store.clone()),
+            chat_bus::ready_check(bus.clone()),
+            chat_ephemeral::ready_check(ephemeral.clone()),
         ];
         let gateway = Gateway::new(
             Backends::new(channel.clone(), channel),

@@ -98,3 +98,11 @@ pub async fn connect(url: &str, key_prefix: &str) -> Result<Arc<dyn Ephemeral>> 
         ))),
     }
 }
+
+/// The `/readyz` probe of a ephemeral: its `ping`.
+pub fn ready_check(s: Arc<dyn Ephemeral>) -> chat_core::health::ReadyCheck {
+    chat_core::health::ReadyCheck::new("ephemeral", move || {
+        let s = s.clone();
+        async move { s.ping().await }
+    })
+}

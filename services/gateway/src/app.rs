@@ -98,20 +98,8 @@ impl App {
             balanced_channel(&cfg.room_url)?,
         );
         let ready = vec![
-            ReadyCheck::new("bus", {
-                let s = bus.clone();
-                move || {
-                    let s = s.clone();
-                    async move { s.ping().await }
-                }
-            }),
-            ReadyCheck::new("ephemeral", {
-                let s = ephemeral.clone();
-                move || {
-                    let s = s.clone();
-                    async move { s.ping().await }
-                }
-            }),
+            chat_bus::ready_check(bus.clone()),
+            chat_ephemeral::ready_check(ephemeral.clone()),
             ReadyCheck::new("auth", {
                 let c = backends.auth.clone();
                 move || {

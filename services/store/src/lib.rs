@@ -176,3 +176,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_events(&self, room: RoomId, after: Seq, limit: u32)
         -> Result<(Vec<Event>, bool)>;
 }
+
+/// The `/readyz` probe of a store: its `ping`.
+pub fn ready_check(s: Arc<dyn Store>) -> chat_core::health::ReadyCheck {
+    chat_core::health::ReadyCheck::new("store", move || {
+        let s = s.clone();
+        async move { s.ping().await }
+    })
+}
