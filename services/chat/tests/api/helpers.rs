@@ -208,7 +208,6 @@ impl TestApp {
     }
 
     /// The cluster behind this app (cluster mode only).
-    #[allow(dead_code)]
     pub fn cluster(&self) -> Arc<std::sync::Mutex<Cluster>> {
         self.cluster.clone().expect("not a cluster")
     }
