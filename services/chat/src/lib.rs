@@ -178,8 +178,7 @@ impl App {
             })
         };
         let shutdown = self.shutdown.clone();
-        axum::serve(self.http, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        chat_core::serve::http(self.http, self.router, shutdown)
             .await
             .context("HTTP server failed")?;
         tracing::info!(

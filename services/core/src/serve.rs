@@ -22,14 +22,81 @@ pub async fn grpc(
 
 /// Serves an axum router until `stop` is cancelled; in-flight requests
 /// finish first.
+///
+/// HTTP/1.1 (with upgrades) and HTTP/2 with prior knowledge, each served
+/// straight on the accepted `TcpStream`, so that a WebSocket upgrade hands
+/// its handler the socket itself (`hyper::upgrade::Upgraded` downcasts to
+/// `TokioIo<TcpStream>`): the gateway writes shared, pre-framed bytes to
+/// it from the room hubs.
 pub async fn http(
     listener: TcpListener,
     router: axum::Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt as _;
+
+    let service = hyper_util::service::TowerToHyperService::new(router.into_service().map_request(
+        |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+    ));
+    // Connections still open when `stop` comes are asked to finish what
+    // they are doing and close; upgraded ones (WebSockets) are their
+    // handlers' to close.
+    let conns = tokio_util::task::TaskTracker::new();
+    loop {
+        let tcp = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait, don't spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = service.clone();
+        let stop = stop.clone();
+        conns.spawn(async move {
+            // HTTP/2 with prior knowledge opens with "PRI * HTTP/2.0".
+            let mut head = [0u8; 3];
+            let h2 = matches!(tcp.peek(&mut head).await, Ok(3)) && &head == b"PRI";
+            let io = TokioIo::new(tcp);
+            let result = if h2 {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            } else {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    conns.close();
+    conns.wait().await;
+    Ok(())
 }
 
 /// Binds `addr`, naming it in the error.

@@ -30,8 +30,12 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Largest REST body (413 above).
     pub max_body_bytes: usize,
-    /// Frames queued for one connection before it is closed with 4009.
+    /// Room hand-offs queued for one connection's task (while it
+    /// subscribes or backfills) before it is closed with 4009.
     pub outbound_queue: usize,
+    /// Bytes waiting for one connection's socket before it is closed with
+    /// 4009.
+    pub outbound_bytes: usize,
     /// Time a browser has to send its `auth` frame.
     pub auth_timeout: Duration,
     /// Deadline of every call to auth and room.
@@ -40,8 +44,9 @@ pub struct GatewayConfig {
     pub internal_secret: String,
     /// Client frames per connection per second before 4008.
     pub ws_frames_per_sec: u32,
-    /// How long a busy room's events may wait to be handed to connections
-    /// together (an idle room's first event goes at once).
+    /// How long a busy room's events may wait, at most, to be handed to
+    /// connections together (an idle room's first event goes at once; the
+    /// wait adapts to the room's size below this).
     pub fanout_linger: Duration,
 }
 
@@ -51,11 +56,12 @@ impl Default for GatewayConfig {
             max_frame_bytes: 64 * 1024,
             max_body_bytes: 64 * 1024,
             outbound_queue: 4096,
+            outbound_bytes: 1024 * 1024,
             auth_timeout: Duration::from_secs(10),
             rpc_timeout: Duration::from_secs(10),
             internal_secret: String::new(),
             ws_frames_per_sec: 200,
-            fanout_linger: Duration::from_millis(25),
+            fanout_linger: Duration::from_millis(100),
         }
     }
 }
@@ -156,9 +162,15 @@ impl Gateway {
 /// The gateway's tunables as flags (shared by `gateway` and `chat`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct GatewayArgs {
-    /// Frames queued for one WebSocket before it is closed with 4009.
+    /// Room hand-offs queued for one WebSocket's task (while it subscribes
+    /// or backfills) before it is closed with 4009.
     #[arg(long, env = "CHAT_WS_QUEUE", default_value_t = 4096)]
     pub ws_queue: usize,
+
+    /// Bytes waiting for one WebSocket (a client that reads too slowly)
+    /// before it is closed with 4009.
+    #[arg(long, env = "CHAT_WS_BUFFER_BYTES", default_value_t = 1024 * 1024)]
+    pub ws_buffer_bytes: usize,
 
     /// Largest WebSocket frame or REST body accepted, in bytes.
     #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
@@ -168,10 +180,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "CHAT_WS_FRAMES_PER_SEC", default_value_t = 200)]
     pub ws_frames_per_sec: u32,
 
-    /// How long a busy room's events may wait to be written together, in
-    /// milliseconds: fewer, larger writes for more latency. An idle room's
-    /// first event is never delayed.
-    #[arg(long, env = "CHAT_FANOUT_LINGER_MS", default_value_t = 25)]
+    /// How long a busy room's events may wait to be written together, at
+    /// most, in milliseconds: fewer, larger writes for more latency. The
+    /// wait is a few times what writing to the room's local connections
+    /// takes (microseconds for a small room), capped by this; an idle
+    /// room's first event is never delayed.
+    #[arg(long, env = "CHAT_FANOUT_LINGER_MS", default_value_t = 100)]
     pub fanout_linger_ms: u64,
 
     /// Deadline of each call to auth and room, in milliseconds.
@@ -185,6 +199,7 @@ impl GatewayArgs {
             max_frame_bytes: self.max_frame_bytes,
             max_body_bytes: self.max_frame_bytes,
             outbound_queue: self.ws_queue,
+            outbound_bytes: self.ws_buffer_bytes,
             rpc_timeout: Duration::from_millis(self.rpc_timeout_ms),
             internal_secret,
             ws_frames_per_sec: self.ws_frames_per_sec,

@@ -6,10 +6,12 @@
 //! whose queue is full is closed with 4009 (it resumes with `since_seq`)
 //! rather than slowing the room down or growing memory.
 
+use super::frames::{self, Batch};
+use super::out::Refused;
 use super::{ConnShared, Outbound};
 use crate::backends::{request, retrying, As, Backends};
 use crate::metrics::Metrics;
-use crate::wire::{encode, EventView, ServerFrame};
+use crate::wire::{EventView, ServerFrame};
 use chat_bus::{Bus, Subjects};
 use chat_core::{ApiError, RoomId, Seq};
 use chat_proto::v1 as pb;
@@ -181,7 +183,7 @@ impl Hubs {
             };
             // The last seq this hub delivered; None until the first event.
             let mut last: Option<Seq> = None;
-            let mut batch = Batcher::new(linger);
+            let mut batch = Batcher::new(room, linger);
             loop {
                 let due = batch.due();
                 tokio::select! {
@@ -224,15 +226,9 @@ impl Hubs {
                                     }
                                 }
                                 last = Some(e.seq);
-                                if let Some(item) = hub.event_item(&e) {
-                                    batch.push(item);
-                                }
+                                hub.push_event(&e, &mut batch);
                             }
-                            Some(other) => {
-                                if let Some(item) = hub.notice_item(other) {
-                                    batch.push(item);
-                                }
-                            }
+                            Some(other) => hub.push_notice(other, &mut batch),
                             None => {}
                         }
                         if batch.flush_now() {
@@ -254,27 +250,35 @@ const BATCH_MAX: usize = 256;
 
 /// Coalesces a busy room's items: the first item after a quiet spell goes
 /// out at once (an idle room adds no latency); items that follow within
-/// `linger` of the last hand-off wait for the next one, so each connection
-/// wakes once per interval and writes them all with one flush.
+/// the linger of the last hand-off wait for the next one, so that each
+/// connection gets them with one write.
+///
+/// The linger adapts to the room: it is a few times what the last hand-off
+/// took (writing to every local subscriber), capped by `max_linger`. A
+/// room with a handful of subscribers hands off in microseconds and so
+/// barely waits; one with 15,000 waits long enough that each connection
+/// gets many frames per write, which is what keeps the gateway ahead of a
+/// busy room (the cost of a write hardly depends on its size).
 struct Batcher {
+    max_linger: Duration,
     linger: Duration,
-    pending: Vec<Outbound>,
+    pending: frames::Builder,
     last_flush: Instant,
 }
 
+/// The linger is this many times the last hand-off's duration.
+const LINGER_PER_FANOUT: u32 = 3;
+
 impl Batcher {
-    fn new(linger: Duration) -> Self {
+    fn new(room: RoomId, max_linger: Duration) -> Self {
         Self {
-            linger,
-            pending: Vec::new(),
+            max_linger,
+            linger: Duration::ZERO,
+            pending: frames::Builder::new(room),
             last_flush: Instant::now()
-                .checked_sub(linger)
+                .checked_sub(max_linger)
                 .unwrap_or_else(Instant::now),
         }
-    }
-
-    fn push(&mut self, item: Outbound) {
-        self.pending.push(item);
     }
 
     /// Whether to hand over now rather than at [`Self::due`].
@@ -290,13 +294,14 @@ impl Batcher {
         (!self.pending.is_empty()).then(|| self.last_flush + self.linger)
     }
 
-    fn take(&mut self) -> Option<Outbound> {
+    fn take(&mut self) -> Option<Batch> {
         self.last_flush = Instant::now();
-        match self.pending.len() {
-            0 => None,
-            1 => self.pending.pop(),
-            _ => Some(Outbound::Batch(std::mem::take(&mut self.pending).into())),
-        }
+        (!self.pending.is_empty()).then(|| self.pending.take())
+    }
+
+    /// Sets the next linger from how long a hand-off took.
+    fn handed_off_in(&mut self, took: Duration) {
+        self.linger = (took * LINGER_PER_FANOUT).min(self.max_linger);
     }
 }
 
@@ -368,9 +373,7 @@ impl Hub {
                     continue;
                 }
                 last = e.seq;
-                if let Some(item) = self.event_item(e) {
-                    out.push(item);
-                }
+                self.push_event(e, out);
             }
             if !page.has_more || last == before {
                 return last;
@@ -387,47 +390,47 @@ impl Hub {
     }
 
     /// The event, encoded once for every connection.
-    fn event_item(&self, e: &pb::RoomEvent) -> Option<Outbound> {
-        let view = EventView::of(e)?;
-        Some(Outbound::Event {
-            room: self.room,
-            seq: e.seq,
-            frame: encode(&view),
-        })
+    fn push_event(&self, e: &pb::RoomEvent, out: &mut Batcher) {
+        if let Some(view) = EventView::of(e) {
+            match serde_json::to_vec(&view) {
+                Ok(json) => out.pending.event(e.seq, &json),
+                Err(error) => tracing::error!(%error, "cannot encode an event"),
+            }
+        }
     }
 
-    fn notice_item(&self, kind: pb::bus_event::Kind) -> Option<Outbound> {
+    fn push_notice(&self, kind: pb::bus_event::Kind, out: &mut Batcher) {
         use pb::bus_event::Kind;
         if matches!(kind, Kind::Presence(_) | Kind::Typing(_)) && self.crowded() {
             // In a crowd, every member coming and going (or typing) would
             // be a frame to everyone: N² frames. Clients of large rooms
             // read `online` from the member list instead.
-            return None;
+            return;
         }
-        let frame = match kind {
-            Kind::Typing(t) => encode(&ServerFrame::Typing {
+        let json = match kind {
+            Kind::Typing(t) => serde_json::to_vec(&ServerFrame::Typing {
                 room_id: &t.room_id,
                 user_id: &t.user_id,
             }),
-            Kind::Presence(p) => encode(&ServerFrame::Presence {
+            Kind::Presence(p) => serde_json::to_vec(&ServerFrame::Presence {
                 room_id: &p.room_id,
                 user_id: &p.user_id,
                 online: p.online,
             }),
-            Kind::Member(m) if m.joined => encode(&ServerFrame::MemberJoined {
+            Kind::Member(m) if m.joined => serde_json::to_vec(&ServerFrame::MemberJoined {
                 room_id: &m.room_id,
                 user_id: &m.user_id,
             }),
-            Kind::Member(m) => encode(&ServerFrame::MemberLeft {
+            Kind::Member(m) => serde_json::to_vec(&ServerFrame::MemberLeft {
                 room_id: &m.room_id,
                 user_id: &m.user_id,
             }),
-            Kind::RoomEvent(_) | Kind::SessionRevoked(_) => return None,
+            Kind::RoomEvent(_) | Kind::SessionRevoked(_) => return,
         };
-        Some(Outbound::Live {
-            room: self.room,
-            frame,
-        })
+        match json {
+            Ok(json) => out.pending.live(&json),
+            Err(error) => tracing::error!(%error, "cannot encode a notice"),
+        }
     }
 
     /// Whether this room has more local subscribers than live notices are
@@ -442,29 +445,50 @@ impl Hub {
 
     /// Hands what the batch holds to every subscriber.
     fn flush(&self, batch: &mut Batcher) {
-        if let Some(item) = batch.take() {
-            self.fan_out(item);
+        if let Some(b) = batch.take() {
+            let started = Instant::now();
+            self.fan_out(Arc::new(b));
+            batch.handed_off_in(started.elapsed());
         }
     }
 
-    /// The same item (shared bytes) into every subscriber's queue; a full
-    /// queue closes that connection with 4009.
-    fn fan_out(&self, item: Outbound) {
+    /// The same bytes to every subscriber: written straight to its socket
+    /// when its cursor is where the batch starts (one write, no wake-up),
+    /// otherwise queued for its task (subscribing, or a gap to backfill).
+    /// A connection too slow to take them is closed with 4009.
+    fn fan_out(&self, batch: Arc<Batch>) {
         let subs = match self.subscribers.read() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         for conn in subs.values() {
-            match conn.tx.try_send(item.clone()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
+            let handoff = conn.out.lock().deliver(&batch, 0, true);
+            match handoff {
+                Ok(None) => {}
+                Ok(Some(from)) => {
+                    let item = Outbound::Room {
+                        batch: batch.clone(),
+                        from,
+                    };
+                    match conn.tx.try_send(item) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            self.metrics.slow_closes.inc();
+                            conn.close(4009);
+                        }
+                        Err(TrySendError::Closed(_)) => {}
+                    }
+                }
+                Err(Refused::Full) => {
                     self.metrics.slow_closes.inc();
                     conn.close(4009);
                 }
-                Err(TrySendError::Closed(_)) => {}
+                Err(Refused::Dead) => {}
             }
         }
-        self.metrics.deliveries.inc_by(subs.len() as u64);
+        self.metrics
+            .deliveries
+            .inc_by((subs.len() * batch.items.len()) as u64);
     }
 
     fn close_all(&self, code: u16) {
@@ -480,69 +504,64 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn item(seq: Seq) -> Outbound {
-        Outbound::Event {
-            room: RoomId::new(),
-            seq,
-            frame: axum::extract::ws::Utf8Bytes::from_static("{}"),
-        }
-    }
-
     #[test]
     fn a_quiet_room_hands_over_at_once_and_a_busy_one_in_batches() {
-        let mut b = Batcher::new(Duration::from_secs(60));
+        let mut b = Batcher::new(RoomId::new(), Duration::from_secs(60));
         assert!(b.due().is_none());
-        b.push(item(1));
+        b.pending.event(1, b"{}");
         assert!(
             b.flush_now(),
             "the first event after a quiet spell is not delayed"
         );
-        assert!(matches!(b.take(), Some(Outbound::Event { seq: 1, .. })));
+        assert_eq!(b.take().map(|t| t.first), Some(Some(1)));
+        b.handed_off_in(Duration::from_secs(10));
 
-        b.push(item(2));
-        b.push(item(3));
+        b.pending.event(2, b"{}");
+        b.pending.event(3, b"{}");
         assert!(
             !b.flush_now(),
-            "events right after a hand-off wait for the linger"
+            "events right after a slow hand-off wait for the linger"
         );
         let due = b.due().expect("due");
-        assert!(due > Instant::now() + Duration::from_secs(50));
-        match b.take() {
-            Some(Outbound::Batch(items)) => {
-                let seqs: Vec<Seq> = items
-                    .iter()
-                    .map(|i| match i {
-                        Outbound::Event { seq, .. } => *seq,
-                        _ => 0,
-                    })
-                    .collect();
-                assert_eq!(seqs, vec![2, 3], "in order");
-            }
-            _ => panic!("expected one batch"),
-        }
+        assert!(due > Instant::now() + Duration::from_secs(25));
+        let t = b.take().expect("a batch");
+        assert_eq!((t.first, t.last, t.items.len()), (Some(2), Some(3), 2));
         assert!(b.take().is_none());
     }
 
     #[test]
+    fn the_linger_follows_the_hand_off_time_up_to_the_cap() {
+        let mut b = Batcher::new(RoomId::new(), Duration::from_millis(100));
+        b.handed_off_in(Duration::from_micros(20));
+        assert_eq!(b.linger, Duration::from_micros(60));
+        b.handed_off_in(Duration::from_millis(20));
+        assert_eq!(b.linger, Duration::from_millis(60));
+        b.handed_off_in(Duration::from_millis(80));
+        assert_eq!(b.linger, Duration::from_millis(100));
+    }
+
+    #[test]
     fn a_full_batch_goes_out_without_waiting() {
-        let mut b = Batcher::new(Duration::from_secs(60));
-        b.push(item(0));
+        let mut b = Batcher::new(RoomId::new(), Duration::from_secs(60));
+        b.pending.event(0, b"{}");
         b.take();
+        b.handed_off_in(Duration::from_secs(60));
         for s in 1..BATCH_MAX as Seq {
-            b.push(item(s));
+            b.pending.event(s, b"{}");
             assert!(!b.flush_now());
         }
-        b.push(item(BATCH_MAX as Seq));
+        b.pending.event(BATCH_MAX as Seq, b"{}");
         assert!(b.flush_now());
     }
 
     #[test]
     fn no_linger_means_no_batching() {
-        let mut b = Batcher::new(Duration::ZERO);
-        b.push(item(1));
+        let mut b = Batcher::new(RoomId::new(), Duration::ZERO);
+        b.pending.event(1, b"{}");
         assert!(b.flush_now());
         b.take();
-        b.push(item(2));
+        b.handed_off_in(Duration::from_millis(5));
+        b.pending.event(2, b"{}");
         assert!(b.flush_now());
     }
 }

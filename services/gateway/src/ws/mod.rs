@@ -5,25 +5,33 @@
 //! delivered. Events at or below it are dropped (no duplicate), an event
 //! past `cursor + 1` first backfills the gap from room (no gap), so the
 //! client sees every event once, in order, whatever races between the bus
-//! and a resume. Queued frames are written with one flush per batch, so a
-//! busy connection gets many frames per write.
+//! and a resume.
+//!
+//! The hot path does not go through the task: the upgrade keeps the
+//! `TcpStream` itself, and a room's hub writes each batch of pre-framed
+//! bytes straight to every connection whose cursor is where the batch
+//! starts (see [`out`]). The task handles the client's frames, backfills
+//! and what the socket could not take at once.
 
+pub mod frames;
 pub mod hub;
+pub mod out;
 pub mod registry;
 
 use crate::backends::{request, retrying, As};
 use crate::wire::{encode, error_frame, EventView, ServerFrame};
 use crate::Gateway;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::ws::Utf8Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use chat_auth::Caller;
 use chat_core::{ApiError, RoomId, Seq};
 use chat_proto::v1 as pb;
 use chat_proto::v1::room_service_client::RoomServiceClient;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use out::{Cursor, Out, Refused, SockIo};
 use prost::Message as _;
 use serde::Deserialize;
 use serde_json::Value;
@@ -31,25 +39,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-/// What the hubs and the registry hand a connection.
-#[derive(Clone)]
+/// What the hubs and the registry hand a connection's task.
 pub enum Outbound {
-    /// A sequenced room event, encoded once for every connection.
-    Event {
-        room: RoomId,
-        seq: Seq,
-        frame: Utf8Bytes,
+    /// A room batch from item `from` on, which the hub could not write
+    /// directly: the room is still being subscribed, or there is a gap.
+    Room {
+        batch: Arc<frames::Batch>,
+        from: usize,
     },
-    /// A live-only room notice (typing, presence, membership).
-    Live { room: RoomId, frame: Utf8Bytes },
-    /// Several of the above from one room, in order: a busy room's hub
-    /// hands each connection one batch per linger interval, so that a
-    /// connection wakes once and writes many frames with one flush.
-    Batch(Arc<[Outbound]>),
     /// The user joined or left a room (from the user's subject).
     Membership(pb::MemberChange),
 }
@@ -59,6 +65,7 @@ pub struct ConnShared {
     pub id: u64,
     pub caller: Caller,
     pub tx: mpsc::Sender<Outbound>,
+    pub out: Arc<Out>,
     kill: CancellationToken,
     code: AtomicU16,
 }
@@ -75,73 +82,150 @@ impl ConnShared {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// `GET /ws`.
-pub async fn upgrade(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    // Header auth is checked before the upgrade: a bad token is a plain 401.
-    let header_caller = match headers.get(axum::http::header::AUTHORIZATION) {
-        None => None,
-        Some(h) => {
-            let token = h.to_str().ok().and_then(chat_auth::token::strip_bearer);
-            match token {
-                None => {
-                    return ApiError::unauthorized("malformed authorization header").into_response()
-                }
-                Some(t) => match gw.inner.verifier.verify(t).await {
-                    Ok(c) => Some(c),
-                    Err(e) => return e.into_response(),
-                },
-            }
-        }
-    };
-    let max = gw.inner.cfg.max_frame_bytes;
-    let tracker = gw.inner.tracker.clone();
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        // Small buffers: most connections are idle most of the time, and a
-        // buffer grows when a frame needs it (tungstenite's default read
-        // buffer is 128 KiB per connection, allocated up front).
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                let (sink, stream) = socket.split();
-                let mut io = Io { sink, stream };
-                let caller = match header_caller {
-                    Some(c) => Some(c),
-                    None => first_frame_auth(&gw, &mut io).await,
-                };
-                if let Some(caller) = caller {
-                    run(gw, io, caller).await;
-                }
-            })
+/// `GET /ws`: the WebSocket handshake (RFC 6455), then the connection
+/// runs on the socket itself.
+pub async fn upgrade(State(gw): State<Gateway>, mut req: Request) -> Response {
+    let headers = req.headers();
+    let refuse = |status: StatusCode, msg: &'static str| (status, msg).into_response();
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
+    };
+    if req.method() != axum::http::Method::GET {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET");
+    }
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+        return refuse(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket endpoint");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing");
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    // Header auth is checked before the upgrade: a bad token is a plain 401.
+    let header_caller = match header_auth(&gw, headers).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tracker = gw.inner.tracker.clone();
+    tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(error) => {
+                tracing::debug!(%error, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let parts = match upgraded.downcast::<hyper_util::rt::TokioIo<TcpStream>>() {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::error!("WebSocket upgrade on a connection that is not a plain TcpStream");
+                return;
+            }
+        };
+        let sock = Arc::new(parts.io.into_inner());
+        let mut io = Io::new(&gw, sock, parts.read_buf).await;
+        let caller = match header_caller {
+            Some(c) => Some(c),
+            None => first_frame_auth(&gw, &mut io).await,
+        };
+        if let Some(caller) = caller {
+            run(gw, io, caller).await;
+        }
+    });
+    let mut res = Response::new(axum::body::Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
 }
 
+async fn header_auth(gw: &Gateway, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+    let Some(h) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = h.to_str().ok().and_then(chat_auth::token::strip_bearer);
+    match token {
+        None => Err(ApiError::unauthorized("malformed authorization header")),
+        Some(t) => gw.inner.verifier.verify(t).await.map(Some),
+    }
+}
+
+/// A connection's socket: tungstenite reads the client's frames from it
+/// (and answers pings, and does the close handshake); everything the
+/// server sends goes through `out`.
 struct Io {
-    sink: SplitSink<WebSocket, Message>,
-    stream: SplitStream<WebSocket>,
+    ws: WebSocketStream<SockIo>,
+    out: Arc<Out>,
 }
 
 impl Io {
-    async fn send(&mut self, frame: Utf8Bytes) -> bool {
-        self.sink.send(Message::Text(frame)).await.is_ok()
+    async fn new(gw: &Gateway, sock: Arc<TcpStream>, prefix: bytes::Bytes) -> Self {
+        let max = gw.inner.cfg.max_frame_bytes;
+        let out = Arc::new(Out::new(sock, gw.inner.cfg.outbound_bytes));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+            // Small buffers: most connections are idle most of the time,
+            // and the read buffer grows when a frame needs it.
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0);
+        let ws = WebSocketStream::from_raw_socket(
+            SockIo::new(out.clone(), prefix),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        Self { ws, out }
     }
 
+    /// Writes one text frame after everything before it.
+    fn send(&self, frame: &Utf8Bytes) -> Result<(), Refused> {
+        let mut buf = BytesMut::new();
+        frames::put_text(&mut buf, frame.as_bytes());
+        self.out.lock().write(buf.freeze())
+    }
+
+    /// Sends a close frame after what is pending (or instead of it, when
+    /// the client was too slow for it), waits briefly for the client's
+    /// close, and lets the socket go.
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let _ = self
-            .sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            })))
-            .await;
-        let _ = self.sink.close().await;
+        self.out.lock().close(code == 4009);
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            if self.ws.close(Some(frame)).await.is_ok() {
+                // The client answers with its close frame; reading up to it
+                // also takes in whatever it sent before (an oversized
+                // frame's payload), so the socket ends with FIN, not RST.
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+            self.out.drain_input().await;
+        })
+        .await;
     }
 }
+
+/// A connection's initial read buffer; larger client frames grow it.
+const READ_BUFFER: usize = 1024;
+
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 struct AuthFrame {
@@ -158,7 +242,7 @@ async fn first_frame_auth(gw: &Gateway, io: &mut Io) -> Option<Caller> {
             io.close(1012, "server restarting").await;
             return None;
         }
-        r = tokio::time::timeout(deadline, io.stream.next()) => r,
+        r = tokio::time::timeout(deadline, io.ws.next()) => r,
     };
     let text = match first {
         Err(_) => {
@@ -220,7 +304,6 @@ enum ClientFrame {
 }
 
 struct RoomSub {
-    cursor: Seq,
     _guard: hub::HubGuard,
 }
 
@@ -239,6 +322,7 @@ async fn run(gw: Gateway, io: Io, caller: Caller) {
         id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
         caller,
         tx,
+        out: io.out.clone(),
         kill: gw.inner.shutdown.child_token(),
         code: AtomicU16::new(0),
     });
@@ -263,7 +347,7 @@ async fn run(gw: Gateway, io: Io, caller: Caller) {
         user_id: caller.user_id.to_string(),
         session_id: caller.session_id.to_string(),
     });
-    let close = if conn.io.send(authenticated).await {
+    let close = if conn.io.send(&authenticated).is_ok() {
         conn.serve(&mut rx).await
     } else {
         None
@@ -355,42 +439,41 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-/// Outbound items written per flush at most.
-const BATCH: usize = 256;
-
 impl Conn {
     /// Runs until the client leaves or the connection must close; returns the
     /// close code to send, if any.
     async fn serve(&mut self, rx: &mut mpsc::Receiver<Outbound>) -> Option<u16> {
         let kill = self.shared.kill.clone();
+        let out = self.io.out.clone();
         loop {
             tokio::select! {
                 biased;
                 () = kill.cancelled() => return None,
+                () = out.woken() => {
+                    tokio::select! {
+                        () = kill.cancelled() => return None,
+                        r = out.drain() => if r.is_err() { return None; },
+                    }
+                }
                 item = rx.recv() => {
                     let item = item?;
                     if let Err(code) = self.outbound(item).await { return code; }
-                    for _ in 1..BATCH {
-                        match rx.try_recv() {
-                            Ok(item) => if let Err(code) = self.outbound(item).await { return code; },
-                            Err(_) => break,
-                        }
-                    }
-                    if self.io.sink.flush().await.is_err() { return None; }
                 }
-                msg = self.io.stream.next() => match msg {
+                msg = self.io.ws.next() => match msg {
                     None => return None,
                     Some(Err(error)) => {
-                        // tungstenite: "Space limit exceeded: Message too long".
-                        let text = error.to_string();
-                        tracing::debug!(error = %text, "websocket receive failed");
-                        return Some(if text.contains("too long") || text.contains("Space limit") { 1009 } else { 1002 });
+                        tracing::debug!(%error, "websocket receive failed");
+                        use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+                        return Some(match error {
+                            Error::Capacity(CapacityError::MessageTooLong { .. }) => 1009,
+                            _ => 1002,
+                        });
                     }
                     Some(Ok(Message::Text(t))) => {
                         if let Err(code) = self.client_frame(t.as_str()).await { return code; }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        if !self.reply(error_frame(None, &ApiError::invalid("frame", "must be JSON text"))).await {
+                        if !self.reply(error_frame(None, &ApiError::invalid("frame", "must be JSON text"))) {
                             return None;
                         }
                     }
@@ -401,61 +484,50 @@ impl Conn {
         }
     }
 
-    /// Buffers a frame (flushed with the batch).
-    async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Option<u16>> {
-        self.io
-            .sink
-            .feed(Message::Text(frame))
-            .await
-            .map_err(|_| None)
+    /// Writes a frame after everything before it; `Err` ends the connection
+    /// (with 4009 when the client is too slow to take it).
+    fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Option<u16>> {
+        self.io.send(&frame).map_err(closing)
     }
 
-    /// Sends a reply now.
-    async fn reply(&mut self, frame: Utf8Bytes) -> bool {
-        self.io.send(frame).await
+    /// Sends a reply; false when the connection is gone.
+    fn reply(&mut self, frame: Utf8Bytes) -> bool {
+        self.io.send(&frame).is_ok()
     }
 
     async fn outbound(&mut self, item: Outbound) -> Result<(), Option<u16>> {
         match item {
-            Outbound::Batch(items) => {
-                for item in items.iter() {
-                    self.room_item(item).await?;
-                }
-            }
-            Outbound::Event { .. } | Outbound::Live { .. } => self.room_item(&item).await?,
-            Outbound::Membership(m) => self.membership(m).await?,
+            Outbound::Room { batch, from } => self.room_batch(&batch, from).await,
+            Outbound::Membership(m) => self.membership(m).await,
         }
-        Ok(())
     }
 
-    /// A room event (delivered once, in seq order, gaps backfilled) or a
-    /// live notice of a subscribed room.
-    async fn room_item(&mut self, item: &Outbound) -> Result<(), Option<u16>> {
-        match item {
-            Outbound::Event { room, seq, frame } => {
-                let (room, seq) = (*room, *seq);
-                let Some(cursor) = self.rooms.get(&room).map(|r| r.cursor) else {
-                    return Ok(());
-                };
-                if seq <= cursor {
-                    return Ok(());
-                }
-                if seq > cursor + 1 {
-                    self.catch_up(room, Some(seq - 1)).await?;
-                }
-                self.feed(frame.clone()).await?;
-                if let Some(r) = self.rooms.get_mut(&room) {
-                    r.cursor = r.cursor.max(seq);
+    /// Room items the hub handed over: written in seq order from the
+    /// room's cursor, duplicates dropped, a gap first backfilled from the
+    /// log.
+    async fn room_batch(&mut self, batch: &frames::Batch, from: usize) -> Result<(), Option<u16>> {
+        let mut from = from;
+        loop {
+            let handoff = self.io.out.lock().deliver(batch, from, false);
+            let Some(gap_at) = handoff.map_err(closing)? else {
+                return Ok(());
+            };
+            let Some(seq) = batch.items.get(gap_at).and_then(|i| i.seq) else {
+                return Ok(());
+            };
+            self.catch_up(batch.room, Some(seq - 1)).await?;
+            let mut g = self.io.out.lock();
+            if let Some(mut c) = g.cursor(batch.room) {
+                if c.seq < seq - 1 {
+                    // The log has nothing between: never seen, but the
+                    // connection must not stall on it.
+                    tracing::warn!(room_id = %batch.room, after_seq = c.seq, seq, "the log has a gap");
+                    c.seq = seq - 1;
+                    g.set_cursor(batch.room, c);
                 }
             }
-            Outbound::Live { room, frame } => {
-                if self.rooms.contains_key(room) {
-                    self.feed(frame.clone()).await?;
-                }
-            }
-            Outbound::Batch(_) | Outbound::Membership(_) => {}
+            from = gap_at;
         }
-        Ok(())
     }
 
     /// The user joined a room (followed when subscribed to all) or left it.
@@ -464,13 +536,13 @@ impl Conn {
             return Ok(());
         };
         if !m.joined {
-            if self.rooms.remove(&room).is_some() {
+            if self.drop_room(room) {
                 let id = room.to_string();
                 let frame = encode(&ServerFrame::Unsubscribed {
                     room_id: &id,
                     r#ref: None,
                 });
-                self.feed(frame).await?;
+                self.feed(frame)?;
             }
             return Ok(());
         }
@@ -485,7 +557,7 @@ impl Conn {
                     last_seq: last,
                     r#ref: None,
                 });
-                self.feed(frame).await?;
+                self.go_live(&[room], frame)?;
                 self.catch_up(room, None).await
             }
             Err(e) => {
@@ -493,6 +565,33 @@ impl Conn {
                 Ok(())
             }
         }
+    }
+
+    /// Writes the rooms' `subscribed` (or `subscribed_all`) frame; from
+    /// then on their hubs write their events directly.
+    fn go_live(&mut self, rooms: &[RoomId], subscribed: Utf8Bytes) -> Result<(), Option<u16>> {
+        let mut buf = BytesMut::new();
+        frames::put_text(&mut buf, subscribed.as_bytes());
+        let mut g = self.io.out.lock();
+        g.write(buf.freeze()).map_err(closing)?;
+        for &room in rooms {
+            if let Some(mut c) = g.cursor(room) {
+                c.live = true;
+                g.set_cursor(room, c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops delivering the room; whether it was subscribed.
+    fn drop_room(&mut self, room: RoomId) -> bool {
+        self.io.out.lock().remove_room(room);
+        self.rooms.remove(&room).is_some()
+    }
+
+    /// The last seq delivered of a subscribed room.
+    fn cursor(&self, room: RoomId) -> Option<Seq> {
+        self.io.out.lock().cursor(room).map(|c| c.seq)
     }
 
     fn who(&self) -> As<'_> {
@@ -519,7 +618,7 @@ impl Conn {
     /// the end of the log), advancing the cursor.
     async fn catch_up(&mut self, room: RoomId, until: Option<Seq>) -> Result<(), Option<u16>> {
         loop {
-            let Some(cursor) = self.rooms.get(&room).map(|r| r.cursor) else {
+            let Some(cursor) = self.cursor(room) else {
                 return Ok(());
             };
             if until.is_some_and(|u| cursor >= u) {
@@ -544,20 +643,24 @@ impl Conn {
                     return Err(Some(4009));
                 }
             };
-            let mut last = cursor;
+            let mut batch = frames::Builder::new(room);
             for ev in &page.items {
-                if ev.seq <= last || until.is_some_and(|u| ev.seq > u) {
+                if ev.seq <= cursor || until.is_some_and(|u| ev.seq > u) {
                     continue;
                 }
-                if let Some(view) = EventView::of(ev) {
-                    self.feed(encode(&view)).await?;
+                if let Some(json) = EventView::of(ev).and_then(|v| serde_json::to_vec(&v).ok()) {
+                    batch.event(ev.seq, &json);
                 }
-                last = ev.seq;
             }
-            if let Some(r) = self.rooms.get_mut(&room) {
-                r.cursor = last;
-            }
-            if !page.has_more || last == cursor {
+            let batch = batch.take();
+            // Events the hub wrote meanwhile are skipped.
+            self.io
+                .out
+                .lock()
+                .deliver(&batch, 0, false)
+                .map_err(closing)?;
+            let now = self.cursor(room).unwrap_or(cursor);
+            if !page.has_more || now == cursor {
                 return Ok(());
             }
         }
@@ -588,30 +691,32 @@ impl Conn {
             return Err(ApiError::forbidden("not a member of this room"));
         }
         let last = r.room.map(|r| r.last_seq).unwrap_or(0);
-        let hubs = self.hubs();
-        let guard = hubs.subscribe(room, self.shared.clone()).await;
         let cursor = since.map_or(last, |s| s.min(last));
-        self.rooms.insert(
+        // Not live yet: until `subscribed` is written, the hub hands this
+        // room's events to the task, which delivers them after it.
+        self.io.out.lock().set_cursor(
             room,
-            RoomSub {
-                cursor,
-                _guard: guard,
+            Cursor {
+                seq: cursor,
+                live: false,
             },
         );
+        let hubs = self.hubs();
+        let guard = hubs.subscribe(room, self.shared.clone()).await;
+        self.rooms.insert(room, RoomSub { _guard: guard });
         if since.is_some() {
             // The events the client missed, before `subscribed`.
             self.catch_up(room, None)
                 .await
                 .map_err(|_| ApiError::unavailable("cannot read the room's history; retry"))?;
         }
-        Ok(self.rooms.get(&room).map_or(last, |r| r.cursor))
+        Ok(self.cursor(room).unwrap_or(last))
     }
 
     /// After `subscribed` of a live-only subscribe: delivers what was
     /// committed while the hub subscription was being set up.
     async fn catch_up_live(&mut self, room: RoomId) -> Result<(), Handled> {
-        self.catch_up(room, None).await.map_err(Handled::Close)?;
-        self.flush().await
+        self.catch_up(room, None).await.map_err(Handled::Close)
     }
 
     fn hubs(&self) -> Arc<hub::Hubs> {
@@ -663,7 +768,7 @@ impl Conn {
         let result = self.handle(frame, r).await;
         match result {
             Ok(Some(frame)) => {
-                if self.reply(frame).await {
+                if self.reply(frame) {
                     Ok(())
                 } else {
                     Err(None)
@@ -673,7 +778,7 @@ impl Conn {
             Err(Handled::Close(code)) => Err(code),
             Err(Handled::Api(e)) => {
                 if e.code == chat_core::ErrorCode::Unauthorized {
-                    let _ = self.reply(error_frame(r, &e)).await;
+                    let _ = self.reply(error_frame(r, &e));
                     return Err(Some(4001));
                 }
                 self.fail(r, e).await
@@ -682,7 +787,7 @@ impl Conn {
     }
 
     async fn fail(&mut self, r: Option<&Value>, e: ApiError) -> Result<(), Option<u16>> {
-        if self.reply(error_frame(r, &e)).await {
+        if self.reply(error_frame(r, &e)) {
             Ok(())
         } else {
             Err(None)
@@ -702,10 +807,8 @@ impl Conn {
             }
             ClientFrame::Subscribe { room_id, since_seq } => {
                 let room = RoomId::parse(&room_id)?;
-                if self.rooms.contains_key(&room) {
-                    // A resubscribe starts over from the given point.
-                    self.rooms.remove(&room);
-                }
+                // A resubscribe starts over from the given point.
+                self.drop_room(room);
                 let last = self
                     .subscribe(room, since_seq)
                     .await
@@ -715,11 +818,10 @@ impl Conn {
                     last_seq: last,
                     r#ref: r,
                 });
-                self.feed(subscribed).await.map_err(Handled::Close)?;
+                self.go_live(&[room], subscribed).map_err(Handled::Close)?;
                 if since_seq.is_none() {
                     self.catch_up_live(room).await?;
                 }
-                self.flush().await?;
                 Ok(None)
             }
             ClientFrame::SubscribeAll { since } => {
@@ -761,8 +863,8 @@ impl Conn {
                                 live_only.push(id);
                             }
                             rooms.insert(room.id.clone(), last);
-                        } else if let Some(s) = self.rooms.get(&id) {
-                            rooms.insert(room.id.clone(), s.cursor);
+                        } else if let Some(c) = self.cursor(id) {
+                            rooms.insert(room.id.clone(), c);
                         }
                     }
                     match page.next_cursor {
@@ -775,16 +877,16 @@ impl Conn {
                     rooms: &rooms,
                     r#ref: r,
                 });
-                self.feed(frame).await.map_err(Handled::Close)?;
+                let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
+                self.go_live(&ids, frame).map_err(Handled::Close)?;
                 for id in live_only {
                     self.catch_up_live(id).await?;
                 }
-                self.flush().await?;
                 Ok(None)
             }
             ClientFrame::Unsubscribe { room_id } => {
                 let room = RoomId::parse(&room_id)?;
-                self.rooms.remove(&room);
+                self.drop_room(room);
                 Ok(Some(encode(&ServerFrame::Unsubscribed {
                     room_id: &room_id,
                     r#ref: r,
@@ -859,9 +961,13 @@ impl Conn {
             }
         }
     }
+}
 
-    async fn flush(&mut self) -> Result<(), Handled> {
-        self.io.sink.flush().await.map_err(|_| Handled::Close(None))
+/// What a refused write means for the connection.
+fn closing(r: Refused) -> Option<u16> {
+    match r {
+        Refused::Full => Some(4009),
+        Refused::Dead => None,
     }
 }
 
