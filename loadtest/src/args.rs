@@ -37,6 +37,50 @@ impl Scenario {
     }
 }
 
+/// Which server a run drives: ours, or a peer through its protocol
+/// adapter ([`crate::peers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// This backend's client contract: REST setup, `subscribe`, `send`
+    /// with acks, per-room seq checks.
+    #[default]
+    Chat,
+    /// A gorilla/websocket broadcast hub (loadtest/peers/gorilla): every
+    /// text frame goes to every connection; queued messages are joined
+    /// with newlines in one frame.
+    Gorilla,
+    /// Socket.IO 4 (Engine.IO v4 over WebSocket): `join` a room, emit
+    /// with an ack, the server broadcasts to the room.
+    Socketio,
+    /// The Pusher protocol (Sockudo): a private channel, client events
+    /// (not echoed to their sender).
+    Pusher,
+    /// Centrifuge's JSON protocol: connect, subscribe, publish with a
+    /// reply.
+    Centrifuge,
+    /// nginx with nchan: one WebSocket pub/sub location per channel.
+    Nchan,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Chat => "chat",
+            Protocol::Gorilla => "gorilla",
+            Protocol::Socketio => "socketio",
+            Protocol::Pusher => "pusher",
+            Protocol::Centrifuge => "centrifuge",
+            Protocol::Nchan => "nchan",
+        }
+    }
+
+    /// A peer server rather than ours.
+    pub fn is_peer(self) -> bool {
+        self != Protocol::Chat
+    }
+}
+
 const ABOUT: &str = "Load generator for the chat backend: opens N WebSocket connections, \
 sends at a fixed rate and checks that every connection gets every message once and in order.";
 
@@ -59,6 +103,12 @@ EXAMPLES
   loadtest --scenario reconnect --connections 2000 --rate 50 --duration 15
   loadtest --url http://127.0.0.1:8081,http://127.0.0.1:8082 --scenario room ...
 
+PEERS
+  --protocol gorilla|socketio|pusher|centrifuge|nchan drives another server through its
+  protocol (scenarios room and idle; no REST setup, one channel): loadtest/peers/ starts
+  each, loadtest/peers/compare.sh runs them side by side.
+    loadtest --protocol socketio --url http://127.0.0.1:7102 --connections 2000 --rate 50
+
 EXIT STATUS
   0 all good; 1 lost, duplicated or out-of-order deliveries, or connections that could
   not connect (unless --allow-loss); 2 the run could not be made (setup, server, limits).";
@@ -74,9 +124,27 @@ pub struct Args {
     #[arg(short, long, value_enum, env = "LOADTEST_SCENARIO", default_value_t = Scenario::Room)]
     pub scenario: Scenario,
 
+    /// The server's protocol: ours (chat), or a peer's through its
+    /// adapter (room and idle scenarios only).
+    #[arg(long, value_enum, env = "LOADTEST_PROTOCOL", default_value_t = Protocol::Chat)]
+    pub protocol: Protocol,
+
+    /// pusher: the app key (in the WebSocket path and the signatures); the
+    /// default matches loadtest/peers/sockudo/config.json.
+    #[arg(long, env = "LOADTEST_PUSHER_KEY", default_value = "loadtest-key")]
+    pub pusher_key: String,
+    /// pusher: the app secret that signs private-channel subscriptions.
+    #[arg(
+        long,
+        env = "LOADTEST_PUSHER_SECRET",
+        default_value = "loadtest-secret"
+    )]
+    pub pusher_secret: String,
+
     /// Server base URL(s), comma-separated: the all-in-one server, a load
     /// balancer, or several gateways (connections are spread over them
-    /// round-robin). http:// or ws://; the WebSocket is at /ws.
+    /// round-robin). http:// or ws://; the WebSocket is at /ws (peers:
+    /// the protocol's usual path) unless the URL has a path.
     #[arg(
         short,
         long,

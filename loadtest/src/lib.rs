@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod hist;
+pub mod peers;
 pub mod plan;
 pub mod procfs;
 pub mod report;
@@ -20,7 +21,7 @@ pub mod shard;
 pub mod workers;
 pub mod ws;
 
-pub use args::{Args, Scenario};
+pub use args::{Args, Protocol, Scenario};
 pub use report::Report;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -51,6 +52,11 @@ pub fn watchdog(deadline_us: u64) {
 
 /// `http://host:port` (REST) and `ws://host:port/ws` for each --url.
 pub fn parse_urls(urls: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+    parse_urls_with(urls, "/ws")
+}
+
+/// Like [`parse_urls`], with `default_path` for a URL without a path.
+pub fn parse_urls_with(urls: &[String], default_path: &str) -> Result<(Vec<String>, Vec<String>)> {
     let mut bases = Vec::new();
     let mut ws = Vec::new();
     for u in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
@@ -66,7 +72,7 @@ pub fn parse_urls(urls: &[String]) -> Result<(Vec<String>, Vec<String>)> {
             bail!("{u}: no host");
         }
         let path = if path.is_empty() || path == "/" {
-            "/ws"
+            default_path
         } else {
             path
         };
@@ -115,6 +121,13 @@ fn validate(a: &Args) -> Result<()> {
             bail!("--run-id must be 1 to 16 letters or digits");
         }
     }
+    if a.protocol.is_peer() && !matches!(a.scenario, Scenario::Room | Scenario::Idle) {
+        bail!(
+            "--protocol {}: only the room and idle scenarios run against a peer \
+             (it has no rooms API for `rooms` and no resume for `reconnect`)",
+            a.protocol.name()
+        );
+    }
     if let Some(d) = a.disconnect_after {
         if d < 0.0 || d >= a.duration {
             bail!("--disconnect-after must be within --duration");
@@ -128,14 +141,17 @@ struct Agg {
     ready: Vec<Option<Ready>>,
     progress: Vec<Snapshot>,
     done: Vec<Option<ShardResult>>,
+    /// Senders get their own messages (false for Pusher client events).
+    echo: bool,
 }
 
 impl Agg {
-    fn new(n: usize) -> Self {
+    fn new(n: usize, echo: bool) -> Self {
         Agg {
             ready: vec![None; n],
             progress: vec![Snapshot::default(); n],
             done: vec![None; n],
+            echo,
         }
     }
 
@@ -171,12 +187,8 @@ impl Agg {
             t.latency.merge(&p.latency);
             t.ack_latency.merge(&p.ack_latency);
             add_vec(&mut t.acked_per_room, &p.acked_per_room);
-            if t.max_seq_per_room.len() < p.max_seq_per_room.len() {
-                t.max_seq_per_room.resize(p.max_seq_per_room.len(), 0);
-            }
-            for (a, b) in t.max_seq_per_room.iter_mut().zip(&p.max_seq_per_room) {
-                *a = (*a).max(*b);
-            }
+            max_vec(&mut t.max_seq_per_room, &p.max_seq_per_room);
+            max_vec(&mut t.max_n_per_sender, &p.max_n_per_sender);
         }
         t
     }
@@ -189,9 +201,16 @@ impl Agg {
         v
     }
 
+    /// Acked messages × their room's subscribers (less the sender's own
+    /// copy when the protocol does not echo).
     fn expected(&self, acked_per_room: &[u64]) -> u64 {
         let subs = self.subs_per_room();
-        acked_per_room.iter().zip(&subs).map(|(a, s)| a * s).sum()
+        let not_echoed = u64::from(!self.echo);
+        acked_per_room
+            .iter()
+            .zip(&subs)
+            .map(|(a, s)| a * s.saturating_sub(not_echoed))
+            .sum()
     }
 }
 
@@ -201,6 +220,15 @@ fn add_vec(a: &mut Vec<u64>, b: &[u64]) {
     }
     for (x, y) in a.iter_mut().zip(b) {
         *x += y;
+    }
+}
+
+fn max_vec(a: &mut Vec<i64>, b: &[i64]) {
+    if a.len() < b.len() {
+        a.resize(b.len(), 0);
+    }
+    for (x, y) in a.iter_mut().zip(b) {
+        *x = (*x).max(*y);
     }
 }
 
@@ -219,7 +247,10 @@ pub async fn run(args: Args) -> Result<Report> {
     let deadline_us = now_us() + (args.deadline_secs() * 1e6) as u64;
     let nofile = raise_nofile_limit();
     let run_id = args.run_id.clone().unwrap_or_else(make_run_id);
-    let (bases, ws_urls) = parse_urls(&args.url)?;
+    let proto = args.protocol;
+    let channel = proto.channel(&run_id);
+    let (bases, ws_urls) =
+        parse_urls_with(&args.url, &proto.default_path(&channel, &args.pusher_key))?;
     let quiet = args.quiet;
     let say = |s: String| {
         if !quiet {
@@ -228,32 +259,52 @@ pub async fn run(args: Args) -> Result<Report> {
     };
 
     let n = args.connections;
-    let (users, rooms, senders) = (args.users(), args.rooms(), args.senders());
-    let rest = setup::Rest::new(bases.clone())?;
-    rest.check().await?;
-    say(format!(
-        "loadtest {}: run {run_id}, {n} connections, {users} users, {rooms} rooms, {senders} senders, {} msg/s for {} s",
-        args.scenario.name(),
-        args.rate,
-        args.duration
-    ));
-    let made = tokio::time::timeout_at(
-        deadline.into(),
-        setup::run(
-            &rest,
-            &setup::Want {
-                run_id: &run_id,
-                password: &args.password,
-                users,
-                rooms,
-                connections: n,
-                concurrency: args.setup_concurrency,
-                quiet,
-            },
-        ),
-    )
-    .await
-    .map_err(|_| anyhow!("hard deadline reached during setup"))??;
+    let (users, rooms, senders) = if proto.is_peer() {
+        (0, 1, args.senders())
+    } else {
+        (args.users(), args.rooms(), args.senders())
+    };
+    let say_start = || {
+        say(format!(
+            "loadtest {}{}: run {run_id}, {n} connections, {users} users, {rooms} rooms, {senders} senders, {} msg/s for {} s",
+            args.scenario.name(),
+            if proto.is_peer() { format!(" --protocol {}", proto.name()) } else { String::new() },
+            args.rate,
+            args.duration
+        ))
+    };
+    let made = if proto.is_peer() {
+        // A peer: no accounts, one channel, reachable or not.
+        peers::check_reachable(&bases).await?;
+        say_start();
+        setup::Made {
+            tokens: vec![String::new()],
+            rooms: vec![channel],
+            joins: 0,
+            took: Duration::ZERO,
+        }
+    } else {
+        let rest = setup::Rest::new(bases.clone())?;
+        rest.check().await?;
+        say_start();
+        tokio::time::timeout_at(
+            deadline.into(),
+            setup::run(
+                &rest,
+                &setup::Want {
+                    run_id: &run_id,
+                    password: &args.password,
+                    users,
+                    rooms,
+                    connections: n,
+                    concurrency: args.setup_concurrency,
+                    quiet,
+                },
+            ),
+        )
+        .await
+        .map_err(|_| anyhow!("hard deadline reached during setup"))??
+    };
 
     // The server's processes.
     let server_pids = if args.server_pid.is_empty() {
@@ -286,6 +337,9 @@ pub async fn run(args: Args) -> Result<Report> {
     let plan = Plan {
         run_id: run_id.clone(),
         scenario: args.scenario,
+        protocol: proto,
+        pusher_key: args.pusher_key.clone(),
+        pusher_secret: args.pusher_secret.clone(),
         ws_urls: ws_urls.clone(),
         connections: n,
         rooms: made.rooms.clone(),
@@ -379,6 +433,7 @@ pub async fn run(args: Args) -> Result<Report> {
     let total = agg.total();
     let mut r = Report {
         scenario: args.scenario.name().into(),
+        protocol: proto.name().into(),
         run_id,
         urls: bases,
         processes: procs as u64,
@@ -466,7 +521,7 @@ async fn drive(
     say: &dyn Fn(String),
     connect_start: Instant,
 ) -> Result<(Agg, Times)> {
-    let mut agg = Agg::new(shards.len);
+    let mut agg = Agg::new(shards.len, args.protocol.echoes_sender());
     let n = args.connections as u64;
     let mut second = tokio::time::interval(Duration::from_secs(1));
     second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -625,7 +680,12 @@ async fn drive(
     };
 
     // 4. Count what is missing, close, collect.
-    let max_seq = agg.total().max_seq_per_room;
+    let total = agg.total();
+    let max_seq = if args.protocol.is_peer() {
+        total.max_n_per_sender
+    } else {
+        total.max_seq_per_room
+    };
     shards.send(Control::Finish { max_seq }).await;
     let collect_end = Instant::now() + Duration::from_secs(60);
     while agg.done.iter().any(Option::is_none) {

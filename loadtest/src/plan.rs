@@ -3,7 +3,7 @@
 //! and the messages between the parent and the shards (in-process or
 //! worker processes, as JSON lines).
 
-use crate::args::Scenario;
+use crate::args::{Protocol, Scenario};
 use crate::hist::Hist;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -14,6 +14,15 @@ use std::net::Ipv4Addr;
 pub struct Plan {
     pub run_id: String,
     pub scenario: Scenario,
+    /// Ours, or a peer's (then `rooms` is the one channel and `tokens`
+    /// is one empty token).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// pusher: app key and secret (private-channel signatures).
+    #[serde(default)]
+    pub pusher_key: String,
+    #[serde(default)]
+    pub pusher_secret: String,
     /// WebSocket URLs (`ws://host:port/ws`); connection i uses i mod len.
     pub ws_urls: Vec<String>,
     pub connections: usize,
@@ -97,8 +106,9 @@ pub enum Control {
     Go { at_us: u64 },
     /// Push every connection's buffered counts into the shard's totals.
     Flush,
-    /// Count what is missing against each room's highest acked seq, close
-    /// every connection and report.
+    /// Count what is missing against each room's highest acked seq (for
+    /// peers: each sender's highest published n), close every connection
+    /// and report.
     Finish { max_seq: Vec<i64> },
     /// Close everything and report, without counting losses.
     Abort,
@@ -146,6 +156,10 @@ pub struct Snapshot {
     pub reconnects: u64,
     pub acked_per_room: Vec<u64>,
     pub max_seq_per_room: Vec<i64>,
+    /// Peers: the highest n each sender published (acked, or sent when
+    /// the protocol has no ack).
+    #[serde(default)]
+    pub max_n_per_sender: Vec<i64>,
     pub latency: Hist,
     pub ack_latency: Hist,
 }

@@ -9,6 +9,9 @@ use std::fmt::Write as _;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
+    /// `chat`, or the peer's protocol (`--protocol`).
+    #[serde(default)]
+    pub protocol: String,
     pub run_id: String,
     pub urls: Vec<String>,
     pub processes: u64,
@@ -102,10 +105,15 @@ impl Report {
         };
         let _ = writeln!(
             w,
-            "loadtest {} (run {}) against {}",
+            "loadtest {} (run {}) against {}{}",
             self.scenario,
             self.run_id,
-            self.urls.join(", ")
+            self.urls.join(", "),
+            if self.protocol.is_empty() || self.protocol == "chat" {
+                String::new()
+            } else {
+                format!(" (--protocol {})", self.protocol)
+            }
         );
         let _ = writeln!(
             w,

@@ -7,6 +7,8 @@
 //! ids are 36-character UUIDs, so the fields are usually at fixed offsets:
 //! those are tried first, then a search, so another field order still
 //! works. `scan-bench` (a hidden subcommand) compares this with serde_json.
+//! Peers' frames are read the same way: [`bodies`] finds the message
+//! bodies wherever the protocol puts them.
 
 /// The frame types the checks look at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +123,11 @@ fn int_at(f: &[u8], i: usize) -> Option<(i64, usize)> {
 }
 
 fn uint_at(f: &[u8], i: usize) -> Option<u64> {
+    uint_end(f, i).map(|(n, _)| n)
+}
+
+/// The unsigned integer at `i` and the index just past its digits.
+pub fn uint_end(f: &[u8], i: usize) -> Option<(u64, usize)> {
     let mut n: u64 = 0;
     let mut j = i;
     while let Some(&b) = f.get(j) {
@@ -130,7 +137,49 @@ fn uint_at(f: &[u8], i: usize) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
         j += 1;
     }
-    (j > i).then_some(n)
+    (j > i).then_some((n, j))
+}
+
+/// A message body as a peer delivers it: `t=<unix µs>;s<sender>n<n>;`
+/// (the same body the chat scenarios send), wrapped in whatever the
+/// protocol puts around it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Body {
+    /// Send time, unix µs.
+    pub t: u64,
+    pub sender: u64,
+    pub n: u64,
+}
+
+/// Every body in `f` (a frame may carry several: gorilla's hub joins
+/// queued messages with newlines, Centrifuge sends replies line by line).
+/// A body starts at the frame's start, after a quote or after a newline.
+pub fn bodies(f: &[u8], mut each: impl FnMut(Body)) {
+    let mut from = 0;
+    while let Some(i) = find(f, b"t=", from) {
+        from = i + 2;
+        if i > 0 && !matches!(f[i - 1], b'"' | b'\n') {
+            continue;
+        }
+        if let Some((body, end)) = body_at(f, i + 2) {
+            each(body);
+            from = end;
+        }
+    }
+}
+
+/// `<t>;s<sender>n<n>;` at `i` (just past `t=`).
+fn body_at(f: &[u8], i: usize) -> Option<(Body, usize)> {
+    let (t, j) = uint_end(f, i)?;
+    if f.get(j..j + 2)? != b";s" {
+        return None;
+    }
+    let (sender, j) = uint_end(f, j + 2)?;
+    if f.get(j)? != &b'n' {
+        return None;
+    }
+    let (n, j) = uint_end(f, j + 1)?;
+    (f.get(j)? == &b';').then_some((Body { t, sender, n }, j + 1))
 }
 
 /// The first occurrence of `needle` in `hay` at or after `from`.
@@ -262,6 +311,24 @@ mod tests {
         let other = r#"{"type":"presence","room_id":"r","user_id":"u","online":true}"#;
         assert_eq!(kind(other.as_bytes()), Kind::Other);
         assert_eq!(kind(b"garbage"), Kind::Other);
+    }
+
+    #[test]
+    fn finds_every_peer_body_in_a_frame() {
+        let mut got = Vec::new();
+        let f = b"t=10;s1n2;xxx\nt=11;s0n3;xx\nt=oops;s1n4;";
+        bodies(f, |b| got.push((b.t, b.sender, b.n)));
+        assert_eq!(got, vec![(10, 1, 2), (11, 0, 3)]);
+        got.clear();
+        let f = br#"42["m","t=1700000000000001;s4n17;xxxx"]"#;
+        bodies(f, |b| got.push((b.t, b.sender, b.n)));
+        assert_eq!(got, vec![(1_700_000_000_000_001, 4, 17)]);
+        got.clear();
+        // Not at a field's start, or cut short: no body.
+        bodies(br#"{"a":"lat=1;s1n1;","b":"t=5;s1n"}"#, |b| {
+            got.push((b.t, b.sender, b.n))
+        });
+        assert!(got.is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! no shared write per delivery.
 
 use crate::hist::Hist;
+use crate::peers::{Got, Peer, PerSender};
 use crate::plan::{Control, Event, Ready, ShardResult, ShardSpec, Snapshot};
 use crate::scan::{self, Kind, Ref};
 use crate::ws::{Frame, WsConn};
@@ -82,6 +83,8 @@ struct Stats {
     lost: AtomicU64,
     acked_per_room: Vec<AtomicU64>,
     max_seq_per_room: Vec<AtomicI64>,
+    /// Peers: per sender, the highest n published.
+    max_n_per_sender: Vec<AtomicI64>,
     latency: Mutex<Hist>,
     ack_latency: Mutex<Hist>,
     recovery: Mutex<Hist>,
@@ -92,7 +95,8 @@ struct Stats {
 }
 
 impl Stats {
-    fn new(rooms: usize) -> Self {
+    /// `senders`: the peer senders whose highest n is tracked (0 for chat).
+    fn new(rooms: usize, senders: usize) -> Self {
         Stats {
             open: AtomicU64::new(0),
             subscribed: AtomicU64::new(0),
@@ -110,6 +114,7 @@ impl Stats {
             lost: AtomicU64::new(0),
             acked_per_room: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
             max_seq_per_room: (0..rooms).map(|_| AtomicI64::new(0)).collect(),
+            max_n_per_sender: (0..senders).map(|_| AtomicI64::new(0)).collect(),
             latency: Mutex::new(Hist::new()),
             ack_latency: Mutex::new(Hist::new()),
             recovery: Mutex::new(Hist::new()),
@@ -142,6 +147,11 @@ impl Stats {
                 .collect(),
             max_seq_per_room: self
                 .max_seq_per_room
+                .iter()
+                .map(|a| a.load(Relaxed))
+                .collect(),
+            max_n_per_sender: self
+                .max_n_per_sender
                 .iter()
                 .map(|a| a.load(Relaxed))
                 .collect(),
@@ -258,16 +268,89 @@ enum End {
     Failed,
 }
 
+/// What one number of a checked sequence turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// The next one.
+    InOrder,
+    /// New, but after a gap or filling one late.
+    OutOfOrder,
+    /// Seen before (or from before the start).
+    Duplicate,
+}
+
+/// One sequence checked for loss, duplicates and order: a room's seqs
+/// on one connection, or one peer sender's message numbers.
+#[derive(Clone, Debug)]
+pub struct SeqCheck {
+    /// The last number before this check started (the room's last seq
+    /// at subscribe time; 0 for a peer sender).
+    base: i64,
+    /// The next number expected.
+    expected: i64,
+    /// Numbers skipped over (inclusive ranges) that may still come late.
+    gaps: Vec<(i64, i64)>,
+}
+
+impl SeqCheck {
+    /// Expects `base + 1` next.
+    pub fn after(base: i64) -> Self {
+        SeqCheck {
+            base,
+            expected: base + 1,
+            gaps: Vec::new(),
+        }
+    }
+
+    /// The last number seen in order (what a resume starts after).
+    pub fn last(&self) -> i64 {
+        self.expected - 1
+    }
+
+    pub fn see(&mut self, seq: i64) -> Seen {
+        if seq == self.expected {
+            self.expected += 1;
+            Seen::InOrder
+        } else if seq > self.expected {
+            self.gaps.push((self.expected, seq - 1));
+            self.expected = seq + 1;
+            Seen::OutOfOrder
+        } else if seq <= self.base {
+            Seen::Duplicate
+        } else if let Some(i) = self.gaps.iter().position(|&(a, b)| a <= seq && seq <= b) {
+            // A late arrival fills a gap: delivered, but out of order.
+            let (a, b) = self.gaps[i];
+            self.gaps.remove(i);
+            if a < seq {
+                self.gaps.push((a, seq - 1));
+            }
+            if seq < b {
+                self.gaps.push((seq + 1, b));
+            }
+            Seen::OutOfOrder
+        } else {
+            Seen::Duplicate
+        }
+    }
+
+    /// Numbers up to `max` (the highest acked) that never arrived.
+    pub fn lost(&self, max: i64) -> u64 {
+        let mut lost = (max - (self.expected - 1)).max(0) as u64;
+        for &(a, b) in &self.gaps {
+            let hi = b.min(max);
+            if hi >= a {
+                lost += (hi - a + 1) as u64;
+            }
+        }
+        lost
+    }
+}
+
 /// One connection: its checks and its buffered counts.
 struct Conn {
     idx: usize,
     room: usize,
-    /// The room's last seq when this connection subscribed.
-    base: i64,
-    /// The next seq this connection should see.
-    expected: i64,
-    /// Seqs skipped over (inclusive ranges) that may still come late.
-    gaps: Vec<(i64, i64)>,
+    seq: SeqCheck,
     sub: Option<SubWait>,
     subscribed: bool,
     delivered: u64,
@@ -297,8 +380,9 @@ impl Conn {
     }
 
     /// The next `send` frame: ref n, client_msg_id `<run>-<sender>-<n>`,
-    /// body `t=<unix µs>;s<sender>n<n>;` padded to --body-bytes.
-    fn next_send(&mut self, ctx: &Ctx) -> Option<(u64, String)> {
+    /// body `t=<unix µs>;s<sender>n<n>;` padded to --body-bytes. A peer
+    /// gets the same body in its protocol's publish frame.
+    fn next_send(&mut self, ctx: &Ctx, peer: Option<&Peer>) -> Option<(u64, String)> {
         let s = self.sender.as_mut()?;
         s.n += 1;
         let n = s.n;
@@ -306,39 +390,47 @@ impl Conn {
         if body.len() < ctx.plan.body_bytes {
             body.extend(std::iter::repeat_n('x', ctx.plan.body_bytes - body.len()));
         }
-        let frame = format!(
-            r#"{{"type":"send","ref":{n},"room_id":"{}","client_msg_id":"{}-{}-{n}","body":"{body}"}}"#,
-            ctx.plan.rooms[self.room], ctx.plan.run_id, s.s
-        );
-        s.pending.insert(n, (Instant::now(), frame.clone()));
+        let frame = match peer {
+            Some(p) => p.publish(n, &body),
+            None => format!(
+                r#"{{"type":"send","ref":{n},"room_id":"{}","client_msg_id":"{}-{}-{n}","body":"{body}"}}"#,
+                ctx.plan.rooms[self.room], ctx.plan.run_id, s.s
+            ),
+        };
+        if ctx.plan.protocol.acks() {
+            s.pending.insert(n, (Instant::now(), frame.clone()));
+        }
         Some((n, frame))
     }
 
     fn on_seq(&mut self, seq: i64) {
-        if seq == self.expected {
-            self.expected += 1;
-            self.delivered += 1;
-        } else if seq > self.expected {
-            self.gaps.push((self.expected, seq - 1));
-            self.expected = seq + 1;
-            self.delivered += 1;
-            self.out_of_order += 1;
-        } else if seq <= self.base {
-            self.duplicated += 1;
-        } else if let Some(i) = self.gaps.iter().position(|&(a, b)| a <= seq && seq <= b) {
-            // A late arrival fills a gap: delivered, but out of order.
-            let (a, b) = self.gaps[i];
-            self.gaps.remove(i);
-            if a < seq {
-                self.gaps.push((a, seq - 1));
+        let seen = self.seq.see(seq);
+        self.count(seen);
+    }
+
+    /// Counts one delivery's outcome.
+    fn count(&mut self, seen: Seen) {
+        match seen {
+            Seen::InOrder => self.delivered += 1,
+            Seen::OutOfOrder => {
+                self.delivered += 1;
+                self.out_of_order += 1;
             }
-            if seq < b {
-                self.gaps.push((seq + 1, b));
-            }
-            self.delivered += 1;
-            self.out_of_order += 1;
-        } else {
-            self.duplicated += 1;
+            Seen::Duplicate => self.duplicated += 1,
+        }
+    }
+
+    /// Keeps a delivery's latency (µs, when known), flushing the counts
+    /// when due.
+    fn after_delivery(&mut self, ctx: &Ctx, latency_us: Option<u64>, now: u64) {
+        if let Some(us) = latency_us {
+            self.lat.push(us);
+        }
+        if self.lat.len() >= FLUSH_EVERY
+            || self.delivered >= FLUSH_EVERY as u64
+            || now.saturating_sub(self.last_flush_us) >= FLUSH_US
+        {
+            self.flush(ctx, now);
         }
     }
 
@@ -349,15 +441,7 @@ impl Conn {
             Kind::Message => {
                 if let Some((seq, t)) = scan::message(f) {
                     self.on_seq(seq);
-                    if let Some(t) = t {
-                        self.lat.push(now.saturating_sub(t));
-                    }
-                    if self.lat.len() >= FLUSH_EVERY
-                        || self.delivered >= FLUSH_EVERY as u64
-                        || now.saturating_sub(self.last_flush_us) >= FLUSH_US
-                    {
-                        self.flush(ctx, now);
-                    }
+                    self.after_delivery(ctx, t.map(|t| now.saturating_sub(t)), now);
                 }
             }
             Kind::Ack => self.on_ack(ctx, f),
@@ -375,11 +459,12 @@ impl Conn {
                         );
                     }
                     Some(Ref::Num(n)) => {
-                        if let Some(s) = self.sender.as_mut() {
-                            if s.pending.remove(&n).is_some() {
-                                ctx.stats.send_errors.fetch_add(1, Relaxed);
-                                bump(&ctx.stats.send_error_codes, code.to_string());
-                            }
+                        if self
+                            .sender
+                            .as_ref()
+                            .is_some_and(|s| s.pending.contains_key(&n))
+                        {
+                            self.refused(ctx, n, code);
                         }
                     }
                     _ => bump(
@@ -397,34 +482,98 @@ impl Conn {
         let Some(Ref::Num(n)) = scan::reference(f) else {
             return;
         };
-        let Some(s) = self.sender.as_mut() else {
+        if !self.acked(ctx, n) {
             return;
-        };
-        // A resend after a reconnect is acked again: count the first ack.
-        let Some((sent_at, _)) = s.pending.remove(&n) else {
-            return;
-        };
-        let us = sent_at.elapsed().as_micros() as u64;
-        if let Ok(mut h) = ctx.stats.ack_latency.lock() {
-            h.record(us);
         }
-        ctx.stats.acked.fetch_add(1, Relaxed);
-        ctx.stats.acked_per_room[self.room].fetch_add(1, Relaxed);
         if let Some((seq, _)) = scan::int_after(f, b"\"seq\":") {
             ctx.stats.max_seq_per_room[self.room].fetch_max(seq, Relaxed);
         }
     }
 
+    /// Message n was acked: its ack latency and the counts. `false` when
+    /// it was not pending (a resend after a reconnect is acked again:
+    /// the first ack counts).
+    fn acked(&mut self, ctx: &Ctx, n: u64) -> bool {
+        let Some(s) = self.sender.as_mut() else {
+            return false;
+        };
+        let Some((sent_at, _)) = s.pending.remove(&n) else {
+            return false;
+        };
+        let us = sent_at.elapsed().as_micros() as u64;
+        if let Ok(mut h) = ctx.stats.ack_latency.lock() {
+            h.record(us);
+        }
+        self.published(ctx, n);
+        true
+    }
+
+    /// Message n counts as published (acked, or written when the peer's
+    /// protocol has no ack).
+    fn published(&mut self, ctx: &Ctx, n: u64) {
+        ctx.stats.acked.fetch_add(1, Relaxed);
+        ctx.stats.acked_per_room[self.room].fetch_add(1, Relaxed);
+        if let Some(s) = &self.sender {
+            if let Some(max) = ctx.stats.max_n_per_sender.get(s.s) {
+                max.fetch_max(n as i64, Relaxed);
+            }
+        }
+    }
+
+    /// The server refused message n: a send error with its reason.
+    fn refused(&mut self, ctx: &Ctx, n: u64, code: &str) {
+        let was_pending = self
+            .sender
+            .as_mut()
+            .is_some_and(|s| s.pending.remove(&n).is_some());
+        if was_pending {
+            ctx.stats.send_errors.fetch_add(1, Relaxed);
+            bump(&ctx.stats.send_error_codes, code.to_string());
+        } else {
+            bump(
+                &ctx.stats.send_error_codes,
+                format!("unsolicited error: {code}"),
+            );
+        }
+    }
+
+    /// Handles a peer's text frame; `Err` ends the connection (refused
+    /// before it was subscribed).
+    fn on_peer_frame(
+        &mut self,
+        ctx: &Ctx,
+        peer: &mut PeerConn,
+        f: &[u8],
+        now: u64,
+    ) -> Result<(), String> {
+        let PeerConn { proto, from } = peer;
+        let mut refused = None;
+        proto.on_frame(f, |got| match got {
+            Got::Body(b) => {
+                if let Some(seen) = from.see(b.sender, b.n) {
+                    self.count(seen);
+                    self.after_delivery(ctx, Some(now.saturating_sub(b.t)), now);
+                }
+            }
+            Got::Subscribed => {
+                if self.sub == Some(SubWait::Initial) {
+                    self.subscribed_after(ctx, 0);
+                }
+            }
+            Got::Ack(n) => {
+                self.acked(ctx, n);
+            }
+            Got::SendRefused(n, why) => self.refused(ctx, n, &why),
+            Got::Refused(why) if !self.subscribed => refused = Some(why),
+            Got::Refused(why) => bump(&ctx.stats.closes, why),
+        });
+        refused.map_or(Ok(()), Err)
+    }
+
     fn on_subscribed(&mut self, ctx: &Ctx, f: &[u8]) {
         let last = scan::int_after(f, b"\"last_seq\":").map_or(0, |x| x.0);
         match self.sub.take() {
-            Some(SubWait::Initial) => {
-                self.base = last;
-                self.expected = last + 1;
-                self.subscribed = true;
-                ctx.stats.subscribed.fetch_add(1, Relaxed);
-                ctx.stats.subs_per_room[self.room].fetch_add(1, Relaxed);
-            }
+            Some(SubWait::Initial) => self.subscribed_after(ctx, last),
             Some(SubWait::Resume) => {
                 if let Some(t) = self.dropped_at.take() {
                     if let Ok(mut h) = ctx.stats.recovery.lock() {
@@ -434,6 +583,15 @@ impl Conn {
             }
             None => {}
         }
+    }
+
+    /// The initial subscribe succeeded; the room was at seq `last`.
+    fn subscribed_after(&mut self, ctx: &Ctx, last: i64) {
+        self.sub = None;
+        self.seq = SeqCheck::after(last);
+        self.subscribed = true;
+        ctx.stats.subscribed.fetch_add(1, Relaxed);
+        ctx.stats.subs_per_room[self.room].fetch_add(1, Relaxed);
     }
 
     fn flush(&mut self, ctx: &Ctx, now: u64) {
@@ -469,15 +627,14 @@ impl Conn {
 
     /// Seqs up to the room's highest acked one that never arrived.
     fn lost(&self, max_seq: i64) -> u64 {
-        let mut lost = (max_seq - (self.expected - 1)).max(0) as u64;
-        for &(a, b) in &self.gaps {
-            let hi = b.min(max_seq);
-            if hi >= a {
-                lost += (hi - a + 1) as u64;
-            }
-        }
-        lost
+        self.seq.lost(max_seq)
     }
+}
+
+/// A peer connection's protocol state and its per-sender checks.
+struct PeerConn {
+    proto: Peer,
+    from: PerSender,
 }
 
 /// The state of one connection's task.
@@ -485,6 +642,8 @@ struct Task {
     ctx: Arc<Ctx>,
     ctl: watch::Receiver<Ctl>,
     c: Conn,
+    /// Set when the server is a peer (`--protocol`).
+    peer: Option<PeerConn>,
     ws: Option<Ws>,
     seen_go: bool,
     seen_flush: u64,
@@ -536,9 +695,7 @@ impl Task {
         let c = Conn {
             idx,
             room: plan.room_of(idx),
-            base: 0,
-            expected: 1,
-            gaps: Vec::new(),
+            seq: SeqCheck::after(0),
             sub: None,
             subscribed: false,
             delivered: 0,
@@ -551,11 +708,21 @@ impl Task {
             sender,
             dropped_at: None,
         };
+        let proto = plan.protocol;
+        let peer = proto.is_peer().then(|| PeerConn {
+            proto: Peer::new(proto, &plan.rooms[0], &plan.pusher_key, &plan.pusher_secret),
+            // No echo: a sender expects none of its own messages.
+            from: PerSender::new(
+                plan.senders,
+                (!proto.echoes_sender() && plan.is_sender(idx)).then_some(idx),
+            ),
+        });
         let ctl = ctx.ctl.clone();
         Task {
             ctx,
             ctl,
             c,
+            peer,
             ws: None,
             seen_go: false,
             seen_flush: 0,
@@ -616,14 +783,26 @@ impl Task {
             }
         }
         self.ctx.stats.open.fetch_add(1, Relaxed);
-        let frame = self.c.subscribe_frame(&self.ctx, None);
+        self.c.sub = Some(SubWait::Initial);
+        let opening = match self.peer.as_mut() {
+            Some(p) => {
+                let (frames, subscribed) = p.proto.open();
+                if subscribed {
+                    self.c.subscribed_after(&self.ctx, 0);
+                }
+                frames
+            }
+            None => vec![self.c.subscribe_frame(&self.ctx, None)],
+        };
         if let Some(ws) = self.ws.as_mut() {
-            if ws.send_text(&frame).await.is_err() {
+            for frame in &opening {
+                ws.queue_text(frame);
+            }
+            if ws.flush().await.is_err() {
                 self.fail("connection closed before subscribe".into());
                 return;
             }
         }
-        self.c.sub = Some(SubWait::Initial);
         self.sub_deadline = Some(Instant::now() + self.ctx.connect_timeout);
 
         let end = loop {
@@ -671,10 +850,14 @@ impl Task {
                 () = tick_opt(&mut self.tick) => {
                     if self.send_end.is_some_and(|e| Instant::now() >= e) {
                         self.tick = None;
-                    } else if let Some((_, frame)) = self.c.next_send(&self.ctx) {
+                    } else if let Some((n, frame)) =
+                        self.c.next_send(&self.ctx, self.peer.as_ref().map(|p| &p.proto))
+                    {
                         self.ctx.stats.sent.fetch_add(1, Relaxed);
                         if sock.send_text(&frame).await.is_err() {
                             self.closed(1006);
+                        } else if !self.ctx.plan.protocol.acks() {
+                            self.c.published(&self.ctx, n);
                         }
                     }
                 }
@@ -691,7 +874,11 @@ impl Task {
                         match sock.next_frame() {
                             Ok(Some(Frame::Text(t))) => {
                                 self.c.frames += 1;
-                                if let Err(e) = self.c.on_frame(&self.ctx, t, now) {
+                                let r = match self.peer.as_mut() {
+                                    Some(p) => self.c.on_peer_frame(&self.ctx, p, t, now),
+                                    None => self.c.on_frame(&self.ctx, t, now),
+                                };
+                                if let Err(e) = r {
                                     self.fail(e);
                                     break;
                                 }
@@ -713,8 +900,14 @@ impl Task {
                             break End::Failed;
                         }
                         self.closed(code);
-                    } else if let (Some(p), Some(ws)) = (pong, self.ws.as_mut()) {
-                        ws.queue_pong(&p);
+                    } else if let Some(ws) = self.ws.as_mut() {
+                        // Pongs, and what a peer's protocol answers.
+                        if let Some(p) = pong {
+                            ws.queue_pong(&p);
+                        }
+                        for f in self.peer.iter_mut().flat_map(|p| p.proto.outbox.drain(..)) {
+                            ws.queue_text(&f);
+                        }
                         if ws.flush().await.is_err() {
                             self.closed(1006);
                         }
@@ -727,7 +920,11 @@ impl Task {
         if let End::Finish = end {
             let max = self.ctl.borrow().finish.clone();
             if let (Some(max), true) = (max, self.c.subscribed) {
-                let lost = self.c.lost(max.get(self.c.room).copied().unwrap_or(0));
+                let lost = match &self.peer {
+                    // Per sender, against its highest published n.
+                    Some(p) => p.from.lost(&max),
+                    None => self.c.lost(max.get(self.c.room).copied().unwrap_or(0)),
+                };
                 self.ctx.stats.lost.fetch_add(lost, Relaxed);
             }
         }
@@ -749,7 +946,14 @@ impl Task {
     /// Connects again and resumes with `since_seq` (the last seq seen),
     /// then resends what was sent and not acked (same client_msg_id: the
     /// server acks it with the original seq). `None`: the run is ending.
+    ///
+    /// A peer has no resume: its connection stays closed (what it misses
+    /// counts as lost) until the run ends.
     async fn reconnect(&mut self) -> Option<Ws> {
+        if self.peer.is_some() {
+            wait_end(&mut self.ctl).await;
+            return None;
+        }
         let mut backoff = Duration::from_millis(50);
         loop {
             if Instant::now() >= self.ctx.deadline {
@@ -767,7 +971,7 @@ impl Task {
             };
             let err = match attempt {
                 Ok(mut ws) => {
-                    let frame = self.c.subscribe_frame(&self.ctx, Some(self.c.expected - 1));
+                    let frame = self.c.subscribe_frame(&self.ctx, Some(self.c.seq.last()));
                     ws.queue_text(&frame);
                     if let Some(s) = &self.c.sender {
                         let mut resend: Vec<_> = s.pending.iter().collect();
@@ -853,7 +1057,14 @@ async fn run_inner(
     let deadline = instant_at(plan.deadline_us);
     let (ctl_tx, ctl_rx) = watch::channel(Ctl::default());
     let ctx = Arc::new(Ctx {
-        stats: Stats::new(plan.rooms.len()),
+        stats: Stats::new(
+            plan.rooms.len(),
+            if plan.protocol.is_peer() {
+                plan.senders
+            } else {
+                0
+            },
+        ),
         ctl: ctl_rx,
         sem: Semaphore::new(plan.connect_concurrency.max(1)),
         targets,
@@ -958,9 +1169,7 @@ mod tests {
         Conn {
             idx: 0,
             room: 0,
-            base: 10,
-            expected: 11,
-            gaps: Vec::new(),
+            seq: SeqCheck::after(10),
             sub: None,
             subscribed: true,
             delivered: 0,

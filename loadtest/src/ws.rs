@@ -52,6 +52,10 @@ pub struct WsConn {
     frag_done: bool,
     wbuf: Vec<u8>,
     rng: u64,
+    /// Bytes that came with the handshake's response (a server that
+    /// speaks first, like Engine.IO's open packet): the first `read`
+    /// hands them out without reading.
+    early: bool,
 }
 
 /// A frame header.
@@ -120,7 +124,7 @@ fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
 
 impl WsConn {
     /// Upgrades `stream` to a WebSocket at `path` on `host` with header
-    /// auth. An error is a short reason (e.g. `handshake: HTTP 401`).
+    /// auth (none when `token` is empty). An error is a short reason (e.g. `handshake: HTTP 401`).
     pub async fn handshake(
         mut stream: TcpStream,
         host: &str,
@@ -129,9 +133,15 @@ impl WsConn {
         read_size: usize,
     ) -> Result<WsConn, String> {
         let key = generate_key();
+        // Peers take no token.
+        let auth = if token.is_empty() {
+            String::new()
+        } else {
+            format!("Authorization: Bearer {token}\r\n")
+        };
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
         );
         stream
             .write_all(req.as_bytes())
@@ -174,6 +184,7 @@ impl WsConn {
             return Err("handshake: bad Sec-WebSocket-Accept".into());
         }
         rbuf.advance(end);
+        let early = !rbuf.is_empty();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
@@ -190,11 +201,15 @@ impl WsConn {
             frag_done: false,
             wbuf: Vec::new(),
             rng: seed | 1,
+            early,
         })
     }
 
     /// Reads what the socket has (cancel safe). `Ok(0)`: the server closed.
     pub async fn read(&mut self) -> io::Result<usize> {
+        if std::mem::take(&mut self.early) {
+            return Ok(self.rbuf.len());
+        }
         self.drop_consumed();
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 4 {
             // Moves the unread tail to the front when it can, else grows.
