@@ -15,7 +15,7 @@ use crate::wire::{EventView, ServerFrame};
 use chat_bus::{Bus, Subjects};
 use chat_core::{ApiError, RoomId, Seq};
 use chat_proto::v1 as pb;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -208,28 +208,17 @@ impl Hubs {
                             break;
                         };
                         let Some(hub) = weak.upgrade() else { break };
-                        match decode(&payload) {
-                            Some(pb::bus_event::Kind::RoomEvent(e)) => {
-                                if let Some(l) = last {
-                                    if e.seq <= l {
-                                        continue;
-                                    }
-                                    if e.seq > l + 1 {
-                                        tracing::info!(room_id = %room, after_seq = l, seq = e.seq, "gap on the bus; backfilling");
-                                        hub.metrics.backfills.inc();
-                                        let reached = hub.backfill(&backfill, l, Some(e.seq - 1), &mut batch).await;
-                                        if reached < e.seq - 1 {
-                                            // Could not fill it: let each connection's
-                                            // cursor find the gap and backfill itself.
-                                            tracing::warn!(room_id = %room, "hub backfill incomplete");
-                                        }
-                                    }
+                        hub.take_in(&payload, &mut last, &mut batch, &backfill).await;
+                        // Whatever else arrived meanwhile (a busy room's
+                        // events pile up while a hand-off is written) joins
+                        // this batch: the batch grows with the load.
+                        while batch.pending.len() < BATCH_MAX {
+                            match sub.next().now_or_never() {
+                                Some(Some(payload)) => {
+                                    hub.take_in(&payload, &mut last, &mut batch, &backfill).await;
                                 }
-                                last = Some(e.seq);
-                                hub.push_event(&e, &mut batch);
+                                _ => break,
                             }
-                            Some(other) => hub.push_notice(other, &mut batch),
-                            None => {}
                         }
                         if batch.flush_now() {
                             hub.flush(&mut batch);
@@ -378,6 +367,40 @@ impl Hub {
             if !page.has_more || last == before {
                 return last;
             }
+        }
+    }
+
+    /// One bus payload into the batch: a room event in seq order (a gap
+    /// first backfilled from the log, a duplicate dropped) or a notice.
+    async fn take_in(
+        &self,
+        payload: &[u8],
+        last: &mut Option<Seq>,
+        batch: &mut Batcher,
+        backfill: &Backfill,
+    ) {
+        match decode(payload) {
+            Some(pb::bus_event::Kind::RoomEvent(e)) => {
+                if let Some(l) = *last {
+                    if e.seq <= l {
+                        return;
+                    }
+                    if e.seq > l + 1 {
+                        tracing::info!(room_id = %self.room, after_seq = l, seq = e.seq, "gap on the bus; backfilling");
+                        self.metrics.backfills.inc();
+                        let reached = self.backfill(backfill, l, Some(e.seq - 1), batch).await;
+                        if reached < e.seq - 1 {
+                            // Could not fill it: let each connection's
+                            // cursor find the gap and backfill itself.
+                            tracing::warn!(room_id = %self.room, "hub backfill incomplete");
+                        }
+                    }
+                }
+                *last = Some(e.seq);
+                self.push_event(&e, batch);
+            }
+            Some(other) => self.push_notice(other, batch),
+            None => {}
         }
     }
 

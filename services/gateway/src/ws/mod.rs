@@ -557,8 +557,7 @@ impl Conn {
                     last_seq: last,
                     r#ref: None,
                 });
-                self.go_live(&[room], frame)?;
-                self.catch_up(room, None).await
+                self.go_live(&[room], frame)
             }
             Err(e) => {
                 tracing::debug!(error = %e, room_id = %room, "cannot follow a joined room");
@@ -666,18 +665,27 @@ impl Conn {
         }
     }
 
-    /// Subscribes to a room: access check, hub registration, then the
+    /// Subscribes to a room: hub registration, access check, then the
     /// events after `since` (if given). Returns the last seq delivered, for
     /// the `subscribed` frame. Live events queue up meanwhile and are
     /// de-duplicated against the cursor.
     ///
-    /// Without `since`, events committed between reading the room and the
-    /// hub going live are *live* events: they must follow `subscribed`, so
-    /// the caller sends it and then calls [`Self::catch_up_live`].
+    /// The hub is live *before* the room's `last_seq` is read: an event
+    /// committed after that read is published after it too, so the hub
+    /// gets it; one committed before is at or below `last_seq`. So a
+    /// live-only subscribe needs no read of the log.
     async fn subscribe(&mut self, room: RoomId, since: Option<Seq>) -> Result<Seq, ApiError> {
         if let Some(s) = since {
             chat_core::validate::seq("since_seq", s)?;
         }
+        // Until `subscribed` is written the room is not live: its hub hands
+        // events to this task, which delivers them after it.
+        let pending = Cursor {
+            seq: 0,
+            live: false,
+        };
+        self.io.out.lock().set_cursor(room, pending);
+        let guard = self.hubs().subscribe(room, self.shared.clone()).await;
         let r = self
             .room_call(
                 pb::GetRoomRequest {
@@ -685,15 +693,24 @@ impl Conn {
                 },
                 |mut c, r| async move { c.get_room(r).await },
             )
-            .await?
-            .into_inner();
-        if r.my_role.is_empty() {
-            return Err(ApiError::forbidden("not a member of this room"));
-        }
-        let last = r.room.map(|r| r.last_seq).unwrap_or(0);
+            .await
+            .map_err(ApiError::from)
+            .and_then(|r| {
+                let r = r.into_inner();
+                if r.my_role.is_empty() {
+                    Err(ApiError::forbidden("not a member of this room"))
+                } else {
+                    Ok(r.room.map(|r| r.last_seq).unwrap_or(0))
+                }
+            });
+        let last = match r {
+            Ok(last) => last,
+            Err(e) => {
+                self.io.out.lock().remove_room(room);
+                return Err(e);
+            }
+        };
         let cursor = since.map_or(last, |s| s.min(last));
-        // Not live yet: until `subscribed` is written, the hub hands this
-        // room's events to the task, which delivers them after it.
         self.io.out.lock().set_cursor(
             room,
             Cursor {
@@ -701,8 +718,6 @@ impl Conn {
                 live: false,
             },
         );
-        let hubs = self.hubs();
-        let guard = hubs.subscribe(room, self.shared.clone()).await;
         self.rooms.insert(room, RoomSub { _guard: guard });
         if since.is_some() {
             // The events the client missed, before `subscribed`.
@@ -711,12 +726,6 @@ impl Conn {
                 .map_err(|_| ApiError::unavailable("cannot read the room's history; retry"))?;
         }
         Ok(self.cursor(room).unwrap_or(last))
-    }
-
-    /// After `subscribed` of a live-only subscribe: delivers what was
-    /// committed while the hub subscription was being set up.
-    async fn catch_up_live(&mut self, room: RoomId) -> Result<(), Handled> {
-        self.catch_up(room, None).await.map_err(Handled::Close)
     }
 
     fn hubs(&self) -> Arc<hub::Hubs> {
@@ -819,9 +828,6 @@ impl Conn {
                     r#ref: r,
                 });
                 self.go_live(&[room], subscribed).map_err(Handled::Close)?;
-                if since_seq.is_none() {
-                    self.catch_up_live(room).await?;
-                }
                 Ok(None)
             }
             ClientFrame::SubscribeAll { since } => {
@@ -830,7 +836,6 @@ impl Conn {
                     since_rooms.insert(RoomId::parse(&k)?, chat_core::validate::seq("since", v)?);
                 }
                 let mut rooms = BTreeMap::new();
-                let mut live_only = Vec::new();
                 let mut cursor = String::new();
                 loop {
                     let page = self
@@ -859,9 +864,6 @@ impl Conn {
                         if !self.rooms.contains_key(&id) {
                             let since = since_rooms.get(&id).copied();
                             let last = self.subscribe(id, since).await?;
-                            if since.is_none() {
-                                live_only.push(id);
-                            }
                             rooms.insert(room.id.clone(), last);
                         } else if let Some(c) = self.cursor(id) {
                             rooms.insert(room.id.clone(), c);
@@ -879,9 +881,6 @@ impl Conn {
                 });
                 let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
                 self.go_live(&ids, frame).map_err(Handled::Close)?;
-                for id in live_only {
-                    self.catch_up_live(id).await?;
-                }
                 Ok(None)
             }
             ClientFrame::Unsubscribe { room_id } => {
