@@ -3,6 +3,7 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 pub struct Metrics {
@@ -19,6 +20,10 @@ pub struct Metrics {
     pub backfills: Counter,
     /// Connections closed with 4009 because they fell behind.
     pub slow_closes: Counter,
+    /// Seconds a hub took to hand one batch to its local connections.
+    pub handoff_seconds: Histogram,
+    /// Frames in one hand-off.
+    pub handoff_frames: Histogram,
 }
 
 impl Default for Metrics {
@@ -31,6 +36,10 @@ impl Default for Metrics {
             frames_in: Counter::default(),
             backfills: Counter::default(),
             slow_closes: Counter::default(),
+            // 100 µs .. ~3.3 s
+            handoff_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 1 .. 256
+            handoff_frames: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             registry: Registry::default(),
         };
         registry.register(
@@ -62,6 +71,16 @@ impl Default for Metrics {
             "slow_closes",
             "Connections closed with 4009 for falling behind",
             m.slow_closes.clone(),
+        );
+        registry.register(
+            "handoff_seconds",
+            "Time a room hub took to hand one batch to its local connections",
+            m.handoff_seconds.clone(),
+        );
+        registry.register(
+            "handoff_frames",
+            "Frames in one room hub hand-off",
+            m.handoff_frames.clone(),
         );
         Self { registry, ..m }
     }

@@ -18,7 +18,7 @@ use chat_proto::v1 as pb;
 use futures_util::{FutureExt, StreamExt};
 use prost::Message as _;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
@@ -45,7 +45,7 @@ pub struct Backfill {
 struct Hub {
     room: RoomId,
     metrics: Arc<Metrics>,
-    subscribers: RwLock<HashMap<u64, Arc<ConnShared>>>,
+    subscribers: Mutex<Subscribers>,
     stop: CancellationToken,
     /// Resolved once the bus subscription is in place.
     ready: tokio::sync::watch::Receiver<bool>,
@@ -61,11 +61,8 @@ pub struct HubGuard {
 impl Drop for HubGuard {
     fn drop(&mut self) {
         let empty = {
-            let mut subs = match self.hub.subscribers.write() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            subs.remove(&self.conn);
+            let mut subs = self.hub.subs();
+            subs.remove(self.conn);
             subs.is_empty()
         };
         if empty {
@@ -108,9 +105,7 @@ impl Hubs {
                 .entry(room)
                 .or_insert_with(|| self.start(room))
                 .clone();
-            if let Ok(mut subs) = hub.subscribers.write() {
-                subs.insert(conn.id, conn.clone());
-            }
+            hub.subs().insert(conn.clone());
             hub
         };
         let mut ready = hub.ready.clone();
@@ -127,7 +122,7 @@ impl Hubs {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let empty = hub.subscribers.read().map(|s| s.is_empty()).unwrap_or(true);
+        let empty = hub.subs().is_empty();
         if empty {
             if let Some(current) = rooms.get(&hub.room) {
                 if Arc::ptr_eq(current, hub) {
@@ -154,7 +149,7 @@ impl Hubs {
         let hub = Arc::new(Hub {
             room,
             metrics: self.metrics.clone(),
-            subscribers: RwLock::new(HashMap::new()),
+            subscribers: Mutex::new(Subscribers::default()),
             stop: CancellationToken::new(),
             ready: ready_rx,
         });
@@ -190,7 +185,7 @@ impl Hubs {
                     () = stop.cancelled() => break,
                     () = sleep_until(due), if due.is_some() => {
                         let Some(hub) = weak.upgrade() else { break };
-                        hub.flush(&mut batch);
+                        hub.flush(&mut batch).await;
                     }
                     changed = reconnects.changed() => {
                         if changed.is_err() { continue; }
@@ -198,7 +193,7 @@ impl Hubs {
                         if let Some(l) = last {
                             tracing::info!(room_id = %room, after_seq = l, "bus reconnected; re-reading the log");
                             last = Some(hub.backfill(&backfill, l, None, &mut batch).await);
-                            hub.flush(&mut batch);
+                            hub.flush(&mut batch).await;
                         }
                     }
                     next = sub.next() => {
@@ -221,7 +216,7 @@ impl Hubs {
                             }
                         }
                         if batch.flush_now() {
-                            hub.flush(&mut batch);
+                            hub.flush(&mut batch).await;
                         }
                     }
                 }
@@ -404,12 +399,15 @@ impl Hub {
         }
     }
 
-    fn any_caller(&self) -> Option<chat_auth::Caller> {
-        let subs = match self.subscribers.read() {
+    fn subs(&self) -> std::sync::MutexGuard<'_, Subscribers> {
+        match self.subscribers.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
-        };
-        subs.values().next().map(|c| c.caller)
+        }
+    }
+
+    fn any_caller(&self) -> Option<chat_auth::Caller> {
+        self.subs().map.values().next().map(|c| c.caller)
     }
 
     /// The event, encoded once for every connection.
@@ -459,55 +457,47 @@ impl Hub {
     /// Whether this room has more local subscribers than live notices are
     /// worth.
     fn crowded(&self) -> bool {
-        let subs = match self.subscribers.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        subs.len() > CROWD
+        self.subs().map.len() > CROWD
     }
 
     /// Hands what the batch holds to every subscriber.
-    fn flush(&self, batch: &mut Batcher) {
+    async fn flush(&self, batch: &mut Batcher) {
         if let Some(b) = batch.take() {
             let started = Instant::now();
-            self.fan_out(Arc::new(b));
-            batch.handed_off_in(started.elapsed());
+            self.metrics.handoff_frames.observe(b.items.len() as f64);
+            self.fan_out(Arc::new(b)).await;
+            let took = started.elapsed();
+            self.metrics.handoff_seconds.observe(took.as_secs_f64());
+            batch.handed_off_in(took);
         }
     }
 
-    /// The same bytes to every subscriber: written straight to its socket
-    /// when its cursor is where the batch starts (one write, no wake-up),
-    /// otherwise queued for its task (subscribing, or a gap to backfill).
-    /// A connection too slow to take them is closed with 4009.
-    fn fan_out(&self, batch: Arc<Batch>) {
-        let subs = match self.subscribers.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
+    /// The same bytes to every subscriber. A large room's subscribers are
+    /// split over the runtime's worker threads (the writes are the
+    /// gateway's main cost); the hand-off ends when every part is done, so
+    /// a connection's batches never overtake each other.
+    async fn fan_out(&self, batch: Arc<Batch>) {
+        let subs = self.subs().list();
+        let parts = if subs.len() >= PARALLEL_FANOUT_MIN {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_workers()
+                .clamp(1, 8)
+        } else {
+            1
         };
-        for conn in subs.values() {
-            let handoff = conn.out.lock().deliver(&batch, 0, true);
-            match handoff {
-                Ok(None) => {}
-                Ok(Some(from)) => {
-                    let item = Outbound::Room {
-                        batch: batch.clone(),
-                        from,
-                    };
-                    match conn.tx.try_send(item) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => {
-                            self.metrics.slow_closes.inc();
-                            conn.close(4009);
-                        }
-                        Err(TrySendError::Closed(_)) => {}
-                    }
-                }
-                Err(Refused::Full) => {
-                    self.metrics.slow_closes.inc();
-                    conn.close(4009);
-                }
-                Err(Refused::Dead) => {}
-            }
+        let chunk = subs.len().div_ceil(parts).max(1);
+        let mut others = Vec::with_capacity(parts.saturating_sub(1));
+        for start in (chunk..subs.len()).step_by(chunk) {
+            let (subs, batch, metrics) = (subs.clone(), batch.clone(), self.metrics.clone());
+            others.push(tokio::spawn(async move {
+                let end = (start + chunk).min(subs.len());
+                deliver_to(&subs[start..end], &batch, &metrics);
+            }));
+        }
+        deliver_to(&subs[..chunk.min(subs.len())], &batch, &self.metrics);
+        for part in others {
+            let _ = part.await;
         }
         self.metrics
             .deliveries
@@ -515,10 +505,74 @@ impl Hub {
     }
 
     fn close_all(&self, code: u16) {
-        if let Ok(subs) = self.subscribers.read() {
-            for conn in subs.values() {
-                conn.close(code);
+        for conn in self.subs().map.values() {
+            conn.close(code);
+        }
+    }
+}
+
+/// Subscribers above which a hand-off is split over worker threads.
+const PARALLEL_FANOUT_MIN: usize = 2048;
+
+/// A room's local connections, and a list of them for hand-offs (built
+/// again only when someone joins or leaves).
+#[derive(Default)]
+struct Subscribers {
+    map: HashMap<u64, Arc<ConnShared>>,
+    list: Option<Arc<[Arc<ConnShared>]>>,
+}
+
+impl Subscribers {
+    fn insert(&mut self, conn: Arc<ConnShared>) {
+        self.map.insert(conn.id, conn);
+        self.list = None;
+    }
+
+    fn remove(&mut self, id: u64) {
+        if self.map.remove(&id).is_some() {
+            self.list = None;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn list(&mut self) -> Arc<[Arc<ConnShared>]> {
+        self.list
+            .get_or_insert_with(|| self.map.values().cloned().collect())
+            .clone()
+    }
+}
+
+/// Writes a batch to each connection whose cursor is where the batch
+/// starts (one write, no wake-up), or queues it for the connection's task
+/// (subscribing, or a gap to backfill). A connection too slow to take it
+/// is closed with 4009.
+fn deliver_to(subs: &[Arc<ConnShared>], batch: &Arc<Batch>, metrics: &Metrics) {
+    for conn in subs {
+        let handoff = conn.out.lock().deliver(batch, 0, true);
+        match handoff {
+            Ok(None) => {}
+            Ok(Some(from)) => {
+                let item = Outbound::Room {
+                    batch: batch.clone(),
+                    from,
+                };
+                match conn.tx.try_send(item) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        metrics.slow_closes.inc();
+                        conn.close(4009);
+                    }
+                    Err(TrySendError::Closed(_)) => {}
+                }
             }
+            Err(Refused::Full) => {
+                metrics.slow_closes.inc();
+                conn.close(4009);
+            }
+            Err(Refused::Dead) => {}
         }
     }
 }
