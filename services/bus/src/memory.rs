@@ -10,8 +10,14 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
-/// Payloads buffered per subject before a slow receiver starts losing them.
+/// Payloads buffered per room subject before a slow receiver starts losing
+/// them (a busy room's burst during one long hand-off).
 const CAPACITY: usize = 4096;
+
+/// The same for a user's subject (revocations, membership changes: rare).
+/// A broadcast channel allocates its whole buffer up front, and there is
+/// one per connected user.
+const USER_CAPACITY: usize = 64;
 
 #[derive(Default)]
 pub struct MemoryBus {
@@ -41,7 +47,14 @@ impl Bus for MemoryBus {
         let rx = self
             .subjects
             .entry(subject.to_owned())
-            .or_insert_with(|| broadcast::channel(CAPACITY).0)
+            .or_insert_with(|| {
+                let capacity = if subject.contains(".user.") {
+                    USER_CAPACITY
+                } else {
+                    CAPACITY
+                };
+                broadcast::channel(capacity).0
+            })
             .subscribe();
         let subject = subject.to_owned();
         Ok(BroadcastStream::new(rx)

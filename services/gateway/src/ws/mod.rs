@@ -56,8 +56,9 @@ pub enum Outbound {
         batch: Arc<frames::Batch>,
         from: usize,
     },
-    /// The user joined or left a room (from the user's subject).
-    Membership(pb::MemberChange),
+    /// The user joined or left a room (from the user's subject); boxed to
+    /// keep every connection's queue small.
+    Membership(Box<pb::MemberChange>),
 }
 
 /// The part of a connection others may touch.
@@ -117,7 +118,7 @@ pub async fn upgrade(State(gw): State<Gateway>, mut req: Request) -> Response {
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = gw.inner.tracker.clone();
-    tracker.spawn(async move {
+    let fut = async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(error) => {
@@ -141,7 +142,8 @@ pub async fn upgrade(State(gw): State<Gateway>, mut req: Request) -> Response {
         if let Some(caller) = caller {
             run(gw, io, caller).await;
         }
-    });
+    };
+    tracker.spawn(fut);
     let mut res = Response::new(axum::body::Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
@@ -457,7 +459,9 @@ impl Conn {
                 }
                 item = rx.recv() => {
                     let item = item?;
-                    if let Err(code) = self.outbound(item).await { return code; }
+                    // Boxed: the rare, large futures stay out of every
+                    // idle connection's task.
+                    if let Err(code) = Box::pin(self.outbound(item)).await { return code; }
                 }
                 msg = self.io.ws.next() => match msg {
                     None => return None,
@@ -470,7 +474,7 @@ impl Conn {
                         });
                     }
                     Some(Ok(Message::Text(t))) => {
-                        if let Err(code) = self.client_frame(t.as_str()).await { return code; }
+                        if let Err(code) = Box::pin(self.client_frame(t.as_str())).await { return code; }
                     }
                     Some(Ok(Message::Binary(_))) => {
                         if !self.reply(error_frame(None, &ApiError::invalid("frame", "must be JSON text"))) {
@@ -498,7 +502,7 @@ impl Conn {
     async fn outbound(&mut self, item: Outbound) -> Result<(), Option<u16>> {
         match item {
             Outbound::Room { batch, from } => self.room_batch(&batch, from).await,
-            Outbound::Membership(m) => self.membership(m).await,
+            Outbound::Membership(m) => self.membership(*m).await,
         }
     }
 

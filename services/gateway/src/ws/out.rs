@@ -99,7 +99,8 @@ impl Out {
     /// pauses: a socket closed with unread input ends with a reset, which
     /// can overtake the close frame on its way to the client.
     pub async fn drain_input(&self) {
-        let mut scratch = [0u8; 4096];
+        // On the heap: a buffer here would sit in every connection's task.
+        let mut scratch = vec![0u8; 4096];
         loop {
             match self.sock.try_read(&mut scratch) {
                 Ok(0) => return,
@@ -346,6 +347,8 @@ pub struct SockIo {
 
 impl SockIo {
     pub fn new(out: Arc<Out>, prefix: Bytes) -> Self {
+        // A slice would keep hyper's whole read buffer alive.
+        let prefix = Bytes::copy_from_slice(&prefix);
         Self { out, prefix }
     }
 }

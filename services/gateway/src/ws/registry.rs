@@ -148,7 +148,10 @@ fn notice(users: &Mutex<HashMap<UserId, UserEntry>>, user: UserId, payload: &[u8
         }
         Some(pb::bus_event::Kind::Member(m)) => {
             for c in e.conns.values() {
-                if c.tx.try_send(Outbound::Membership(m.clone())).is_err() {
+                if c.tx
+                    .try_send(Outbound::Membership(Box::new(m.clone())))
+                    .is_err()
+                {
                     c.close(4009);
                 }
             }
