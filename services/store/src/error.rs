@@ -16,11 +16,19 @@ pub enum StoreError {
     Config(String),
     #[error("store backend")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Every pooled connection stayed busy for the pool's timeout: an
+    /// overload, worth retrying (503), not a fault (500).
+    #[error("store busy")]
+    Busy,
 }
 
 impl StoreError {
     pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        StoreError::Backend(Box::new(e))
+        let e: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
+        match e.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::PoolTimedOut) => StoreError::Busy,
+            _ => StoreError::Backend(e),
+        }
     }
 }
 
@@ -33,6 +41,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::not_found("resource"),
             StoreError::NotMember => ApiError::forbidden("not a member of this room"),
             StoreError::Forbidden => ApiError::forbidden("not allowed"),
+            StoreError::Busy => ApiError::unavailable("the store is busy; retry"),
             StoreError::Config(_) | StoreError::Backend(_) => ApiError::internal(&e),
         }
     }
@@ -41,5 +50,19 @@ impl From<StoreError> for ApiError {
 impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> Self {
         ApiError::from(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_timeout_is_unavailable_not_internal() {
+        let e = StoreError::backend(sqlx::Error::PoolTimedOut);
+        assert!(matches!(e, StoreError::Busy));
+        assert_eq!(ApiError::from(e).code, chat_core::ErrorCode::Unavailable);
+        let other = StoreError::backend(sqlx::Error::RowNotFound);
+        assert_eq!(ApiError::from(other).code, chat_core::ErrorCode::Internal);
     }
 }
