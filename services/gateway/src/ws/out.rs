@@ -399,3 +399,144 @@ impl AsyncWrite for SockIo {
         self.out.poll_drain(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::frames::Builder;
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// An `Out` on one end of a loopback connection, and the other end.
+    async fn pair() -> (Out, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (Out::new(Arc::new(server), 1 << 20), client)
+    }
+
+    /// The seqs (or 0 for a notice) of the frames the client got so far.
+    async fn received(client: &mut TcpStream, frames: usize) -> Vec<i64> {
+        let mut buf = Vec::new();
+        let mut seqs = Vec::new();
+        while seqs.len() < frames {
+            let mut chunk = [0u8; 4096];
+            let n = client.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed");
+            buf.extend_from_slice(&chunk[..n]);
+            seqs.clear();
+            let mut at = 0;
+            // Server frames are small here: a 2-byte header, then JSON.
+            while at + 2 <= buf.len() && at + 2 + usize::from(buf[at + 1]) <= buf.len() {
+                let len = usize::from(buf[at + 1]);
+                let json: serde_json::Value =
+                    serde_json::from_slice(&buf[at + 2..at + 2 + len]).expect("JSON");
+                seqs.push(json["seq"].as_i64().unwrap_or(0));
+                at += 2 + len;
+            }
+        }
+        seqs
+    }
+
+    fn batch(room: RoomId, items: &[Option<Seq>]) -> Batch {
+        let mut b = Builder::new(room);
+        for i in items {
+            match i {
+                Some(s) => b.event(*s, format!(r#"{{"seq":{s}}}"#).as_bytes()),
+                None => b.live(br#"{"type":"typing"}"#),
+            }
+        }
+        b.take()
+    }
+
+    #[tokio::test]
+    async fn the_hub_writes_only_what_continues_the_cursor() {
+        let (out, mut client) = pair().await;
+        let room = RoomId::new();
+        let other = RoomId::new();
+        let live = |seq| Cursor { seq, live: true };
+
+        // Not subscribed: nothing, and nothing to hand over.
+        let b = batch(room, &[Some(1)]);
+        assert_eq!(out.lock().deliver(&b, 0, true), Ok(None));
+
+        // Subscribing (not live): the hub hands the batch to the task.
+        out.lock().set_cursor(
+            room,
+            Cursor {
+                seq: 0,
+                live: false,
+            },
+        );
+        assert_eq!(out.lock().deliver(&b, 0, true), Ok(Some(0)));
+        // The task itself writes it.
+        assert_eq!(out.lock().deliver(&b, 0, false), Ok(None));
+        assert_eq!(
+            out.lock().cursor(room),
+            Some(Cursor {
+                seq: 1,
+                live: false
+            })
+        );
+
+        // Live: a batch that continues the cursor goes out whole.
+        out.lock().set_cursor(room, live(1));
+        let b = batch(room, &[Some(2), None, Some(3)]);
+        assert_eq!(out.lock().deliver(&b, 0, true), Ok(None));
+        assert_eq!(out.lock().cursor(room), Some(live(3)));
+
+        // Overlapping: what was written is skipped, the rest goes out.
+        let b = batch(room, &[Some(2), Some(3), Some(4), Some(5)]);
+        assert_eq!(out.lock().deliver(&b, 0, true), Ok(None));
+        assert_eq!(out.lock().cursor(room), Some(live(5)));
+
+        // A gap: what comes before it goes out, the rest is handed over
+        // from the first event past the gap.
+        let b = batch(room, &[Some(6), None, Some(9), Some(10)]);
+        assert_eq!(out.lock().deliver(&b, 0, true), Ok(Some(2)));
+        assert_eq!(out.lock().cursor(room), Some(live(6)));
+
+        // Another room's cursor is its own.
+        out.lock().set_cursor(other, live(0));
+        assert_eq!(
+            out.lock().deliver(&batch(other, &[Some(1)]), 0, true),
+            Ok(None)
+        );
+
+        assert_eq!(
+            received(&mut client, 9).await,
+            vec![1, 2, 0, 3, 4, 5, 6, 0, 1],
+            "each event once, in order, notices where they were"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_fills_its_buffer_and_is_refused() {
+        let (server, _client) = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let client = TcpStream::connect(addr).await.expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            (Out::new(Arc::new(server), 64 * 1024), client)
+        };
+        let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
+        let mut refused = None;
+        for _ in 0..10_000 {
+            if let Err(r) = server.lock().write(chunk.clone()) {
+                refused = Some(r);
+                break;
+            }
+        }
+        assert_eq!(
+            refused,
+            Some(Refused::Full),
+            "the socket's buffers fill, then ours"
+        );
+        // A closing connection takes its close frame even so.
+        let mut g = server.lock();
+        g.close(true);
+        assert_eq!(g.write(chunk.clone()), Err(Refused::Dead));
+        assert_eq!(g.write_unbounded(Bytes::from_static(b"close")), Ok(()));
+    }
+}
