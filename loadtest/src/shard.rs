@@ -363,7 +363,15 @@ struct Conn {
     last_flush_us: u64,
     sender: Option<Sender>,
     dropped_at: Option<Instant>,
+    /// A refused first subscribe that is worth repeating (the server was
+    /// busy) goes again at this time; how many times it went.
+    resubscribe_at: Option<Instant>,
+    subscribe_attempts: u32,
 }
+
+/// Server answers to a first subscribe that a client retries (with
+/// backoff, within --connect-timeout) instead of giving up: an overload.
+const RETRYABLE: [&str; 2] = ["unavailable", "rate_limited"];
 
 const FLUSH_EVERY: usize = 64;
 const FLUSH_US: u64 = 250_000;
@@ -451,6 +459,19 @@ impl Conn {
                 match scan::reference(f) {
                     Some(Ref::Str(b"sub")) => {
                         if self.sub == Some(SubWait::Initial) {
+                            if RETRYABLE.contains(&code) && self.subscribe_attempts < 8 {
+                                // 250 ms doubling, spread by connection.
+                                let backoff = 250u64 << self.subscribe_attempts.min(4);
+                                let spread = (self.idx % 250) as u64;
+                                self.subscribe_attempts += 1;
+                                self.resubscribe_at =
+                                    Some(Instant::now() + Duration::from_millis(backoff + spread));
+                                bump(
+                                    &ctx.stats.connect_errors,
+                                    format!("subscribe retried: {code}"),
+                                );
+                                return Ok(());
+                            }
                             return Err(format!("subscribe refused: {code}"));
                         }
                         bump(
@@ -707,6 +728,8 @@ impl Task {
             last_flush_us: now_us(),
             sender,
             dropped_at: None,
+            resubscribe_at: None,
+            subscribe_attempts: 0,
         };
         let proto = plan.protocol;
         let peer = proto.is_peer().then(|| PeerConn {
@@ -839,6 +862,14 @@ impl Task {
                 () = sleep_opt(sub_deadline) => {
                     self.fail("no `subscribed` in time".into());
                     break End::Failed;
+                }
+                () = sleep_opt(self.c.resubscribe_at) => {
+                    self.c.resubscribe_at = None;
+                    let frame = self.c.subscribe_frame(&self.ctx, None);
+                    if sock.send_text(&frame).await.is_err() {
+                        self.fail("connection closed before subscribe".into());
+                        break End::Failed;
+                    }
                 }
                 () = sleep_opt(self.drop_at) => {
                     // reconnect: every receiver drops at once, no close handshake.
@@ -1181,6 +1212,8 @@ mod tests {
             last_flush_us: 0,
             sender: None,
             dropped_at: None,
+            resubscribe_at: None,
+            subscribe_attempts: 0,
         }
     }
 
