@@ -259,7 +259,17 @@ impl From<tonic::Status> for ApiError {
                     .and_then(|v| v.parse().ok()),
             },
             None => {
-                let code = ErrorCode::from_grpc(s.code());
+                let code = match ErrorCode::from_grpc(s.code()) {
+                    // The connection to the backend failed under the call
+                    // (reset, GOAWAY): nothing the backend said; retryable.
+                    ErrorCode::Internal
+                        if s.code() == tonic::Code::Unknown
+                            && s.message().starts_with("transport error") =>
+                    {
+                        ErrorCode::Unavailable
+                    }
+                    c => c,
+                };
                 if code == ErrorCode::Internal {
                     tracing::error!(grpc_code = ?s.code(), error = %s.message(), "upstream error");
                     ApiError::new(code, "internal error")
@@ -306,6 +316,14 @@ mod tests {
         let back = ApiError::from(tonic::Status::from(e));
         assert_eq!(back.retry_after, Some(7));
         assert_eq!(back.code, ErrorCode::RateLimited);
+    }
+
+    #[test]
+    fn a_connection_lost_under_a_call_is_unavailable_not_internal() {
+        let e = ApiError::from(tonic::Status::unknown("transport error"));
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        let e = ApiError::from(tonic::Status::unknown("something else"));
+        assert_eq!(e.code, ErrorCode::Internal);
     }
 
     #[test]

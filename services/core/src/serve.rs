@@ -15,6 +15,11 @@ pub async fn grpc(
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // The callers are our own gateways, which cancel calls that time
+        // out: under a connect storm that is many reset streams, and h2's
+        // default (20) answers them with GOAWAY, failing every call on the
+        // connection at once.
+        .http2_max_pending_accept_reset_streams(Some(4096))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
