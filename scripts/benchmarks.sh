@@ -7,7 +7,7 @@
 #
 #   scripts/benchmarks.sh                 everything (~15 minutes, plus the
 #                                         peers' first install)
-#   ONLY="aio" scripts/benchmarks.sh      just some parts: aio dist peers
+#   ONLY="aio" scripts/benchmarks.sh      just some parts: aio dist dist100k peers
 #
 # Environment: OUT (default /tmp/chat-benchmarks), TARGET_SECS (seconds of
 # the 15,000-connection run; 60), PEERS_N / PEERS_RATE (2000 / 50).
@@ -16,7 +16,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chat-target}"
 OUT="${OUT:-/tmp/chat-benchmarks}"
-ONLY="${ONLY:-aio dist peers}"
+ONLY="${ONLY:-aio dist dist100k peers}"
 TARGET_SECS="${TARGET_SECS:-60}"
 mkdir -p "$OUT"
 bin="$OUT/bin"
@@ -113,6 +113,22 @@ if [[ " $ONLY " == *" dist "* ]]; then
     run dist-rooms distributed "rooms: durable messages/s on Postgres" --url "$gws" --server-pid "$pids" --scenario rooms --connections 10000 --rooms 1000 --rate 1000 --duration 10
     run dist-reconnect distributed "reconnect over 2 gateways" --url "$gws" --server-pid "$pids" --scenario reconnect --connections 2000 --rate 30 --duration 15
     run dist-lb distributed "one room through HAProxy" --url "http://127.0.0.1:8300" --server-pid "$pids" --scenario room --connections 4000 --rate 50 --duration 10
+    "$root/deploy/local/cluster" down >/dev/null
+fi
+
+if [[ " $ONLY " == *" dist100k "* ]]; then
+    # 100,000 connections: six gateways (one process may hold 20,000 files
+    # here), six loadtest worker processes.
+    cluster_env
+    psql -q -h 127.0.0.1 -U postgres -c "DROP SCHEMA IF EXISTS chat_bench CASCADE" postgres >/dev/null 2>&1 || true
+    export CHAT_DATABASE_URL="${CHAT_DATABASE_URL/max_connections=20/max_connections=30}"
+    "$root/deploy/local/cluster" down >/dev/null 2>&1 || true
+    "$root/deploy/local/cluster" up --gateways 6 >/dev/null
+    gws=$(for f in "$OUT"/cluster/gateway-*.addr; do printf 'http://%s,' "$(cat "$f")"; done)
+    gws=${gws%,}
+    pids=$(cat "$OUT"/cluster/gateway-*.pid | paste -sd,)
+    run dist-idle-100k distributed "idle: 100,000 over 6 gateways" --url "$gws" --server-pid "$pids" \
+        --scenario idle --connections 100000 --connect-concurrency 20 --connect-timeout 120 --duration 20
     "$root/deploy/local/cluster" down >/dev/null
 fi
 

@@ -459,10 +459,12 @@ impl Conn {
                 match scan::reference(f) {
                     Some(Ref::Str(b"sub")) => {
                         if self.sub == Some(SubWait::Initial) {
-                            if RETRYABLE.contains(&code) && self.subscribe_attempts < 8 {
-                                // 250 ms doubling, spread by connection.
-                                let backoff = 250u64 << self.subscribe_attempts.min(4);
-                                let spread = (self.idx % 250) as u64;
+                            if RETRYABLE.contains(&code) && self.subscribe_attempts < 30 {
+                                // 250 ms doubling up to 8 s, spread by
+                                // connection over up to a second, so a
+                                // storm of retries thins out.
+                                let backoff = 250u64 << self.subscribe_attempts.min(5);
+                                let spread = (self.idx as u64 * 7919) % 1000;
                                 self.subscribe_attempts += 1;
                                 self.resubscribe_at =
                                     Some(Instant::now() + Duration::from_millis(backoff + spread));
