@@ -51,6 +51,46 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// Several batches of one room as one, in order (what a connection gets
+    /// with one write when it missed them all).
+    pub fn concat(parts: &[std::sync::Arc<Batch>]) -> Option<std::sync::Arc<Batch>> {
+        let (head, rest) = parts.split_first()?;
+        if rest.is_empty() {
+            return Some(head.clone());
+        }
+        let len = parts.iter().map(|p| p.bytes.len()).sum();
+        let mut bytes = BytesMut::with_capacity(len);
+        let mut items = Vec::with_capacity(parts.iter().map(|p| p.items.len()).sum());
+        let (mut first, mut last) = (None, None::<Seq>);
+        let mut contiguous = true;
+        for p in parts {
+            let base = bytes.len();
+            bytes.extend_from_slice(&p.bytes);
+            items.extend(p.items.iter().map(|i| Item {
+                seq: i.seq,
+                end: base + i.end,
+            }));
+            if let (Some(f), Some(l)) = (p.first, p.last) {
+                if let Some(prev) = last {
+                    contiguous &= f == prev + 1;
+                }
+                contiguous &= p.contiguous;
+                first = first.or(Some(f));
+                last = Some(l);
+            }
+        }
+        Some(std::sync::Arc::new(Batch {
+            room: head.room,
+            bytes: bytes.freeze(),
+            items,
+            first,
+            last,
+            contiguous,
+        }))
+    }
+}
+
 /// Builds a [`Batch`].
 pub struct Builder {
     room: RoomId,
@@ -175,5 +215,43 @@ mod tests {
         assert!(!b.take().contiguous, "a gap shows");
         b.event(10, b"{}");
         assert!(b.take().contiguous, "a new batch starts afresh");
+    }
+
+    #[test]
+    fn batches_concatenate_in_order() {
+        use std::sync::Arc;
+        let room = RoomId::new();
+        let mut b = Builder::new(room);
+        b.event(1, br#"{"seq":1}"#);
+        let one = Arc::new(b.take());
+        b.live(br#"{"type":"typing"}"#);
+        let notice = Arc::new(b.take());
+        b.event(2, br#"{"seq":2}"#);
+        b.event(3, br#"{"seq":3}"#);
+        let two = Arc::new(b.take());
+        let all = Batch::concat(&[one.clone(), notice, two]).expect("a batch");
+        assert_eq!(
+            (all.first, all.last, all.contiguous),
+            (Some(1), Some(3), true)
+        );
+        assert_eq!(
+            parse(&all.bytes),
+            vec![
+                r#"{"seq":1}"#,
+                r#"{"type":"typing"}"#,
+                r#"{"seq":2}"#,
+                r#"{"seq":3}"#
+            ]
+        );
+        let third = &all.bytes[all.start(3)..all.items[3].end];
+        assert_eq!(parse(third), vec![r#"{"seq":3}"#]);
+        b.event(5, b"{}");
+        let gap = Batch::concat(&[one.clone(), Arc::new(b.take())]).expect("a batch");
+        assert!(!gap.contiguous, "1 then 5 is not contiguous");
+        assert!(Arc::ptr_eq(
+            &Batch::concat(std::slice::from_ref(&one)).expect("one"),
+            &one
+        ));
+        assert!(Batch::concat(&[]).is_none());
     }
 }
