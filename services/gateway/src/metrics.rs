@@ -20,9 +20,10 @@ pub struct Metrics {
     pub backfills: Counter,
     /// Connections closed with 4009 because they fell behind.
     pub slow_closes: Counter,
-    /// Seconds a hub took to hand one batch to its local connections.
+    /// Seconds a hub's pass over its local connections took (from the
+    /// first batch sealed until every slice had all of them).
     pub handoff_seconds: Histogram,
-    /// Frames in one hand-off.
+    /// Frames written to each connection of a slice at once.
     pub handoff_frames: Histogram,
 }
 
@@ -74,12 +75,12 @@ impl Default for Metrics {
         );
         registry.register(
             "handoff_seconds",
-            "Time a room hub took to hand one batch to its local connections",
+            "Time a room hub's pass over its local connections took",
             m.handoff_seconds.clone(),
         );
         registry.register(
             "handoff_frames",
-            "Frames in one room hub hand-off",
+            "Frames written at once to each connection of a room hub's slice",
             m.handoff_frames.clone(),
         );
         Self { registry, ..m }
