@@ -10,7 +10,8 @@
 #   ONLY="aio" scripts/benchmarks.sh      just some parts: aio dist dist100k peers
 #
 # Environment: OUT (default /tmp/chat-benchmarks), TARGET_SECS (seconds of
-# the 15,000-connection run; 60), PEERS_N / PEERS_RATE (2000 / 50).
+# the 15,000-connection run; 60), PEERS_N / PEERS_RATE (2000 / 50) and
+# PEERS_HEAVY_N / PEERS_HEAVY_RATE (10000 / 117) for the two peer tables.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -137,6 +138,10 @@ if [[ " $ONLY " == *" peers "* ]]; then
     CHAT="$bin/chat" LOADTEST="$bin/loadtest" OUT="$OUT/peers" \
         N="${PEERS_N:-2000}" RATE="${PEERS_RATE:-50}" DURATION=10 \
         "$root/loadtest/peers/compare.sh" >"$OUT/peers.md" 2>"$OUT/peers.log" || true
+    # And a load that separates them: 10,000 connections at the target's rate.
+    CHAT="$bin/chat" LOADTEST="$bin/loadtest" OUT="$OUT/peers-heavy" \
+        N="${PEERS_HEAVY_N:-10000}" RATE="${PEERS_HEAVY_RATE:-117}" DURATION=10 \
+        "$root/loadtest/peers/compare.sh" >"$OUT/peers-heavy.md" 2>"$OUT/peers-heavy.log" || true
 fi
 
 python3 "$root/scripts/benchmarks_table.py" "$OUT" "$root/BENCHMARKS.md"

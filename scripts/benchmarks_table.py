@@ -61,11 +61,15 @@ for name in sorted(os.listdir(out)):
         f"{'PASS' if d.get('passed') else 'FAIL'} |"
     )
 
-peers = ""
-pp = os.path.join(out, "peers.md")
-if os.path.exists(pp):
-    with open(pp) as f:
-        peers = f.read().strip()
+def read(name):
+    path = os.path.join(out, name)
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read().strip()
+
+
+peers = "\n\n".join(t for t in (read("peers.md"), read("peers-heavy.md")) if t)
 
 mem = ""
 try:
