@@ -163,6 +163,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         ],
         gateway_args: vec![
             format!("--ws-queue={}", g.ws_queue),
+            format!("--ws-buffer-bytes={}", g.ws_buffer_bytes),
             format!("--max-frame-bytes={}", g.max_frame_bytes),
             format!("--ws-frames-per-sec={}", g.ws_frames_per_sec),
         ],

@@ -580,7 +580,13 @@ async fn too_many_frames_per_second_close_the_socket_with_4008() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_falls_behind_is_closed_with_4009_and_resumes_with_since_seq() {
     const TOTAL: i64 = 600;
-    let app = crate::helpers::spawn_app_with(|cfg| cfg.gateway.ws_queue = 8).await;
+    // A small budget for what waits for bob's socket (and for what waits
+    // in his task): in a cluster, HAProxy's buffers sit in between too.
+    let app = crate::helpers::spawn_app_with(|cfg| {
+        cfg.gateway.ws_queue = 8;
+        cfg.gateway.ws_buffer_bytes = 64 * 1024;
+    })
+    .await;
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
     let room = app.room_with(&alice, &[&bob]).await;
