@@ -14,7 +14,24 @@ pub const REDIS: &str = "redis://127.0.0.1:6379";
 pub const NATS: &str = "nats://127.0.0.1:4222";
 
 /// A port nobody listens on right now.
+/// A port nobody listens on now, below Linux's ephemeral range (32768 and
+/// up): a port the kernel handed out for `:0` can be taken again, between
+/// our check and the service's bind, by any outgoing connection of the
+/// parallel tests; one below that range can only be taken by a listener.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_add(seed);
+        let port = 20_000 + (n % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
