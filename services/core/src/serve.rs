@@ -69,29 +69,30 @@ pub async fn http(
             let mut head = [0u8; 3];
             let h2 = matches!(tcp.peek(&mut head).await, Ok(3)) && &head == b"PRI";
             let io = TokioIo::new(tcp);
+            // Runs a hyper connection until it ends, or asks it to finish
+            // what it is doing when `stop` comes. (hyper has no trait for
+            // graceful_shutdown shared by both connection types.)
+            macro_rules! until_stopped {
+                ($conn:expr) => {{
+                    let mut conn = std::pin::pin!($conn);
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        () = stop.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
+                }};
+            }
             let result = if h2 {
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, service);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
+                until_stopped!(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                )
             } else {
-                let conn = hyper::server::conn::http1::Builder::new()
+                until_stopped!(hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, service)
-                    .with_upgrades();
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
+                    .with_upgrades())
             };
             if let Err(error) = result {
                 tracing::debug!(%error, "HTTP connection ended with an error");
