@@ -20,6 +20,13 @@ pub fn put_text(buf: &mut BytesMut, payload: &[u8]) {
     buf.put_slice(payload);
 }
 
+/// `payload` as one text frame of its own.
+pub fn text(payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::new();
+    put_text(&mut buf, payload);
+    buf.freeze()
+}
+
 /// One item of a [`Batch`]: a sequenced room event or a live-only notice
 /// (typing, presence, membership), ending at byte `end` of the batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

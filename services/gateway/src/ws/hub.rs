@@ -198,20 +198,7 @@ impl Hubs {
                     // slice joins it, then the next slice gets its write.
                     () = std::future::ready(()), if rolling.busy() => {
                         let Some(hub) = weak.upgrade() else { break };
-                        let mut ended = false;
-                        while batch.pending.len() < BATCH_MAX {
-                            match sub.next().now_or_never() {
-                                Some(Some(payload)) => {
-                                    hub.take_in(&payload, &mut last, &mut batch, &backfill).await;
-                                }
-                                Some(None) => {
-                                    ended = true;
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        if ended {
+                        if !hub.take_in_ready(&mut sub, &mut last, &mut batch, &backfill).await {
                             tracing::warn!(room_id = %room, "room subscription ended");
                             hub.close_all(1012);
                             break;
@@ -228,15 +215,9 @@ impl Hubs {
                         };
                         let Some(hub) = weak.upgrade() else { break };
                         hub.take_in(&payload, &mut last, &mut batch, &backfill).await;
-                        // Whatever else arrived meanwhile joins this batch.
-                        while batch.pending.len() < BATCH_MAX {
-                            match sub.next().now_or_never() {
-                                Some(Some(payload)) => {
-                                    hub.take_in(&payload, &mut last, &mut batch, &backfill).await;
-                                }
-                                _ => break,
-                            }
-                        }
+                        // Whatever else arrived meanwhile joins this batch
+                        // (an end of the subscription shows on the next turn).
+                        hub.take_in_ready(&mut sub, &mut last, &mut batch, &backfill).await;
                         if batch.flush_now() {
                             rolling.seal(&mut batch);
                         }
@@ -426,6 +407,25 @@ impl Hub {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
+    }
+
+    /// Takes in every payload already waiting on the subscription (up to a
+    /// full batch) without waiting for more; false when it has ended.
+    async fn take_in_ready(
+        &self,
+        sub: &mut chat_bus::Subscription,
+        last: &mut Option<Seq>,
+        batch: &mut Batcher,
+        backfill: &Backfill,
+    ) -> bool {
+        while batch.pending.len() < BATCH_MAX {
+            match sub.next().now_or_never() {
+                Some(Some(payload)) => self.take_in(&payload, last, batch, backfill).await,
+                Some(None) => return false,
+                None => break,
+            }
+        }
+        true
     }
 
     fn any_caller(&self) -> Option<chat_auth::Caller> {
@@ -650,27 +650,20 @@ impl Rolling {
 fn deliver_to(subs: &[Arc<ConnShared>], batch: &Arc<Batch>, metrics: &Metrics) {
     for conn in subs {
         let handoff = conn.out.lock().deliver(batch, 0, true);
-        match handoff {
-            Ok(None) => {}
+        let too_slow = match handoff {
+            Ok(None) | Err(Refused::Dead) => false,
             Ok(Some(from)) => {
                 let item = Outbound::Room {
                     batch: batch.clone(),
                     from,
                 };
-                match conn.tx.try_send(item) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        metrics.slow_closes.inc();
-                        conn.close(4009);
-                    }
-                    Err(TrySendError::Closed(_)) => {}
-                }
+                matches!(conn.tx.try_send(item), Err(TrySendError::Full(_)))
             }
-            Err(Refused::Full) => {
-                metrics.slow_closes.inc();
-                conn.close(4009);
-            }
-            Err(Refused::Dead) => {}
+            Err(Refused::Full) => true,
+        };
+        if too_slow {
+            metrics.slow_closes.inc();
+            conn.close(4009);
         }
     }
 }

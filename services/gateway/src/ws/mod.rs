@@ -25,7 +25,6 @@ use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
 use chat_auth::Caller;
 use chat_core::{ApiError, RoomId, Seq};
 use chat_proto::v1 as pb;
@@ -196,9 +195,7 @@ impl Io {
 
     /// Writes one text frame after everything before it.
     fn send(&self, frame: &Utf8Bytes) -> Result<(), Refused> {
-        let mut buf = BytesMut::new();
-        frames::put_text(&mut buf, frame.as_bytes());
-        self.out.lock().write(buf.freeze())
+        self.out.lock().write(frames::text(frame.as_bytes()))
     }
 
     /// Sends a close frame after what is pending (or instead of it, when
@@ -573,10 +570,9 @@ impl Conn {
     /// Writes the rooms' `subscribed` (or `subscribed_all`) frame; from
     /// then on their hubs write their events directly.
     fn go_live(&mut self, rooms: &[RoomId], subscribed: Utf8Bytes) -> Result<(), Option<u16>> {
-        let mut buf = BytesMut::new();
-        frames::put_text(&mut buf, subscribed.as_bytes());
         let mut g = self.io.out.lock();
-        g.write(buf.freeze()).map_err(closing)?;
+        g.write(frames::text(subscribed.as_bytes()))
+            .map_err(closing)?;
         for &room in rooms {
             if let Some(mut c) = g.cursor(room) {
                 c.live = true;

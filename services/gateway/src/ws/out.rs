@@ -313,10 +313,6 @@ impl Guard<'_> {
         Ok(handoff)
     }
 
-    pub fn is_dead(&self) -> bool {
-        self.st.dead
-    }
-
     pub fn cursor(&self, room: RoomId) -> Option<Cursor> {
         self.st
             .rooms
