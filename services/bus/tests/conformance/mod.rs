@@ -109,6 +109,9 @@ pub async fn a_dropped_subscription_stops_quietly(a: &dyn Bus, b: &dyn Bus) {
     drop(kept);
     // Nobody listens now: publishing is still fine.
     a.publish(&room, Bytes::from_static(b"y")).await.unwrap();
+    // `publish` only queues: the round trip on `a` makes sure the broker has
+    // routed "y" (to nobody) before the new subscription exists.
+    a.ping().await.unwrap();
     b.ping().await.unwrap();
     // And the subject can be subscribed again.
     let mut again = b.subscribe(&room).await.unwrap();
