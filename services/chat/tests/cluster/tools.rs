@@ -1,7 +1,7 @@
 //! The operator's and developer's tools against a real cluster: grpcurl
 //! through server reflection, and `deploy/local/cluster`.
 
-use crate::cluster::{free_port, Cluster, NATS, POSTGRES, REDIS};
+use crate::cluster::{free_port, free_ports, Cluster, NATS, POSTGRES, REDIS};
 use crate::helpers::{cluster_options, start_cluster_with, within_for};
 use serde_json::Value;
 use std::path::Path;
@@ -140,8 +140,8 @@ async fn the_cluster_script_starts_a_working_stack_and_stops_everything() {
         .expect("bin dir")
         .to_owned();
     let lb_port = free_port();
-    // A base port range unlikely to be in use: 16 ports from a random base.
-    let base = 20000 + (u16::from_str_radix(&id[..4], 16).unwrap_or(0) % 20000);
+    // auth, room and two gateways take 2 + 2 + 1 + 1 ports from the base.
+    let base = free_ports(8);
     let script = repo_root().join("deploy/local/cluster");
     let run = |args: &[&str]| {
         Command::new(&script)

@@ -13,12 +13,18 @@ pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
 pub const NATS: &str = "nats://127.0.0.1:4222";
 
-/// A port nobody listens on right now.
 /// A port nobody listens on now, below Linux's ephemeral range (32768 and
 /// up): a port the kernel handed out for `:0` can be taken again, between
 /// our check and the service's bind, by any outgoing connection of the
 /// parallel tests; one below that range can only be taken by a listener.
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `n` consecutive ports that are free now, from 20000-31999:
+/// below Linux's ephemeral range (32768+), so no outgoing connection of
+/// another test takes one before the process that is given it binds it.
+pub fn free_ports(n: u16) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let seed = std::process::id()
@@ -26,16 +32,16 @@ pub fn free_port() -> u16 {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
     for _ in 0..1000 {
-        let n = NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_add(seed);
-        let port = 20_000 + (n % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let m = NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_add(seed);
+        let first = 20_000 + (m % (12_000 - u32::from(n))) as u16;
+        let held: Vec<TcpListener> = (first..first + n)
+            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            return first;
         }
     }
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot find a free port")
+    panic!("cannot find {n} free consecutive ports in 20000-31999")
 }
 
 /// How a cluster is made.
@@ -461,6 +467,9 @@ pub fn haproxy_config(port: u16, gateways: &[String]) -> String {
     format!(
         "global
     maxconn 4000
+    # As deploy/local/cluster: a slow reader pushes back on its gateway.
+    tune.rcvbuf.server 65536
+    tune.sndbuf.client 65536
 
 defaults
     mode http
