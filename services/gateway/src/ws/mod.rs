@@ -201,13 +201,24 @@ impl Io {
     /// Sends a close frame after what is pending (or instead of it, when
     /// the client was too slow for it), waits briefly for the client's
     /// close, and lets the socket go.
+    ///
+    /// A client closed for being too slow (4009) is given longer: it may be
+    /// seconds behind, and the close frame reaches it only once it reads
+    /// again. What was pending for it is dropped already, so the wait holds
+    /// a socket, not memory.
     async fn close(&mut self, code: u16, reason: &'static str) {
-        self.out.lock().close(code == 4009);
+        let too_slow = code == 4009;
+        self.out.lock().close(too_slow);
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        let wait = if too_slow {
+            SLOW_CLOSE_WAIT
+        } else {
+            CLOSE_WAIT
+        };
+        let _ = tokio::time::timeout(wait, async {
             if self.ws.close(Some(frame)).await.is_ok() {
                 // The client answers with its close frame; reading up to it
                 // also takes in whatever it sent before (an oversized
@@ -225,6 +236,10 @@ const READ_BUFFER: usize = 1024;
 
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a connection closed with 4009 waits for the client to read up
+/// to its close frame (as nginx's `lingering_timeout`).
+const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Deserialize)]
 struct AuthFrame {
@@ -357,7 +372,17 @@ async fn run(gw: Gateway, io: Io, caller: Caller) {
         c => Some(c),
     };
     if let Some(code) = code {
-        conn.io.close(code, reason(code)).await;
+        // Nothing more is delivered: the hubs let go before the handshake.
+        conn.rooms.clear();
+        if code == 4009 {
+            // A slow client's long close wait must not hold up a shutdown.
+            tokio::select! {
+                () = conn.io.close(code, reason(code)) => {}
+                () = gw.inner.shutdown.cancelled() => {}
+            }
+        } else {
+            conn.io.close(code, reason(code)).await;
+        }
     }
     drop(conn);
     gw.inner.metrics.connections.dec();
