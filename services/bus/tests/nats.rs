@@ -137,11 +137,13 @@ struct PrivateServer {
 
 impl PrivateServer {
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Below the ephemeral range (32768+): while the server is stopped,
+        // no outgoing connection can take its port as a source port.
+        let from = (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        let port = (0..12_000u16)
+            .map(|i| 20_000 + (from + i) % 12_000)
+            .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            .expect("a free port in 20000-31999");
         let mut s = Self { port, child: None };
         s.restart().await;
         s
@@ -191,11 +193,12 @@ async fn an_outage_gives_quick_errors_and_a_counted_recovery() {
     server.stop().await;
     // Until the client notices, publishing may still "succeed" (at most
     // once); it must never hang, and soon it must fail.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Bounds far above the client's 2 s timeouts: a hang, not slowness.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let started = Instant::now();
         let r = a.publish(&room, Bytes::from_static(b"lost")).await;
-        assert!(started.elapsed() < Duration::from_secs(3), "publish hung");
+        assert!(started.elapsed() < Duration::from_secs(10), "publish hung");
         if r.is_err() {
             break;
         }
@@ -205,7 +208,7 @@ async fn an_outage_gives_quick_errors_and_a_counted_recovery() {
     let started = Instant::now();
     assert!(b.ping().await.is_err());
     assert!(b.subscribe(&subjects().room("x")).await.is_err());
-    assert!(started.elapsed() < Duration::from_secs(6), "ping hung");
+    assert!(started.elapsed() < Duration::from_secs(15), "ping hung");
 
     server.restart().await;
     for r in [&mut ra, &mut rb] {

@@ -24,20 +24,32 @@ pub fn free_port() -> u16 {
 /// The first of `n` consecutive ports that are free now, from 20000-31999:
 /// below Linux's ephemeral range (32768+), so no outgoing connection of
 /// another test takes one before the process that is given it binds it.
+/// A port is handed out once per test process, so a port given to a
+/// process that binds it later (or rebinds it after a restart) is not given
+/// to another test meanwhile.
 pub fn free_ports(n: u16) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let seed = std::process::id()
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..1000 {
         let m = NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_add(seed);
         let first = 20_000 + (m % (12_000 - u32::from(n))) as u16;
-        let held: Vec<TcpListener> = (first..first + n)
+        let range = first..first + n;
+        if given.iter().any(|p| range.contains(p)) {
+            continue;
+        }
+        let held: Vec<TcpListener> = range
+            .clone()
             .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
         if held.len() == usize::from(n) {
+            given.extend(range);
             return first;
         }
     }
@@ -491,7 +503,10 @@ backend gateways
     # auth) being down must not take every gateway out of rotation.
     option httpchk GET /healthz
     http-check expect status 200
-    default-server inter 300ms fall 1 rise 1
+    # A check may take up to 2 s on a loaded machine; two failures take a
+    # gateway out (a killed one is also skipped at once by redispatch).
+    timeout check 2s
+    default-server inter 300ms fall 2 rise 1
 {servers}"
     )
 }

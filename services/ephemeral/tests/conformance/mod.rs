@@ -49,13 +49,13 @@ pub async fn rate_limit_allows_up_to_the_limit_then_says_when(
 }
 
 pub async fn the_window_ends(a: &dyn Ephemeral, b: &dyn Ephemeral) {
-    let (k, w) = (key(), Duration::from_millis(300));
+    let (k, w) = (key(), Duration::from_secs(2));
     assert_eq!(a.hit(&k, 1, w).await.unwrap(), RateDecision::Allowed);
     match b.hit(&k, 1, w).await.unwrap() {
         RateDecision::Limited(d) => assert!(d <= w, "{d:?}"),
         RateDecision::Allowed => panic!("second hit must be limited"),
     }
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(b.over_limit(&k, 1).await.unwrap(), None);
     assert_eq!(a.hit(&k, 1, w).await.unwrap(), RateDecision::Allowed);
 }
@@ -109,12 +109,10 @@ pub async fn presence_counts_connections_across_handles(a: &dyn Ephemeral, b: &d
 
 pub async fn revocations_are_shared_and_expire(a: &dyn Ephemeral, b: &dyn Ephemeral) {
     let (s, other) = (SessionId::new(), SessionId::new());
-    a.revoke_session(s, Duration::from_millis(300))
-        .await
-        .unwrap();
+    a.revoke_session(s, Duration::from_secs(2)).await.unwrap();
     assert!(b.is_session_revoked(s).await.unwrap());
     assert!(!b.is_session_revoked(other).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     assert!(!a.is_session_revoked(s).await.unwrap());
     assert!(!b.is_session_revoked(s).await.unwrap());
 }
