@@ -311,10 +311,16 @@ async fn a_nats_restart_loses_no_acked_message() {
     for i in 4..=6 {
         app.say(&alice, &room, &format!("during {i}")).await;
     }
+    // A socket opened meanwhile cannot get its user's notices (a
+    // revocation would miss it): it is closed with 1012, to come back.
+    let carol = app.signup("carol").await;
+    let gw0 = app.cluster().lock().expect("lock").gateway_ws(0);
+    let mut wc = crate::helpers::ws_connect(&gw0, &carol.access)
+        .await
+        .expect("the upgrade itself is accepted");
+    wc.expect_close_code(1012).await;
     let nats = start_nats(dir.path());
     wait_port(port).await;
-    // After the reconnect the gateway re-reads the log; a later message
-    // also shows the gap.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut got = Vec::new();
     within_for(
@@ -337,6 +343,17 @@ async fn a_nats_restart_loses_no_acked_message() {
     let seqs = message_seqs(&got);
     let want: Vec<i64> = (1..=*seqs.last().expect("some")).collect();
     assert_eq!(seqs, want, "every message once, in order");
+
+    // Carol comes back, and her notices flow: logging out closes the socket.
+    let mut wc = crate::helpers::ws_connect(&gw0, &carol.access)
+        .await
+        .expect("carol on gateway 0");
+    assert_eq!(wc.recv_json().await["type"], "authenticated");
+    let r = app
+        .post("/api/v1/auth/logout", &carol.access, json!({}))
+        .await;
+    assert_eq!(r.status.as_u16(), 204);
+    wc.expect_close_code(4001).await;
     drop(nats);
 }
 

@@ -47,8 +47,9 @@ struct Hub {
     metrics: Arc<Metrics>,
     subscribers: Mutex<Subscribers>,
     stop: CancellationToken,
-    /// Resolved once the bus subscription is in place.
-    ready: tokio::sync::watch::Receiver<bool>,
+    /// `None` until the bus subscription is tried, then whether it is in
+    /// place.
+    ready: tokio::sync::watch::Receiver<Option<bool>>,
 }
 
 /// Keeps a connection subscribed to a room; dropping it unsubscribes.
@@ -94,8 +95,13 @@ impl Hubs {
     /// Adds a connection to the room's hub, creating the hub (and its bus
     /// subscription) if this is the room's first subscriber here. Returns
     /// once the bus subscription is live, so nothing published after this
-    /// returns can be missed by the hub.
-    pub async fn subscribe(self: &Arc<Self>, room: RoomId, conn: Arc<ConnShared>) -> HubGuard {
+    /// returns can be missed by the hub; `unavailable` when the bus could
+    /// not subscribe (the hub is dropped: the next subscribe tries again).
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        room: RoomId,
+        conn: Arc<ConnShared>,
+    ) -> Result<HubGuard, ApiError> {
         let hub = {
             let mut rooms = match self.rooms.lock() {
                 Ok(g) => g,
@@ -109,28 +115,42 @@ impl Hubs {
             hub
         };
         let mut ready = hub.ready.clone();
-        let _ = ready.wait_for(|r| *r).await;
-        HubGuard {
+        let live = ready
+            .wait_for(Option::is_some)
+            .await
+            .is_ok_and(|r| *r == Some(true));
+        let guard = HubGuard {
             hubs: Arc::downgrade(self),
             hub,
             conn: conn.id,
+        };
+        if !live {
+            self.remove(&guard.hub, false);
+            return Err(ApiError::unavailable(
+                "cannot subscribe to the room's events; retry",
+            ));
         }
+        Ok(guard)
     }
 
     fn remove_if_empty(&self, hub: &Arc<Hub>) {
+        self.remove(hub, true);
+    }
+
+    /// Takes the hub out of the map (if it is still the room's hub, and
+    /// with `only_if_empty`, if nobody is subscribed) and stops it.
+    fn remove(&self, hub: &Arc<Hub>, only_if_empty: bool) {
         let mut rooms = match self.rooms.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let empty = hub.subs().is_empty();
-        if empty {
-            if let Some(current) = rooms.get(&hub.room) {
-                if Arc::ptr_eq(current, hub) {
-                    rooms.remove(&hub.room);
-                    hub.stop.cancel();
-                    self.metrics.hubs.dec();
-                }
-            }
+        if only_if_empty && !hub.subs().is_empty() {
+            return;
+        }
+        if rooms.get(&hub.room).is_some_and(|c| Arc::ptr_eq(c, hub)) {
+            rooms.remove(&hub.room);
+            hub.stop.cancel();
+            self.metrics.hubs.dec();
         }
     }
 
@@ -144,7 +164,7 @@ impl Hubs {
     }
 
     fn start(&self, room: RoomId) -> Arc<Hub> {
-        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(None);
         self.metrics.hubs.inc();
         let hub = Arc::new(Hub {
             room,
@@ -164,14 +184,11 @@ impl Hubs {
                 Ok(s) => s,
                 Err(error) => {
                     tracing::error!(%error, room_id = %room, "cannot subscribe to room subject");
-                    let _ = ready_tx.send(true);
-                    if let Some(hub) = weak.upgrade() {
-                        hub.close_all(1011);
-                    }
+                    let _ = ready_tx.send(Some(false));
                     return;
                 }
             };
-            let _ = ready_tx.send(true);
+            let _ = ready_tx.send(Some(true));
             let stop = match weak.upgrade() {
                 Some(h) => h.stop.clone(),
                 None => return,

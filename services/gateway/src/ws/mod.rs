@@ -341,7 +341,12 @@ async fn run(gw: Gateway, io: Io, caller: Caller) {
         code: AtomicU16::new(0),
     });
     let span = tracing::info_span!("ws", conn_id = shared.id, user_id = %caller.user_id);
-    let _registered = gw.inner.conns.register(shared.clone()).await;
+    let Some(_registered) = gw.inner.conns.register(shared.clone()).await else {
+        // Without the user's notices a revoked session would stay open.
+        let mut io = io;
+        io.close(1012, "server unavailable: reconnect").await;
+        return;
+    };
     gw.inner.metrics.connections.inc();
     match gw.inner.ephemeral.connection_opened(caller.user_id).await {
         Ok(1) => announce_presence(&gw, caller, true),
@@ -710,7 +715,13 @@ impl Conn {
             live: false,
         };
         self.io.out.lock().set_cursor(room, pending);
-        let guard = self.hubs().subscribe(room, self.shared.clone()).await;
+        let guard = match self.hubs().subscribe(room, self.shared.clone()).await {
+            Ok(g) => g,
+            Err(e) => {
+                self.io.out.lock().remove_room(room);
+                return Err(e);
+            }
+        };
         let r = self
             .room_call(
                 pb::GetRoomRequest {

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub struct Registry {
@@ -22,6 +23,9 @@ pub struct Registry {
 struct UserEntry {
     conns: HashMap<u64, Arc<ConnShared>>,
     stop: CancellationToken,
+    /// `None` while the user's bus subject is being subscribed, then
+    /// whether it is: every connection of the user waits for it.
+    live: watch::Receiver<Option<bool>>,
 }
 
 /// Deregisters the connection when dropped.
@@ -56,26 +60,34 @@ impl Registry {
         }
     }
 
-    /// Registers a connection; the user's notices flow once this returns.
-    pub async fn register(&self, conn: Arc<ConnShared>) -> Registered {
+    /// Registers a connection. Returns once the user's notices flow (the
+    /// first connection of a user on this gateway subscribes to them, the
+    /// others wait for that), or `None` when the bus cannot subscribe: the
+    /// connection must not run without them (it would miss a revocation).
+    /// The next connection of the user tries again.
+    pub async fn register(&self, conn: Arc<ConnShared>) -> Option<Registered> {
         let user = conn.caller.user_id;
-        let (start, stop) = {
-            let mut users = match self.users.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            let mut start = false;
+        let (start, stop, mut live) = {
+            let mut users = self.lock();
+            let mut start = None;
             let e = users.entry(user).or_insert_with(|| {
-                start = true;
+                let (tx, rx) = watch::channel(None);
+                start = Some(tx);
                 UserEntry {
                     conns: HashMap::new(),
                     stop: CancellationToken::new(),
+                    live: rx,
                 }
             });
             e.conns.insert(conn.id, conn.clone());
-            (start, e.stop.clone())
+            (start, e.stop.clone(), e.live.clone())
         };
-        if start {
+        let registered = Registered {
+            users: self.users.clone(),
+            user,
+            conn: conn.id,
+        };
+        if let Some(tx) = start {
             match self.bus.subscribe(&self.subjects.user(user)).await {
                 Ok(mut sub) => {
                     let users = self.users.clone();
@@ -90,24 +102,37 @@ impl Registry {
                             }
                         }
                     });
+                    let _ = tx.send(Some(true));
                 }
                 Err(error) => {
                     tracing::warn!(%error, user_id = %user, "cannot subscribe to user notices");
+                    let _ = tx.send(Some(false));
+                    let mut users = self.lock();
+                    if users
+                        .get(&user)
+                        .is_some_and(|e| *e.live.borrow() == Some(false))
+                    {
+                        users.remove(&user);
+                    }
                 }
             }
         }
-        Registered {
-            users: self.users.clone(),
-            user,
-            conn: conn.id,
+        let subscribed = live
+            .wait_for(Option::is_some)
+            .await
+            .is_ok_and(|v| *v == Some(true));
+        subscribed.then_some(registered)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, UserEntry>> {
+        match self.users.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         }
     }
 
     pub fn close_all(&self, code: u16) {
-        let users = match self.users.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let users = self.lock();
         for e in users.values() {
             for c in e.conns.values() {
                 c.close(code);
