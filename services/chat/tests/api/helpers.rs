@@ -208,7 +208,9 @@ impl TestApp {
         }
     }
 
-    /// The cluster behind this app (cluster mode only).
+    /// The cluster behind this app (cluster mode only; the cluster tests
+    /// use it, the api suite does not).
+    #[allow(dead_code)]
     pub fn cluster(&self) -> Arc<std::sync::Mutex<Cluster>> {
         self.cluster.clone().expect("not a cluster")
     }
