@@ -103,12 +103,11 @@ impl RoomSvc {
         user: UserId,
     ) -> Result<(Room, Option<Membership>), ApiError> {
         let id = RoomId::parse(room_id)?;
-        let room = self
+        let (room, m) = self
             .store
-            .room(id)
+            .room_access(id, user)
             .await?
             .ok_or_else(|| ApiError::not_found("room"))?;
-        let m = self.store.membership(id, user).await?;
         if m.is_none() && room.visibility == Visibility::Private {
             return Err(ApiError::not_found("room"));
         }

@@ -119,6 +119,19 @@ pub trait Store: Send + Sync + 'static {
     /// Every room id the user belongs to.
     async fn user_room_ids(&self, user_id: UserId) -> Result<Vec<RoomId>>;
     async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>>;
+    /// The live room and the user's membership of it, if any: what every
+    /// room call checks access with, so a backend should answer it in one
+    /// read.
+    async fn room_access(
+        &self,
+        room: RoomId,
+        user: UserId,
+    ) -> Result<Option<(Room, Option<Membership>)>> {
+        let Some(r) = self.room(room).await? else {
+            return Ok(None);
+        };
+        Ok(Some((r, self.membership(room, user).await?)))
+    }
     /// Adds a member; returns it and whether it is new (joining twice is fine).
     /// A new member's read marker starts at the room's last seq: history
     /// from before they joined does not count as unread.

@@ -932,6 +932,35 @@ impl Store for PgStore {
         decode_opt(row, rows::membership)
     }
 
+    async fn room_access(
+        &self,
+        room: RoomId,
+        user: UserId,
+    ) -> Result<Option<(Room, Option<Membership>)>> {
+        // The column names of the two tables do not overlap.
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            room_cols!(),
+            ", ",
+            membership_cols!(),
+            " FROM rooms r LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = $2 \
+             WHERE r.id = $1 AND r.deleted_at IS NULL"
+        ))
+        .bind(room.0)
+        .bind(user.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let membership = match rows::opt_text(&row, "role")? {
+            Some(_) => Some(rows::membership(&row)?),
+            None => None,
+        };
+        Ok(Some((rows::room(&row)?, membership)))
+    }
+
     async fn add_member(
         &self,
         room: RoomId,

@@ -115,6 +115,10 @@ pub(super) fn text(row: &PgRow, col: &str) -> Result<String> {
     get(row, col)
 }
 
+pub(super) fn opt_text(row: &PgRow, col: &str) -> Result<Option<String>> {
+    get(row, col)
+}
+
 pub(super) fn user(row: &PgRow) -> Result<User> {
     Ok(User {
         id: id(row, "id")?,

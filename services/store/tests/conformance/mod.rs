@@ -46,6 +46,7 @@ macro_rules! for_each_case {
             open_dm_returns_the_same_room_in_either_order,
             public_room_search_escapes_like_wildcards,
             rooms_and_memberships_follow_their_rules,
+            room_access_reads_the_room_and_the_callers_membership,
         }
     };
 }
@@ -1112,4 +1113,38 @@ pub async fn rooms_and_memberships_follow_their_rules(store: Arc<dyn Store>) {
         .unwrap()
         .is_empty());
     s.ping().await.unwrap();
+}
+
+pub async fn room_access_reads_the_room_and_the_callers_membership(store: Arc<dyn Store>) {
+    let s = &*store;
+    let alice = user(s, "alice").await;
+    let bob = user(s, "bob").await;
+    let room = s
+        .create_room(
+            &new_room("access", Visibility::Public, RoomKind::Group),
+            alice.id,
+        )
+        .await
+        .unwrap();
+    s.append_message(&new_message(room.id, alice.id, "m1", "one"))
+        .await
+        .unwrap();
+
+    let (r, m) = s.room_access(room.id, alice.id).await.unwrap().unwrap();
+    assert_eq!(r.last_seq, 1, "the room as it is now");
+    assert_eq!(r, s.room(room.id).await.unwrap().unwrap());
+    assert_eq!(m, s.membership(room.id, alice.id).await.unwrap());
+    assert_eq!(m.map(|m| m.role), Some(Role::Owner));
+
+    let (r, m) = s.room_access(room.id, bob.id).await.unwrap().unwrap();
+    assert_eq!(r.id, room.id);
+    assert_eq!(m, None, "not a member");
+
+    assert!(s
+        .room_access(RoomId::new(), alice.id)
+        .await
+        .unwrap()
+        .is_none());
+    s.delete_room(room.id, T0 + 10).await.unwrap();
+    assert!(s.room_access(room.id, alice.id).await.unwrap().is_none());
 }
