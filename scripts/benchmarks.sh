@@ -8,6 +8,7 @@
 #   scripts/benchmarks.sh                 everything (~15 minutes, plus the
 #                                         peers' first install)
 #   ONLY="aio" scripts/benchmarks.sh      just some parts: aio dist dist100k peers
+#                                          (and linger, not in the default set)
 #
 # Environment: OUT (default /tmp/chat-benchmarks), TARGET_SECS (seconds of
 # the 15,000-connection run; 60), PEERS_N / PEERS_RATE (2000 / 50) and
@@ -115,6 +116,26 @@ if [[ " $ONLY " == *" dist "* ]]; then
     run dist-reconnect distributed "reconnect over 2 gateways" --url "$gws" --server-pid "$pids" --scenario reconnect --connections 2000 --rate 30 --duration 15
     run dist-lb distributed "one room through HAProxy" --url "http://127.0.0.1:8300" --server-pid "$pids" --scenario room --connections 4000 --rate 50 --duration 10
     "$root/deploy/local/cluster" down >/dev/null
+fi
+
+if [[ " $ONLY " == *" linger "* ]]; then
+    # The batching knob: the wait of a busy room's events is F times a
+    # pass's duration (--fanout-linger-factor; 3 by default).
+    u="--url http://127.0.0.1:$port"
+    for f in 3 2 1 0; do
+        start_aio --fanout-linger-factor "$f"
+        run "linger-2k-f$f" all-in-one "one room, server --fanout-linger-factor $f" \
+            $u --scenario room --connections 2000 --rate 50 --duration 10
+    done
+    for f in 3 1; do
+        start_aio --fanout-linger-factor "$f"
+        run "linger-5k-f$f" all-in-one "one room, server --fanout-linger-factor $f" \
+            $u --scenario room --connections 5000 --rate 117 --duration 20
+        start_aio --fanout-linger-factor "$f"
+        run "linger-15k-f$f" all-in-one "one room, server --fanout-linger-factor $f" \
+            $u --scenario room --connections 15000 --rate 117 --duration 20 --drain-max 20
+    done
+    stop_aio
 fi
 
 if [[ " $ONLY " == *" dist100k "* ]]; then

@@ -30,7 +30,25 @@ pub struct Hubs {
     rooms: Mutex<HashMap<RoomId, Arc<Hub>>>,
     backfill: Backfill,
     metrics: Arc<Metrics>,
-    linger: Duration,
+    linger: Linger,
+}
+
+/// How long a busy room's events wait to be written together: `factor`
+/// times what the last hand-off took, at most `max`.
+#[derive(Clone, Copy, Debug)]
+pub struct Linger {
+    pub max: Duration,
+    pub factor: f64,
+}
+
+impl Linger {
+    /// The hand-off may take `1 / (1 + factor)` of the time a busy room's
+    /// events keep coming: a third of a core at most for 2, a quarter for 3.
+    pub const DEFAULT_FACTOR: f64 = 3.0;
+
+    fn after(&self, took: Duration) -> Duration {
+        took.mul_f64(self.factor).min(self.max)
+    }
 }
 
 /// What a hub needs to read the log: room, and the right to call it on a
@@ -80,7 +98,7 @@ impl Hubs {
         subjects: Subjects,
         backfill: Backfill,
         metrics: Arc<Metrics>,
-        linger: Duration,
+        linger: Linger,
     ) -> Self {
         Self {
             bus,
@@ -264,23 +282,20 @@ const BATCH_MAX: usize = 256;
 /// gets many frames per write, which is what keeps the gateway ahead of a
 /// busy room (the cost of a write hardly depends on its size).
 struct Batcher {
-    max_linger: Duration,
+    policy: Linger,
     linger: Duration,
     pending: frames::Builder,
     last_flush: Instant,
 }
 
-/// The linger is this many times the last hand-off's duration.
-const LINGER_PER_FANOUT: u32 = 3;
-
 impl Batcher {
-    fn new(room: RoomId, max_linger: Duration) -> Self {
+    fn new(room: RoomId, policy: Linger) -> Self {
         Self {
-            max_linger,
+            policy,
             linger: Duration::ZERO,
             pending: frames::Builder::new(room),
             last_flush: Instant::now()
-                .checked_sub(max_linger)
+                .checked_sub(policy.max)
                 .unwrap_or_else(Instant::now),
         }
     }
@@ -305,7 +320,7 @@ impl Batcher {
 
     /// Sets the next linger from how long a hand-off took.
     fn handed_off_in(&mut self, took: Duration) {
-        self.linger = (took * LINGER_PER_FANOUT).min(self.max_linger);
+        self.linger = self.policy.after(took);
     }
 }
 
@@ -689,9 +704,16 @@ fn deliver_to(subs: &[Arc<ConnShared>], batch: &Arc<Batch>, metrics: &Metrics) {
 mod tests {
     use super::*;
 
+    fn linger(max: Duration) -> Linger {
+        Linger {
+            max,
+            factor: Linger::DEFAULT_FACTOR,
+        }
+    }
+
     #[test]
     fn a_quiet_room_hands_over_at_once_and_a_busy_one_in_batches() {
-        let mut b = Batcher::new(RoomId::new(), Duration::from_secs(60));
+        let mut b = Batcher::new(RoomId::new(), linger(Duration::from_secs(60)));
         assert!(b.due().is_none());
         b.pending.event(1, b"{}");
         assert!(
@@ -716,7 +738,7 @@ mod tests {
 
     #[test]
     fn the_linger_follows_the_hand_off_time_up_to_the_cap() {
-        let mut b = Batcher::new(RoomId::new(), Duration::from_millis(100));
+        let mut b = Batcher::new(RoomId::new(), linger(Duration::from_millis(100)));
         b.handed_off_in(Duration::from_micros(20));
         assert_eq!(b.linger, Duration::from_micros(60));
         b.handed_off_in(Duration::from_millis(20));
@@ -726,8 +748,25 @@ mod tests {
     }
 
     #[test]
+    fn the_factor_sets_the_linger_and_zero_turns_it_off() {
+        let mut b = Batcher::new(
+            RoomId::new(),
+            Linger {
+                max: Duration::from_millis(100),
+                factor: 0.5,
+            },
+        );
+        b.handed_off_in(Duration::from_millis(20));
+        assert_eq!(b.linger, Duration::from_millis(10));
+        b.policy.factor = 0.0;
+        b.handed_off_in(Duration::from_millis(20));
+        b.pending.event(1, b"{}");
+        assert!(b.flush_now(), "no wait after a hand-off");
+    }
+
+    #[test]
     fn a_full_batch_goes_out_without_waiting() {
-        let mut b = Batcher::new(RoomId::new(), Duration::from_secs(60));
+        let mut b = Batcher::new(RoomId::new(), linger(Duration::from_secs(60)));
         b.pending.event(0, b"{}");
         b.take();
         b.handed_off_in(Duration::from_secs(60));
@@ -741,7 +780,7 @@ mod tests {
 
     #[test]
     fn no_linger_means_no_batching() {
-        let mut b = Batcher::new(RoomId::new(), Duration::ZERO);
+        let mut b = Batcher::new(RoomId::new(), linger(Duration::ZERO));
         b.pending.event(1, b"{}");
         assert!(b.flush_now());
         b.take();
