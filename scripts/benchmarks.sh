@@ -8,7 +8,10 @@
 #   scripts/benchmarks.sh                 everything (~15 minutes, plus the
 #                                         peers' first install)
 #   ONLY="aio" scripts/benchmarks.sh      just some parts: aio dist dist100k peers
-#                                          (and linger, not in the default set)
+#                                          (and linger, not in the default set);
+#                                         renders to $OUT/BENCHMARKS.md, or with
+#                                         UPDATE=1 to BENCHMARKS.md from every
+#                                         run in $OUT
 #
 # Environment: OUT (default /tmp/chat-benchmarks), TARGET_SECS (seconds of
 # the 15,000-connection run; 60), PEERS_N / PEERS_RATE (2000 / 50) and
@@ -18,6 +21,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chat-target}"
 OUT="${OUT:-/tmp/chat-benchmarks}"
+ONLY_GIVEN="${ONLY:-}"
 ONLY="${ONLY:-aio dist dist100k peers}"
 TARGET_SECS="${TARGET_SECS:-60}"
 mkdir -p "$OUT"
@@ -165,5 +169,13 @@ if [[ " $ONLY " == *" peers "* ]]; then
         "$root/loadtest/peers/compare.sh" >"$OUT/peers-heavy.md" 2>"$OUT/peers-heavy.log" || true
 fi
 
-python3 "$root/scripts/benchmarks_table.py" "$OUT" "$root/BENCHMARKS.md"
-echo "benchmarks: BENCHMARKS.md updated (runs in $OUT)" >&2
+# A partial run (ONLY=...) renders what is in $OUT, which may lack the other
+# parts' rows: it writes a copy in $OUT unless UPDATE=1 says $OUT holds them.
+if [ -z "${ONLY_GIVEN:-}" ] || [ "${UPDATE:-0}" = 1 ]; then
+    python3 "$root/scripts/benchmarks_table.py" "$OUT" "$root/BENCHMARKS.md"
+    echo "benchmarks: BENCHMARKS.md updated (runs in $OUT)" >&2
+else
+    cp "$root/BENCHMARKS.md" "$OUT/BENCHMARKS.md"
+    python3 "$root/scripts/benchmarks_table.py" "$OUT" "$OUT/BENCHMARKS.md"
+    echo "benchmarks: partial run rendered to $OUT/BENCHMARKS.md (UPDATE=1 writes BENCHMARKS.md from everything in $OUT)" >&2
+fi
