@@ -50,6 +50,8 @@ pub struct GatewayConfig {
     pub fanout_linger: Duration,
     /// The wait is this many times what the room's last hand-off took.
     pub fanout_linger_factor: f64,
+    /// WebSocket subscribes checked with room at once; more wait their turn.
+    pub subscribe_concurrency: usize,
 }
 
 impl Default for GatewayConfig {
@@ -65,6 +67,7 @@ impl Default for GatewayConfig {
             ws_frames_per_sec: 200,
             fanout_linger: Duration::from_millis(100),
             fanout_linger_factor: ws::hub::Linger::DEFAULT_FACTOR,
+            subscribe_concurrency: 64,
         }
     }
 }
@@ -87,6 +90,8 @@ pub(crate) struct Inner {
     pub hubs: Arc<ws::hub::Hubs>,
     pub metrics: Arc<metrics::Metrics>,
     pub conns: ws::registry::Registry,
+    /// Permits for subscribes' calls to room (`subscribe_concurrency`).
+    pub subscribes: tokio::sync::Semaphore,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub ready: Vec<ReadyCheck>,
@@ -124,6 +129,7 @@ impl Gateway {
                     },
                 )),
                 conns: ws::registry::Registry::new(bus.clone(), subjects.clone()),
+                subscribes: tokio::sync::Semaphore::new(cfg.subscribe_concurrency.max(1)),
                 backends,
                 verifier,
                 ephemeral,
@@ -203,6 +209,14 @@ pub struct GatewayArgs {
           value_parser = linger_factor)]
     pub fanout_linger_factor: f64,
 
+    /// WebSocket subscribes this gateway checks with room at once; the
+    /// others wait their turn (up to the RPC deadline, then `unavailable`).
+    /// A connect storm then queues here instead of flooding room with calls
+    /// that time out, are cancelled and are retried.
+    #[arg(long, env = "CHAT_SUBSCRIBE_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub subscribe_concurrency: u32,
+
     /// Deadline of each call to auth and room, in milliseconds.
     #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
@@ -220,6 +234,7 @@ impl GatewayArgs {
             ws_frames_per_sec: self.ws_frames_per_sec,
             fanout_linger: Duration::from_millis(self.fanout_linger_ms),
             fanout_linger_factor: self.fanout_linger_factor,
+            subscribe_concurrency: self.subscribe_concurrency as usize,
             ..GatewayConfig::default()
         }
     }

@@ -166,6 +166,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
             format!("--ws-buffer-bytes={}", g.ws_buffer_bytes),
             format!("--max-frame-bytes={}", g.max_frame_bytes),
             format!("--ws-frames-per-sec={}", g.ws_frames_per_sec),
+            format!("--subscribe-concurrency={}", g.subscribe_concurrency),
         ],
         ..ClusterOptions::default()
     }

@@ -659,3 +659,43 @@ async fn a_reader_that_falls_behind_is_closed_with_4009_and_resumes_with_since_s
     );
     assert_eq!(subscribed["last_seq"], TOTAL);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_beyond_the_gateways_concurrency_wait_their_turn() {
+    // One subscribe at a time per gateway: a crowd subscribing (and
+    // resuming, which reads the log under the same permit) all get in.
+    let app = crate::helpers::spawn_app_with(|cfg| cfg.gateway.subscribe_concurrency = 1).await;
+    let alice = app.signup("alice").await;
+    let mut members = Vec::new();
+    for i in 0..6 {
+        members.push(app.signup(&format!("m{i}")).await);
+    }
+    let refs: Vec<&TestUser> = members.iter().collect();
+    let rooms = [
+        app.room_with(&alice, &refs).await,
+        app.room_with(&alice, &refs).await,
+    ];
+    for room in &rooms {
+        app.say(&alice, room, "history").await;
+    }
+    let mut tasks = Vec::new();
+    for m in &members {
+        let mut ws = app.ws(m).await;
+        let rooms = rooms.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for room in &rooms {
+                let (replayed, subscribed) = ws.subscribe(room, Some(0)).await;
+                assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+                got.push(message_seqs(&replayed));
+            }
+            got
+        }));
+    }
+    for t in tasks {
+        let got = within_for(Duration::from_secs(30), "every subscribe", t)
+            .await
+            .expect("subscriber");
+        assert_eq!(got, vec![vec![1], vec![1]], "each room's history, once");
+    }
+}

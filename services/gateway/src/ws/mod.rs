@@ -722,6 +722,19 @@ impl Conn {
                 return Err(e);
             }
         };
+        // Held through the access check and the backfill.
+        let gw = self.gw.clone();
+        let inner = &gw.inner;
+        let _permit =
+            match tokio::time::timeout(inner.cfg.rpc_timeout, inner.subscribes.acquire()).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    self.io.out.lock().remove_room(room);
+                    return Err(ApiError::unavailable(
+                        "too many subscribes at once here; retry",
+                    ));
+                }
+            };
         let r = self
             .room_call(
                 pb::GetRoomRequest {
