@@ -708,6 +708,15 @@ impl Conn {
         if let Some(s) = since {
             chat_core::validate::seq("since_seq", s)?;
         }
+        let r = self.subscribe_steps(room, since).await;
+        if r.is_err() {
+            // Nothing of a failed subscribe stays: no hub, no cursor.
+            self.drop_room(room);
+        }
+        r
+    }
+
+    async fn subscribe_steps(&mut self, room: RoomId, since: Option<Seq>) -> Result<Seq, ApiError> {
         // Until `subscribed` is written the room is not live: its hub hands
         // events to this task, which delivers them after it.
         let pending = Cursor {
@@ -715,13 +724,7 @@ impl Conn {
             live: false,
         };
         self.io.out.lock().set_cursor(room, pending);
-        let guard = match self.hubs().subscribe(room, self.shared.clone()).await {
-            Ok(g) => g,
-            Err(e) => {
-                self.io.out.lock().remove_room(room);
-                return Err(e);
-            }
-        };
+        let guard = self.hubs().subscribe(room, self.shared.clone()).await?;
         // Held through the access check and the backfill.
         let gw = self.gw.clone();
         let inner = &gw.inner;
@@ -729,13 +732,12 @@ impl Conn {
             match tokio::time::timeout(inner.cfg.rpc_timeout, inner.subscribes.acquire()).await {
                 Ok(Ok(p)) => p,
                 _ => {
-                    self.io.out.lock().remove_room(room);
                     return Err(ApiError::unavailable(
                         "too many subscribes at once here; retry",
-                    ));
+                    ))
                 }
             };
-        let r = self
+        let last = self
             .room_call(
                 pb::GetRoomRequest {
                     room_id: room.to_string(),
@@ -751,14 +753,7 @@ impl Conn {
                 } else {
                     Ok(r.room.map(|r| r.last_seq).unwrap_or(0))
                 }
-            });
-        let last = match r {
-            Ok(last) => last,
-            Err(e) => {
-                self.io.out.lock().remove_room(room);
-                return Err(e);
-            }
-        };
+            })?;
         let cursor = since.map_or(last, |s| s.min(last));
         self.io.out.lock().set_cursor(
             room,
