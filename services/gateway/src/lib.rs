@@ -205,8 +205,8 @@ pub struct GatewayArgs {
     /// --fanout-linger-ms): writing then takes at most 1 / (1 + factor) of
     /// a core per busy room. Lower trades CPU for latency; 0 writes every
     /// event as soon as the last write is done.
-    #[arg(long, env = "CHAT_FANOUT_LINGER_FACTOR", default_value_t = 3.0,
-          value_parser = linger_factor)]
+    #[arg(long, env = "CHAT_FANOUT_LINGER_FACTOR",
+          default_value_t = ws::hub::Linger::DEFAULT_FACTOR, value_parser = linger_factor)]
     pub fanout_linger_factor: f64,
 
     /// WebSocket subscribes this gateway checks with room at once; the
