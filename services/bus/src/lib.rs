@@ -16,6 +16,7 @@
 
 pub mod memory;
 pub mod nats;
+pub mod publisher;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 pub use memory::MemoryBus;
 pub use nats::NatsBus;
+pub use publisher::Publisher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

@@ -103,7 +103,7 @@ impl ErrorCode {
     }
 
     /// The WebSocket close code when this error ends a connection.
-    pub fn close_code(self) -> u16 {
+    pub const fn close_code(self) -> u16 {
         match self {
             ErrorCode::Unauthorized => 4001,
             ErrorCode::Forbidden => 4003,

@@ -34,6 +34,9 @@ pub enum As<'a> {
     Bearer(&'a str),
     /// A connected user, asserted with the internal secret (WebSocket).
     User(&'a Caller, &'a str),
+    /// The gateway itself, asserted with the internal secret (a room hub
+    /// reading a room's log for all its subscribers).
+    Service(&'a str),
 }
 
 /// A request with identity, deadline and the client's user agent.
@@ -63,6 +66,12 @@ pub fn request<T>(
             if let Ok(v) = MetadataValue::try_from(caller.session_id.to_string()) {
                 md.insert(SESSION_KEY, v);
             }
+        }
+        As::Service(secret) => {
+            if let Ok(v) = MetadataValue::try_from(secret) {
+                md.insert(INTERNAL_KEY, v);
+            }
+            md.insert("x-chat-service", MetadataValue::from_static("gateway"));
         }
     }
     if let Some(ua) = user_agent.and_then(|u| MetadataValue::try_from(u).ok()) {

@@ -11,6 +11,7 @@ pub mod backends;
 pub mod extract;
 pub mod metrics;
 pub mod rest;
+pub mod room_api;
 pub mod wire;
 pub mod ws;
 
@@ -84,14 +85,16 @@ pub(crate) struct Inner {
     pub backends: Backends,
     pub verifier: chat_auth::Verifier,
     pub ephemeral: Arc<dyn chat_ephemeral::Ephemeral>,
-    pub bus: Arc<dyn Bus>,
-    pub subjects: Subjects,
     pub cfg: GatewayConfig,
     pub hubs: Arc<ws::hub::Hubs>,
     pub metrics: Arc<metrics::Metrics>,
     pub conns: ws::registry::Registry,
+    /// RoomService for the WebSocket side.
+    pub api: room_api::RoomApi,
+    /// Typed bus events (typing, presence).
+    pub publisher: chat_bus::Publisher,
     /// Permits for subscribes' calls to room (`subscribe_concurrency`).
-    pub subscribes: tokio::sync::Semaphore,
+    pub subscribes: Arc<tokio::sync::Semaphore>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub ready: Vec<ReadyCheck>,
@@ -111,17 +114,18 @@ impl Gateway {
     ) -> Self {
         let tracker = TaskTracker::new();
         let metrics = Arc::new(metrics::Metrics::default());
+        let api = room_api::RoomApi::new(Arc::new(room_api::GrpcRoom::new(
+            backends.clone(),
+            cfg.internal_secret.clone(),
+            cfg.rpc_timeout,
+        )));
         Self {
             inner: Arc::new(Inner {
                 metrics: metrics.clone(),
                 hubs: Arc::new(ws::hub::Hubs::new(
                     bus.clone(),
                     subjects.clone(),
-                    ws::hub::Backfill {
-                        backends: backends.clone(),
-                        internal_secret: cfg.internal_secret.clone(),
-                        timeout: cfg.rpc_timeout,
-                    },
+                    api.clone(),
                     metrics,
                     ws::hub::Linger {
                         max: cfg.fanout_linger,
@@ -129,12 +133,14 @@ impl Gateway {
                     },
                 )),
                 conns: ws::registry::Registry::new(bus.clone(), subjects.clone()),
-                subscribes: tokio::sync::Semaphore::new(cfg.subscribe_concurrency.max(1)),
+                publisher: chat_bus::Publisher::new(bus.clone(), subjects.clone()),
+                api,
+                subscribes: Arc::new(tokio::sync::Semaphore::new(
+                    cfg.subscribe_concurrency.max(1),
+                )),
                 backends,
                 verifier,
                 ephemeral,
-                bus,
-                subjects,
                 cfg,
                 shutdown,
                 tracker,
@@ -151,7 +157,7 @@ impl Gateway {
     /// Closes every WebSocket with 1012 and waits (up to `deadline`) for the
     /// connection tasks to finish. Call after `shutdown` was cancelled.
     pub async fn drain(&self, deadline: Duration) {
-        self.inner.conns.close_all(1012);
+        self.inner.conns.close_all(ws::close::Close::RESTARTING);
         self.inner.tracker.close();
         if tokio::time::timeout(deadline, self.inner.tracker.wait())
             .await

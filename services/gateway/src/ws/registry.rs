@@ -3,7 +3,8 @@
 //! shutdown closes them all with 1012. Each connected user's bus subject is
 //! subscribed once per gateway (reference-counted, like room hubs).
 
-use super::{ConnShared, Outbound};
+use super::close::Close;
+use super::shared::{ConnShared, Outbound};
 use chat_bus::{Bus, Subjects};
 use chat_core::{SessionId, UserId};
 use chat_proto::v1 as pb;
@@ -131,11 +132,11 @@ impl Registry {
         }
     }
 
-    pub fn close_all(&self, code: u16) {
+    pub fn close_all(&self, close: Close) {
         let users = self.lock();
         for e in users.values() {
             for c in e.conns.values() {
-                c.close(code);
+                c.close(close);
             }
         }
     }
@@ -168,7 +169,7 @@ fn notice(users: &Mutex<HashMap<UserId, UserEntry>>, user: UserId, payload: &[u8
                 return;
             };
             for c in e.conns.values().filter(|c| c.caller.session_id == sid) {
-                c.close(4001);
+                c.close(Close::UNAUTHORIZED.because("session revoked"));
             }
         }
         Some(pb::bus_event::Kind::Member(m)) => {
@@ -177,7 +178,7 @@ fn notice(users: &Mutex<HashMap<UserId, UserEntry>>, user: UserId, payload: &[u8
                     .try_send(Outbound::Membership(Box::new(m.clone())))
                     .is_err()
                 {
-                    c.close(4009);
+                    c.close(Close::TOO_SLOW);
                 }
             }
         }

@@ -1,0 +1,326 @@
+//! One room's hub: its local subscribers, and the task that takes the
+//! room's bus subject in, puts it in seq order (a gap is backfilled from
+//! room's log, a duplicate dropped), renders each event once and hands the
+//! batches to the subscribers slice by slice.
+
+use super::batcher::{sleep_until, Batcher, Linger, BATCH_MAX};
+use super::fanout::fan_out;
+use super::slices::{Rolling, Subscribers};
+use crate::metrics::Metrics;
+use crate::room_api::{RoomApi, Who};
+use crate::wire::{EventView, ServerFrame};
+use crate::ws::close::Close;
+use crate::ws::frames::Batch;
+use chat_bus::Bus;
+use chat_core::{ApiError, RoomId, Seq};
+use chat_proto::v1 as pb;
+use futures_util::{FutureExt, StreamExt};
+use prost::Message as _;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Local subscribers above which a room gets no presence or typing frames.
+const CROWD: usize = 1000;
+
+/// What a hub's task needs besides the hub.
+pub(super) struct HubDeps {
+    pub bus: Arc<dyn Bus>,
+    pub subject: String,
+    pub api: RoomApi,
+    pub metrics: Arc<Metrics>,
+    pub linger: Linger,
+}
+
+pub(super) struct Hub {
+    pub room: RoomId,
+    subscribers: Mutex<Subscribers>,
+    pub stop: CancellationToken,
+    /// `None` until the bus subscription is tried, then whether it is in
+    /// place.
+    pub ready: watch::Receiver<Option<bool>>,
+}
+
+impl Hub {
+    /// A hub for `room`, its task started: it subscribes to the room's
+    /// subject (see `ready`) and runs until `stop`.
+    pub fn start(room: RoomId, deps: HubDeps) -> Arc<Hub> {
+        let (ready_tx, ready) = watch::channel(None);
+        let hub = Arc::new(Hub {
+            room,
+            subscribers: Mutex::new(Subscribers::default()),
+            stop: CancellationToken::new(),
+            ready,
+        });
+        let pump = Pump {
+            room,
+            hub: Arc::downgrade(&hub),
+            batch: Batcher::new(room, deps.linger),
+            rolling: Rolling::default(),
+            last: None,
+            api: deps.api,
+            metrics: deps.metrics,
+        };
+        let stop = hub.stop.clone();
+        tokio::spawn(pump.run(deps.bus, deps.subject, ready_tx, stop));
+        hub
+    }
+
+    pub fn subs(&self) -> MutexGuard<'_, Subscribers> {
+        match self.subscribers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn close_all(&self, close: Close) {
+        for conn in self.subs().values() {
+            conn.close(close);
+        }
+    }
+
+    /// Whether this room has more local subscribers than live notices are
+    /// worth.
+    fn crowded(&self) -> bool {
+        self.subs().len() > CROWD
+    }
+}
+
+/// A hub's task: the bus subscription in, batches out.
+struct Pump {
+    room: RoomId,
+    hub: Weak<Hub>,
+    api: RoomApi,
+    metrics: Arc<Metrics>,
+    /// The last seq this hub delivered; `None` until the first event.
+    last: Option<Seq>,
+    batch: Batcher,
+    rolling: Rolling,
+}
+
+impl Pump {
+    async fn run(
+        mut self,
+        bus: Arc<dyn Bus>,
+        subject: String,
+        ready: watch::Sender<Option<bool>>,
+        stop: CancellationToken,
+    ) {
+        let mut reconnects = bus.reconnects();
+        let mut sub = match bus.subscribe(&subject).await {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::error!(%error, room_id = %self.room, "cannot subscribe to room subject");
+                let _ = ready.send(Some(false));
+                return;
+            }
+        };
+        let _ = ready.send(Some(true));
+        while self.hub.strong_count() > 0 {
+            let due = self.batch.due();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                changed = reconnects.changed() => {
+                    if changed.is_ok() {
+                        self.after_reconnect().await;
+                    }
+                }
+                // A pass is under way: what arrived since the last slice
+                // joins it, then the next slice gets its write.
+                () = std::future::ready(()), if self.rolling.busy() => {
+                    if !self.take_in_ready(&mut sub).await {
+                        self.ended();
+                        break;
+                    }
+                    self.rolling.seal(&mut self.batch);
+                    if !self.hand_off_next().await {
+                        break;
+                    }
+                }
+                () = sleep_until(due), if due.is_some() => self.rolling.seal(&mut self.batch),
+                next = sub.next() => {
+                    let Some(payload) = next else {
+                        self.ended();
+                        break;
+                    };
+                    self.take_in(&payload).await;
+                    // Whatever else arrived meanwhile joins this batch (an
+                    // end of the subscription shows on the next turn).
+                    self.take_in_ready(&mut sub).await;
+                    if self.batch.flush_now() {
+                        self.rolling.seal(&mut self.batch);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bus came back: what was published meanwhile may be lost, and
+    /// the room's last events leave no visible gap, so the log is read
+    /// again from the last seq delivered.
+    async fn after_reconnect(&mut self) {
+        if let Some(l) = self.last {
+            tracing::info!(room_id = %self.room, after_seq = l, "bus reconnected; re-reading the log");
+            self.backfill(l, None).await;
+            self.rolling.seal(&mut self.batch);
+        }
+    }
+
+    /// The subscription ended (the bus gave up on it): the subscribers
+    /// reconnect, to a hub that subscribes again.
+    fn ended(&self) {
+        tracing::warn!(room_id = %self.room, "room subscription ended");
+        if let Some(hub) = self.hub.upgrade() {
+            hub.close_all(Close::RESTARTING);
+        }
+    }
+
+    /// Reads the log after `after` (up to `until`) as the gateway and
+    /// queues it for delivery, advancing `last`.
+    async fn backfill(&mut self, after: Seq, until: Option<Seq>) {
+        let (room, api) = (self.room, self.api.clone());
+        let mut last = after;
+        let read = api
+            .events_after(Who::Gateway, room, after, until, |events| {
+                for e in events {
+                    last = e.seq;
+                    self.push_event(e);
+                }
+                Ok::<_, ApiError>(last)
+            })
+            .await;
+        if let Err(error) = read {
+            tracing::warn!(%error, room_id = %room, "hub backfill failed");
+        }
+        self.last = Some(self.last.map_or(last, |l| l.max(last)));
+    }
+
+    /// One bus payload into the batch: a room event in seq order (a gap
+    /// first backfilled from the log, a duplicate dropped) or a notice.
+    async fn take_in(&mut self, payload: &[u8]) {
+        match decode(payload) {
+            Some(pb::bus_event::Kind::RoomEvent(e)) => {
+                if let Some(l) = self.last {
+                    if e.seq <= l {
+                        return;
+                    }
+                    if e.seq > l + 1 {
+                        tracing::info!(room_id = %self.room, after_seq = l, seq = e.seq, "gap on the bus; backfilling");
+                        self.metrics.backfills.inc();
+                        self.backfill(l, Some(e.seq - 1)).await;
+                        if self.last.is_some_and(|r| r < e.seq - 1) {
+                            // Could not fill it: each connection's cursor
+                            // finds the gap and backfills it itself.
+                            tracing::warn!(room_id = %self.room, "hub backfill incomplete");
+                        }
+                    }
+                }
+                self.last = Some(e.seq);
+                self.push_event(&e);
+            }
+            Some(other) => {
+                let crowded = self.hub.upgrade().is_some_and(|h| h.crowded());
+                if let Some(json) = render_notice(other, crowded) {
+                    self.batch.pending.live(&json);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Takes in every payload already waiting on the subscription (up to a
+    /// full batch) without waiting for more; false when it has ended.
+    async fn take_in_ready(&mut self, sub: &mut chat_bus::Subscription) -> bool {
+        while self.batch.pending.len() < BATCH_MAX {
+            match sub.next().now_or_never() {
+                Some(Some(payload)) => self.take_in(&payload).await,
+                Some(None) => return false,
+                None => break,
+            }
+        }
+        true
+    }
+
+    /// The event, encoded once for every connection.
+    fn push_event(&mut self, e: &pb::RoomEvent) {
+        if let Some(view) = EventView::of(e) {
+            match serde_json::to_vec(&view) {
+                Ok(json) => self.batch.pending.event(e.seq, &json),
+                Err(error) => tracing::error!(%error, "cannot encode an event"),
+            }
+        }
+    }
+
+    /// Writes the next slice that has batches pending (all of them, as one
+    /// write per connection); when the pass is over, sets the next linger
+    /// from how long it took. False when the hub is gone.
+    async fn hand_off_next(&mut self) -> bool {
+        let Some(hub) = self.hub.upgrade() else {
+            return false;
+        };
+        if let Some((k, parts)) = self.rolling.next() {
+            if let Some(b) = Batch::concat(&parts) {
+                let subs = hub.subs().list(k);
+                if !subs.is_empty() {
+                    self.metrics.handoff_frames.observe(b.items.len() as f64);
+                    fan_out(&subs, b, &self.metrics).await;
+                }
+            }
+        }
+        if let Some(took) = self.rolling.finish() {
+            self.metrics.handoff_seconds.observe(took.as_secs_f64());
+            self.batch.handed_off_in(took);
+        }
+        true
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<pb::bus_event::Kind> {
+    match pb::BusEvent::decode(payload) {
+        Ok(ev) => ev.kind,
+        Err(error) => {
+            tracing::warn!(%error, "undecodable bus payload");
+            None
+        }
+    }
+}
+
+/// A live notice as the client frame, or `None` when it is not for the
+/// room's sockets.
+fn render_notice(kind: pb::bus_event::Kind, crowded: bool) -> Option<Vec<u8>> {
+    use pb::bus_event::Kind;
+    if matches!(kind, Kind::Presence(_) | Kind::Typing(_)) && crowded {
+        // In a crowd, every member coming and going (or typing) would be a
+        // frame to everyone: N² frames. Clients of large rooms read
+        // `online` from the member list instead.
+        return None;
+    }
+    let json = match kind {
+        Kind::Typing(t) => serde_json::to_vec(&ServerFrame::Typing {
+            room_id: &t.room_id,
+            user_id: &t.user_id,
+        }),
+        Kind::Presence(p) => serde_json::to_vec(&ServerFrame::Presence {
+            room_id: &p.room_id,
+            user_id: &p.user_id,
+            online: p.online,
+        }),
+        Kind::Member(m) if m.joined => serde_json::to_vec(&ServerFrame::MemberJoined {
+            room_id: &m.room_id,
+            user_id: &m.user_id,
+        }),
+        Kind::Member(m) => serde_json::to_vec(&ServerFrame::MemberLeft {
+            room_id: &m.room_id,
+            user_id: &m.user_id,
+        }),
+        Kind::RoomEvent(_) | Kind::SessionRevoked(_) => return None,
+    };
+    match json {
+        Ok(json) => Some(json),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode a notice");
+            None
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! A connection's rooms: which it is subscribed to, and per room a cursor
+//! (the last `seq` delivered, kept in [`Out`] so that the hubs writing
+//! directly and this task never duplicate or reorder an event).
+//!
+//! Events at or below the cursor are dropped (no duplicate); an event past
+//! `cursor + 1` first backfills the gap from room's log (no gap). So the
+//! client sees every event once, in order, whatever races between the bus
+//! and a resume.
+//!
+//! A subscribe registers with the room's hub *before* it reads the room's
+//! `last_seq`: an event committed after that read is published after it
+//! too, so the hub gets it; one committed before is at or below
+//! `last_seq`. Until `subscribed` is written the room is not live: its hub
+//! hands events to this task, which delivers them after it.
+
+use super::close::{Close, End};
+use super::frames::{self, Batch};
+use super::hub::{HubGuard, Hubs};
+use super::out::{Cursor, Out};
+use super::shared::{ConnShared, Outbound};
+use crate::room_api::{RoomApi, Who};
+use crate::wire::{encode, EventView, ServerFrame};
+use axum::extract::ws::Utf8Bytes;
+use chat_auth::Caller;
+use chat_core::{ApiError, RoomId, Seq};
+use chat_proto::v1 as pb;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// What a session needs from the gateway.
+#[derive(Clone)]
+pub struct SessionDeps {
+    pub api: RoomApi,
+    pub hubs: Arc<Hubs>,
+    /// Subscribes checked with room at once (`--subscribe-concurrency`).
+    pub subscribes: Arc<Semaphore>,
+    /// How long a subscribe waits for its turn.
+    pub rpc_timeout: Duration,
+}
+
+/// One connection's subscriptions.
+pub struct Session {
+    conn: Arc<ConnShared>,
+    deps: SessionDeps,
+    rooms: HashMap<RoomId, HubGuard>,
+    /// Subscribed to every room of the user (`subscribe_all`): rooms the
+    /// user joins later are followed.
+    all: bool,
+}
+
+impl Session {
+    pub fn new(conn: Arc<ConnShared>, deps: SessionDeps) -> Self {
+        Self {
+            conn,
+            deps,
+            rooms: HashMap::new(),
+            all: false,
+        }
+    }
+
+    /// The user this connection is for.
+    pub fn caller(&self) -> Caller {
+        self.conn.caller
+    }
+
+    /// Who calls room for this connection.
+    pub fn who(&self) -> Who {
+        Who::User(self.conn.caller)
+    }
+
+    pub fn api(&self) -> &RoomApi {
+        &self.deps.api
+    }
+
+    fn out(&self) -> &Out {
+        &self.conn.out
+    }
+
+    pub fn is_subscribed(&self, room: RoomId) -> bool {
+        self.rooms.contains_key(&room)
+    }
+
+    /// The last seq delivered of a subscribed room.
+    pub fn cursor(&self, room: RoomId) -> Option<Seq> {
+        self.out().lock().cursor(room).map(|c| c.seq)
+    }
+
+    /// Writes a frame after everything before it.
+    pub fn send(&self, frame: &Utf8Bytes) -> Result<(), End> {
+        Ok(self.out().lock().write(frames::text(frame.as_bytes()))?)
+    }
+
+    /// Stops delivering the room; whether it was subscribed.
+    pub fn unsubscribe(&mut self, room: RoomId) -> bool {
+        self.out().lock().remove_room(room);
+        self.rooms.remove(&room).is_some()
+    }
+
+    /// Lets go of every room (the hubs stop writing to this connection).
+    pub fn clear(&mut self) {
+        for room in self.rooms.keys() {
+            self.conn.out.lock().remove_room(*room);
+        }
+        self.rooms.clear();
+    }
+
+    /// Subscribes to a room and delivers the events after `since` (if
+    /// given); the room is live once [`Self::go_live`] writes its
+    /// `subscribed` frame. Returns the last seq delivered, for that frame.
+    /// A subscribe to a room already subscribed starts over.
+    pub async fn subscribe(&mut self, room: RoomId, since: Option<Seq>) -> Result<Seq, ApiError> {
+        if let Some(s) = since {
+            chat_core::validate::seq("since_seq", s)?;
+        }
+        self.unsubscribe(room);
+        let r = self.subscribe_steps(room, since).await;
+        if r.is_err() {
+            // Nothing of a failed subscribe stays: no hub, no cursor.
+            self.unsubscribe(room);
+        }
+        r
+    }
+
+    async fn subscribe_steps(&mut self, room: RoomId, since: Option<Seq>) -> Result<Seq, ApiError> {
+        let pending = Cursor {
+            seq: 0,
+            live: false,
+        };
+        self.out().lock().set_cursor(room, pending);
+        let guard = self.deps.hubs.subscribe(room, self.conn.clone()).await?;
+        // Held through the access check and the backfill.
+        let turn = self.deps.subscribes.clone();
+        let _permit = match tokio::time::timeout(self.deps.rpc_timeout, turn.acquire_owned()).await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(ApiError::unavailable(
+                    "too many subscribes at once here; retry",
+                ))
+            }
+        };
+        let caller = self.conn.caller;
+        let last = self.deps.api.rpc().member_last_seq(&caller, room).await?;
+        let cursor = since.map_or(last, |s| s.min(last));
+        self.out().lock().set_cursor(
+            room,
+            Cursor {
+                seq: cursor,
+                live: false,
+            },
+        );
+        self.rooms.insert(room, guard);
+        if since.is_some() {
+            // The events the client missed, before `subscribed`.
+            self.catch_up(room, None)
+                .await
+                .map_err(|_| ApiError::unavailable("cannot read the room's history; retry"))?;
+        }
+        Ok(self.cursor(room).unwrap_or(last))
+    }
+
+    /// Subscribes to every room of the user (from `since` where given;
+    /// rooms already subscribed stay as they are) and follows the rooms
+    /// the user joins later. Returns each room's last seq delivered.
+    pub async fn subscribe_all(
+        &mut self,
+        since: &HashMap<RoomId, Seq>,
+    ) -> Result<BTreeMap<String, Seq>, ApiError> {
+        let rooms = self
+            .deps
+            .api
+            .my_rooms(&self.conn.caller, usize::MAX)
+            .await?;
+        let mut subscribed = BTreeMap::new();
+        for room in rooms {
+            let last = match self.cursor(room) {
+                Some(c) if self.is_subscribed(room) => c,
+                _ => self.subscribe(room, since.get(&room).copied()).await?,
+            };
+            subscribed.insert(room.to_string(), last);
+        }
+        self.all = true;
+        Ok(subscribed)
+    }
+
+    /// The rooms subscribed.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.rooms.keys().copied().collect()
+    }
+
+    /// Writes the rooms' `subscribed` (or `subscribed_all`) frame; from
+    /// then on their hubs write their events directly.
+    pub fn go_live(&self, rooms: &[RoomId], subscribed: &Utf8Bytes) -> Result<(), End> {
+        let mut g = self.out().lock();
+        g.write(frames::text(subscribed.as_bytes()))?;
+        for &room in rooms {
+            if let Some(mut c) = g.cursor(room) {
+                c.live = true;
+                g.set_cursor(room, c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers every event after the room's cursor (up to `until`, or to
+    /// the end of the log), advancing the cursor. A log that cannot be read
+    /// ends the connection with 4009: the client resumes from its cursor.
+    async fn catch_up(&self, room: RoomId, until: Option<Seq>) -> Result<(), End> {
+        let Some(from) = self.cursor(room) else {
+            return Ok(());
+        };
+        let read = self
+            .deps
+            .api
+            .events_after(self.who(), room, from, until, |events| {
+                let mut batch = frames::Builder::new(room);
+                for ev in events {
+                    if let Some(json) = EventView::of(ev).and_then(|v| serde_json::to_vec(&v).ok())
+                    {
+                        batch.event(ev.seq, &json);
+                    }
+                }
+                // Events the hub wrote meanwhile are skipped.
+                self.out().lock().deliver(&batch.take(), 0, false)?;
+                Ok::<_, Caught>(self.cursor(room).unwrap_or(from))
+            })
+            .await;
+        match read {
+            Ok(()) => Ok(()),
+            Err(Caught::End(end)) => Err(end),
+            Err(Caught::Api(error)) => {
+                tracing::warn!(%error, room_id = %room, "backfill failed; asking the client to resume");
+                Err(End::Close(Close::TOO_SLOW))
+            }
+        }
+    }
+
+    /// What a hub or the registry handed this connection's task.
+    pub async fn outbound(&mut self, item: Outbound) -> Result<(), End> {
+        match item {
+            Outbound::Room { batch, from } => self.room_batch(&batch, from).await,
+            Outbound::Membership(m) => self.membership(*m).await,
+        }
+    }
+
+    /// Room items the hub handed over: written in seq order from the
+    /// room's cursor, duplicates dropped, a gap first backfilled from the
+    /// log.
+    async fn room_batch(&mut self, batch: &Batch, from: usize) -> Result<(), End> {
+        let mut from = from;
+        loop {
+            let Some(gap_at) = self.out().lock().deliver(batch, from, false)? else {
+                return Ok(());
+            };
+            let Some(seq) = batch.items.get(gap_at).and_then(|i| i.seq) else {
+                return Ok(());
+            };
+            self.catch_up(batch.room, Some(seq - 1)).await?;
+            let mut g = self.out().lock();
+            if let Some(mut c) = g.cursor(batch.room) {
+                if c.seq < seq - 1 {
+                    // The log has nothing between: never seen, but the
+                    // connection must not stall on it.
+                    tracing::warn!(room_id = %batch.room, after_seq = c.seq, seq, "the log has a gap");
+                    c.seq = seq - 1;
+                    g.set_cursor(batch.room, c);
+                }
+            }
+            from = gap_at;
+        }
+    }
+
+    /// The user joined a room (followed when subscribed to all) or left it
+    /// (`unsubscribed`, unprompted).
+    async fn membership(&mut self, m: pb::MemberChange) -> Result<(), End> {
+        let Ok(room) = RoomId::parse(&m.room_id) else {
+            return Ok(());
+        };
+        let id = room.to_string();
+        if !m.joined {
+            if self.unsubscribe(room) {
+                self.send(&encode(&ServerFrame::Unsubscribed {
+                    room_id: &id,
+                    r#ref: None,
+                }))?;
+            }
+            return Ok(());
+        }
+        if !self.all || self.is_subscribed(room) {
+            return Ok(());
+        }
+        match self.subscribe(room, None).await {
+            Ok(last) => {
+                let frame = encode(&ServerFrame::Subscribed {
+                    room_id: &id,
+                    last_seq: last,
+                    r#ref: None,
+                });
+                self.go_live(&[room], &frame)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, room_id = %room, "cannot follow a joined room");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How a catch-up stopped: room could not be read, or the socket refused.
+enum Caught {
+    Api(ApiError),
+    End(End),
+}
+
+impl From<ApiError> for Caught {
+    fn from(e: ApiError) -> Self {
+        Caught::Api(e)
+    }
+}
+
+impl From<super::out::Refused> for Caught {
+    fn from(r: super::out::Refused) -> Self {
+        Caught::End(r.into())
+    }
+}

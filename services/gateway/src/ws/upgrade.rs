@@ -1,0 +1,170 @@
+//! `GET /ws`: the WebSocket handshake (RFC 6455) and authentication.
+//!
+//! A client with an `Authorization` header is checked before the upgrade
+//! (a bad token is a plain HTTP 401). Browsers cannot set headers: they
+//! send `{"type":"auth","token"}` as their first frame, within
+//! `auth_timeout`, or the socket closes with 4001. Then the connection
+//! runs on the socket itself ([`conn::run`]).
+
+use super::close::Close;
+use super::conn;
+use super::io::{Io, IoLimits};
+use crate::Gateway;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chat_auth::Caller;
+use chat_core::ApiError;
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// `GET /ws`.
+pub async fn upgrade(State(gw): State<Gateway>, mut req: Request) -> Response {
+    let headers = req.headers();
+    let accept = match handshake(&req) {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    // Header auth is checked before the upgrade: a bad token is a plain 401.
+    let header_caller = match header_auth(&gw, headers).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tracker = gw.inner.tracker.clone();
+    tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(error) => {
+                tracing::debug!(%error, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let Ok(parts) = upgraded.downcast::<hyper_util::rt::TokioIo<TcpStream>>() else {
+            tracing::error!("WebSocket upgrade on a connection that is not a plain TcpStream");
+            return;
+        };
+        let sock = Arc::new(parts.io.into_inner());
+        let limits = IoLimits {
+            max_frame_bytes: gw.inner.cfg.max_frame_bytes,
+            max_pending_bytes: gw.inner.cfg.outbound_bytes,
+        };
+        let mut io = Io::new(sock, parts.read_buf, limits).await;
+        let caller = match header_caller {
+            Some(c) => Some(c),
+            None => first_frame_auth(&gw, &mut io).await,
+        };
+        if let Some(caller) = caller {
+            conn::run(gw, io, caller).await;
+        }
+    });
+    let mut res = Response::new(axum::body::Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
+}
+
+/// Checks the upgrade request; the `Sec-WebSocket-Accept` value, or the
+/// HTTP answer refusing it.
+#[allow(clippy::result_large_err)]
+fn handshake(req: &Request) -> Result<String, Response> {
+    let headers = req.headers();
+    let refuse = |status: StatusCode, msg: &'static str| (status, msg).into_response();
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if req.method() != axum::http::Method::GET {
+        return Err(refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "WebSocket upgrades use GET",
+        ));
+    }
+    if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+        return Err(refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a WebSocket endpoint",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Version must be 13",
+        ));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key is missing",
+        ));
+    };
+    Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+async fn header_auth(gw: &Gateway, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+    let Some(h) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = h.to_str().ok().and_then(chat_auth::token::strip_bearer);
+    match token {
+        None => Err(ApiError::unauthorized("malformed authorization header")),
+        Some(t) => gw.inner.verifier.verify(t).await.map(Some),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    token: String,
+}
+
+/// Browsers cannot set headers: they send `{"type":"auth","token"}` first.
+async fn first_frame_auth(gw: &Gateway, io: &mut Io) -> Option<Caller> {
+    let deadline = gw.inner.cfg.auth_timeout;
+    let first = tokio::select! {
+        () = gw.inner.shutdown.cancelled() => {
+            io.close(Close::RESTARTING).await;
+            return None;
+        }
+        r = tokio::time::timeout(deadline, io.next()) => r,
+    };
+    let refuse = |reason| Close::UNAUTHORIZED.because(reason);
+    let text = match first {
+        Err(_) => {
+            io.close(refuse("authentication timed out")).await;
+            return None;
+        }
+        Ok(None) | Ok(Some(Err(_))) => return None,
+        Ok(Some(Ok(Message::Text(t)))) => t,
+        Ok(Some(Ok(_))) => {
+            io.close(refuse("expected an auth frame")).await;
+            return None;
+        }
+    };
+    let frame: Option<AuthFrame> = serde_json::from_str(text.as_str()).ok();
+    let Some(frame) = frame.filter(|f| f.kind == "auth") else {
+        io.close(refuse("expected an auth frame")).await;
+        return None;
+    };
+    match gw.inner.verifier.verify(&frame.token).await {
+        Ok(c) => Some(c),
+        Err(_) => {
+            io.close(refuse("invalid or expired access token")).await;
+            None
+        }
+    }
+}
