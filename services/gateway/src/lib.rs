@@ -9,8 +9,9 @@
 pub mod app;
 pub mod backends;
 pub mod extract;
+pub mod http;
 pub mod metrics;
-pub mod rest;
+mod rest;
 pub mod wire;
 pub mod ws;
 
@@ -145,7 +146,7 @@ impl Gateway {
 
     /// The axum router: REST, WebSocket, health.
     pub fn router(&self) -> axum::Router {
-        rest::router(self.clone())
+        http::router(self.clone())
     }
 
     /// Closes every WebSocket with 1012 and waits (up to `deadline`) for the
