@@ -9,8 +9,9 @@
 pub mod app;
 pub mod backends;
 pub mod extract;
+pub mod http;
 pub mod metrics;
-pub mod rest;
+mod rest;
 pub mod room_api;
 pub mod wire;
 pub mod ws;
@@ -151,7 +152,7 @@ impl Gateway {
 
     /// The axum router: REST, WebSocket, health.
     pub fn router(&self) -> axum::Router {
-        rest::router(self.clone())
+        http::router(self.clone())
     }
 
     /// Closes every WebSocket with 1012 and waits (up to `deadline`) for the

@@ -1,0 +1,80 @@
+//! The gateway's HTTP surface in one router: the REST API (`rest`)
+//! under `/api/v1`, the WebSocket upgrade at `/ws` (see [`crate::ws`]),
+//! liveness (`/healthz`), readiness (`/readyz`) and Prometheus `/metrics`.
+//! Unknown paths and methods answer in the contract's error shape; every
+//! request gets a body limit and a tracing span.
+
+use crate::extract::Json;
+use crate::{rest, Gateway};
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
+use axum::http::{header, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chat_core::ApiError;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tower_http::trace::TraceLayer;
+
+/// Every route the gateway serves, with its state and layers.
+pub fn router(gw: Gateway) -> Router {
+    let max_body = gw.inner.cfg.max_body_bytes;
+    Router::new()
+        .nest("/api/v1", rest::routes())
+        .route("/ws", get(crate::ws::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let path = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_else(|| "unmatched".into());
+                    tracing::info_span!("http", method = %req.method(), matched_path = %path)
+                })
+                .on_request(())
+                .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
+                    tracing::info!(
+                        status = res.status().as_u16(),
+                        latency_ms = latency.as_secs_f64() * 1000.0,
+                        "request"
+                    );
+                })
+                .on_failure(()),
+        )
+        .with_state(gw)
+}
+
+/// `200` when every readiness check passes, else `unavailable` naming the
+/// first that failed.
+async fn readyz(State(gw): State<Gateway>) -> rest::Res {
+    let started = Instant::now();
+    gw.readiness().await?;
+    Ok(
+        Json(json!({"status": "ready", "check_ms": started.elapsed().as_millis() as u64}))
+            .into_response(),
+    )
+}
+
+async fn metrics(State(gw): State<Gateway>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        gw.inner.metrics.render(),
+    )
+}
+
+/// `405` in the contract's error shape (`invalid_request`, field `method`).
+async fn method_not_allowed(m: Method) -> Response {
+    let mut r = ApiError::invalid("method", format!("{m} is not allowed here")).into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}
