@@ -10,12 +10,15 @@
 //! shards' figures into a [`Report`].
 
 pub mod args;
+pub mod clock;
 pub mod hist;
+pub mod os;
 pub mod peers;
 pub mod plan;
 pub mod procfs;
 pub mod report;
 pub mod scan;
+pub mod seqcheck;
 pub mod setup;
 pub mod shard;
 pub mod workers;
@@ -25,30 +28,12 @@ pub use args::{Args, Protocol, Scenario};
 pub use report::Report;
 
 use anyhow::{anyhow, bail, Context, Result};
+use clock::now_us;
 use hist::Hist;
 use plan::{Control, Event, Plan, Ready, ShardResult, ShardSpec, Snapshot};
 use procfs::Sampler;
-use shard::now_us;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// Raises the soft open-file limit to the hard one; returns the soft limit.
-pub fn raise_nofile_limit() -> u64 {
-    rlimit::increase_nofile_limit(u64::MAX)
-        .or_else(|_| rlimit::Resource::NOFILE.get().map(|l| l.0))
-        .unwrap_or(1024)
-}
-
-/// Ends the process 30 s past the run's deadline (unix µs), whatever it is
-/// doing: a run always stops by itself.
-pub fn watchdog(deadline_us: u64) {
-    std::thread::spawn(move || {
-        let left = deadline_us.saturating_sub(now_us()) + 30_000_000;
-        std::thread::sleep(Duration::from_micros(left));
-        eprintln!("loadtest: hard deadline passed; exiting");
-        std::process::exit(2);
-    });
-}
 
 /// `http://host:port` (REST) and `ws://host:port/ws` for each --url.
 pub fn parse_urls(urls: &[String]) -> Result<(Vec<String>, Vec<String>)> {
@@ -245,7 +230,7 @@ pub async fn run(args: Args) -> Result<Report> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.deadline_secs());
     let deadline_us = now_us() + (args.deadline_secs() * 1e6) as u64;
-    let nofile = raise_nofile_limit();
+    let nofile = os::raise_nofile_limit();
     let run_id = args.run_id.clone().unwrap_or_else(make_run_id);
     let proto = args.protocol;
     let channel = proto.channel(&run_id);

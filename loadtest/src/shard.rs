@@ -8,7 +8,9 @@
 //! every 64 frames or 250 ms, or when the parent asks (drain), so there is
 //! no shared write per delivery.
 
+use crate::clock::{instant_at, now_us};
 use crate::hist::Hist;
+use crate::os::io_reason;
 use crate::peers::{Got, Peer, PerSender};
 use crate::plan::{Control, Event, Ready, ShardResult, ShardSpec, Snapshot};
 use crate::scan::{self, Kind, Ref};
@@ -24,27 +26,11 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+/// The checks live in [`crate::seqcheck`], shared with [`crate::peers`];
+/// still reachable here.
+pub use crate::seqcheck::{Seen, SeqCheck};
+
 type Ws = WsConn;
-
-/// Unix time in µs (the clock the body's send time uses, shared by every
-/// process on the machine).
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// A tokio instant for a unix µs time.
-fn instant_at(us: u64) -> Instant {
-    let now_us = now_us();
-    let now = Instant::now();
-    if us >= now_us {
-        now + Duration::from_micros(us - now_us)
-    } else {
-        now.checked_sub(Duration::from_micros(now_us - us))
-            .unwrap_or(now)
-    }
-}
 
 /// What the parent has told the shard so far (watched by every task).
 #[derive(Clone, Debug, Default)]
@@ -181,26 +167,6 @@ struct Ctx {
     deadline: Instant,
 }
 
-/// A connect failure as a short reason that groups well.
-pub(crate) fn io_reason(stage: &str, e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(24) => format!(
-            "open file limit reached: {stage} failed with EMFILE (this process may hold at most {} open files; \
-             lower --max-conns-per-process so more worker processes share the connections)",
-            rlimit::Resource::NOFILE.get().map_or(0, |l| l.0)
-        ),
-        Some(23) => format!("system-wide open file limit reached: {stage} failed with ENFILE"),
-        Some(99) | Some(98) => format!(
-            "out of local ports: {stage} failed ({e}); raise --source-ips"
-        ),
-        Some(111) => format!("{stage}: connection refused (is the server up? its accept queue full?)"),
-        Some(104) => format!(
-            "{stage}: connection reset by the server (at its open file limit? accept queue overflow?)"
-        ),
-        _ => format!("{stage}: {e}"),
-    }
-}
-
 async fn connect(ctx: &Ctx, idx: usize) -> Result<Ws, String> {
     let _permit = ctx
         .sem
@@ -266,84 +232,6 @@ enum End {
     Finish,
     Abort,
     Failed,
-}
-
-/// What one number of a checked sequence turned out to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seen {
-    /// The next one.
-    InOrder,
-    /// New, but after a gap or filling one late.
-    OutOfOrder,
-    /// Seen before (or from before the start).
-    Duplicate,
-}
-
-/// One sequence checked for loss, duplicates and order: a room's seqs
-/// on one connection, or one peer sender's message numbers.
-#[derive(Clone, Debug)]
-pub struct SeqCheck {
-    /// The last number before this check started (the room's last seq
-    /// at subscribe time; 0 for a peer sender).
-    base: i64,
-    /// The next number expected.
-    expected: i64,
-    /// Numbers skipped over (inclusive ranges) that may still come late.
-    gaps: Vec<(i64, i64)>,
-}
-
-impl SeqCheck {
-    /// Expects `base + 1` next.
-    pub fn after(base: i64) -> Self {
-        SeqCheck {
-            base,
-            expected: base + 1,
-            gaps: Vec::new(),
-        }
-    }
-
-    /// The last number seen in order (what a resume starts after).
-    pub fn last(&self) -> i64 {
-        self.expected - 1
-    }
-
-    pub fn see(&mut self, seq: i64) -> Seen {
-        if seq == self.expected {
-            self.expected += 1;
-            Seen::InOrder
-        } else if seq > self.expected {
-            self.gaps.push((self.expected, seq - 1));
-            self.expected = seq + 1;
-            Seen::OutOfOrder
-        } else if seq <= self.base {
-            Seen::Duplicate
-        } else if let Some(i) = self.gaps.iter().position(|&(a, b)| a <= seq && seq <= b) {
-            // A late arrival fills a gap: delivered, but out of order.
-            let (a, b) = self.gaps[i];
-            self.gaps.remove(i);
-            if a < seq {
-                self.gaps.push((a, seq - 1));
-            }
-            if seq < b {
-                self.gaps.push((seq + 1, b));
-            }
-            Seen::OutOfOrder
-        } else {
-            Seen::Duplicate
-        }
-    }
-
-    /// Numbers up to `max` (the highest acked) that never arrived.
-    pub fn lost(&self, max: i64) -> u64 {
-        let mut lost = (max - (self.expected - 1)).max(0) as u64;
-        for &(a, b) in &self.gaps {
-            let hi = b.min(max);
-            if hi >= a {
-                lost += (hi - a + 1) as u64;
-            }
-        }
-        lost
-    }
 }
 
 /// One connection: its checks and its buffered counts.
@@ -1189,14 +1077,6 @@ async fn run_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_file_limit_is_named() {
-        let e = std::io::Error::from_raw_os_error(24);
-        assert!(io_reason("socket", &e).starts_with("open file limit reached"));
-        let e = std::io::Error::from_raw_os_error(99);
-        assert!(io_reason("connect", &e).contains("--source-ips"));
-    }
 
     fn conn() -> Conn {
         Conn {

@@ -18,7 +18,7 @@
 
 use crate::args::Protocol;
 use crate::scan::{self, Body};
-use crate::shard::{Seen, SeqCheck};
+use crate::seqcheck::{Seen, SeqCheck};
 use anyhow::{anyhow, Result};
 use ring::hmac;
 use std::time::Duration;
