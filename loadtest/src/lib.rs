@@ -8,14 +8,34 @@
 //! print progress every second, drain, then have every connection count
 //! what it is missing against its room's highest acked seq, and merge the
 //! shards' figures into a [`Report`].
+//!
+//! ## Modules, in dependency order
+//!
+//! Each module uses only modules listed before it, so there is no import
+//! cycle:
+//!
+//! 1. leaves, using no other module: [`args`], [`clock`], [`hist`],
+//!    [`os`], [`procfs`], [`scan`], [`seqcheck`];
+//! 2. [`plan`] (args, hist), [`report`] (hist), [`ws`] (os, scan),
+//!    [`peers`] (args, scan, seqcheck);
+//! 3. [`setup`] and `merge` (plan);
+//! 4. [`shard`] (clock, hist, os, peers, plan, scan, seqcheck, ws; its
+//!    own parts are ordered in its docs);
+//! 5. [`workers`] (clock, os, plan, shard);
+//! 6. this root, [`run`]: all of them. `main` calls the root, [`os`]
+//!    and [`clock`].
 
 pub mod args;
+pub mod clock;
 pub mod hist;
+mod merge;
+pub mod os;
 pub mod peers;
 pub mod plan;
 pub mod procfs;
 pub mod report;
 pub mod scan;
+pub mod seqcheck;
 pub mod setup;
 pub mod shard;
 pub mod workers;
@@ -25,30 +45,13 @@ pub use args::{Args, Protocol, Scenario};
 pub use report::Report;
 
 use anyhow::{anyhow, bail, Context, Result};
+use clock::now_us;
 use hist::Hist;
-use plan::{Control, Event, Plan, Ready, ShardResult, ShardSpec, Snapshot};
+use merge::{merge_map, Agg};
+use plan::{Control, Plan, ShardSpec, Snapshot};
 use procfs::Sampler;
-use shard::now_us;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// Raises the soft open-file limit to the hard one; returns the soft limit.
-pub fn raise_nofile_limit() -> u64 {
-    rlimit::increase_nofile_limit(u64::MAX)
-        .or_else(|_| rlimit::Resource::NOFILE.get().map(|l| l.0))
-        .unwrap_or(1024)
-}
-
-/// Ends the process 30 s past the run's deadline (unix µs), whatever it is
-/// doing: a run always stops by itself.
-pub fn watchdog(deadline_us: u64) {
-    std::thread::spawn(move || {
-        let left = deadline_us.saturating_sub(now_us()) + 30_000_000;
-        std::thread::sleep(Duration::from_micros(left));
-        eprintln!("loadtest: hard deadline passed; exiting");
-        std::process::exit(2);
-    });
-}
 
 /// `http://host:port` (REST) and `ws://host:port/ws` for each --url.
 pub fn parse_urls(urls: &[String]) -> Result<(Vec<String>, Vec<String>)> {
@@ -136,108 +139,6 @@ fn validate(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The latest word from each shard.
-struct Agg {
-    ready: Vec<Option<Ready>>,
-    progress: Vec<Snapshot>,
-    done: Vec<Option<ShardResult>>,
-    /// Senders get their own messages (false for Pusher client events).
-    echo: bool,
-}
-
-impl Agg {
-    fn new(n: usize, echo: bool) -> Self {
-        Agg {
-            ready: vec![None; n],
-            progress: vec![Snapshot::default(); n],
-            done: vec![None; n],
-            echo,
-        }
-    }
-
-    /// Takes one event; an error when a shard failed.
-    fn take(&mut self, i: usize, ev: Event) -> Result<()> {
-        match ev {
-            Event::Ready(r) => self.ready[i] = Some(r),
-            Event::Progress(p) => self.progress[i] = *p,
-            Event::Done(d) => {
-                self.progress[i] = d.snapshot.clone();
-                self.done[i] = Some(*d);
-            }
-            Event::Failed { error } => bail!("shard {i} failed: {error}"),
-        }
-        Ok(())
-    }
-
-    fn total(&self) -> Snapshot {
-        let mut t = Snapshot::default();
-        for p in &self.progress {
-            t.open += p.open;
-            t.subscribed += p.subscribed;
-            t.failed += p.failed;
-            t.sent += p.sent;
-            t.acked += p.acked;
-            t.send_errors += p.send_errors;
-            t.delivered += p.delivered;
-            t.frames += p.frames;
-            t.reads += p.reads;
-            t.duplicated += p.duplicated;
-            t.out_of_order += p.out_of_order;
-            t.reconnects += p.reconnects;
-            t.latency.merge(&p.latency);
-            t.ack_latency.merge(&p.ack_latency);
-            add_vec(&mut t.acked_per_room, &p.acked_per_room);
-            max_vec(&mut t.max_seq_per_room, &p.max_seq_per_room);
-            max_vec(&mut t.max_n_per_sender, &p.max_n_per_sender);
-        }
-        t
-    }
-
-    fn subs_per_room(&self) -> Vec<u64> {
-        let mut v = Vec::new();
-        for r in self.ready.iter().flatten() {
-            add_vec(&mut v, &r.subs_per_room);
-        }
-        v
-    }
-
-    /// Acked messages × their room's subscribers (less the sender's own
-    /// copy when the protocol does not echo).
-    fn expected(&self, acked_per_room: &[u64]) -> u64 {
-        let subs = self.subs_per_room();
-        let not_echoed = u64::from(!self.echo);
-        acked_per_room
-            .iter()
-            .zip(&subs)
-            .map(|(a, s)| a * s.saturating_sub(not_echoed))
-            .sum()
-    }
-}
-
-fn add_vec(a: &mut Vec<u64>, b: &[u64]) {
-    if a.len() < b.len() {
-        a.resize(b.len(), 0);
-    }
-    for (x, y) in a.iter_mut().zip(b) {
-        *x += y;
-    }
-}
-
-fn max_vec(a: &mut Vec<i64>, b: &[i64]) {
-    if a.len() < b.len() {
-        a.resize(b.len(), 0);
-    }
-    for (x, y) in a.iter_mut().zip(b) {
-        *x = (*x).max(*y);
-    }
-}
-
-fn merge_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
-    for (k, v) in from {
-        *into.entry(k.clone()).or_default() += v;
-    }
-}
-
 /// Runs one scenario and returns its figures. Progress goes to stderr
 /// unless `quiet`.
 pub async fn run(args: Args) -> Result<Report> {
@@ -245,7 +146,7 @@ pub async fn run(args: Args) -> Result<Report> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.deadline_secs());
     let deadline_us = now_us() + (args.deadline_secs() * 1e6) as u64;
-    let nofile = raise_nofile_limit();
+    let nofile = os::raise_nofile_limit();
     let run_id = args.run_id.clone().unwrap_or_else(make_run_id);
     let proto = args.protocol;
     let channel = proto.channel(&run_id);

@@ -21,11 +21,11 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    let soft = loadtest::raise_nofile_limit();
+    let soft = loadtest::os::raise_nofile_limit();
     if !args.quiet {
         eprintln!("open file limit: {soft}");
     }
-    loadtest::watchdog(loadtest::shard::now_us() + (args.deadline_secs() * 1e6) as u64);
+    loadtest::clock::watchdog(loadtest::clock::now_us() + (args.deadline_secs() * 1e6) as u64);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()

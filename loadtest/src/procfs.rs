@@ -4,8 +4,14 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-/// Clock ticks per second of /proc/PID/stat times (USER_HZ, 100 on Linux).
-const TICKS_PER_SEC: f64 = 100.0;
+/// Clock ticks per second of /proc/PID/stat times: `sysconf(_SC_CLK_TCK)`
+/// (USER_HZ); `None` when the system does not say.
+pub fn ticks_per_second() -> Option<u64> {
+    match rustix::param::clock_ticks_per_second() {
+        0 => None,
+        t => Some(t),
+    }
+}
 
 /// The pids of the processes with a listening TCP socket on `port`.
 pub fn pids_listening_on(port: u16) -> Vec<u32> {
@@ -132,7 +138,8 @@ pub fn cpu_percent(a: Option<Sample>, b: Option<Sample>) -> Option<f64> {
     if secs <= 0.0 {
         return None;
     }
-    Some(b.ticks.saturating_sub(a.ticks) as f64 / TICKS_PER_SEC / secs * 100.0)
+    let per_sec = ticks_per_second()? as f64;
+    Some(b.ticks.saturating_sub(a.ticks) as f64 / per_sec / secs * 100.0)
 }
 
 #[cfg(test)]
@@ -145,6 +152,32 @@ mod tests {
         assert!(rss_bytes(me).unwrap() > 0);
         assert!(cpu_ticks(me).is_some());
         assert!(max_open_files(me).unwrap() > 0);
+    }
+
+    #[test]
+    fn clock_ticks_come_from_the_system() {
+        let hz = ticks_per_second().expect("sysconf(_SC_CLK_TCK)");
+        assert!((1..=10_000).contains(&hz), "{hz} ticks per second");
+    }
+
+    #[test]
+    fn cpu_percent_is_ticks_over_wall_time() {
+        let hz = ticks_per_second().expect("sysconf(_SC_CLK_TCK)");
+        let at = Instant::now();
+        let a = Sample {
+            at,
+            rss: 0,
+            ticks: 0,
+        };
+        // Two seconds of one core's time over four seconds: 50 %.
+        let b = Sample {
+            at: at + std::time::Duration::from_secs(4),
+            rss: 0,
+            ticks: 2 * hz,
+        };
+        let pct = cpu_percent(Some(a), Some(b)).expect("a percentage");
+        assert!((pct - 50.0).abs() < 1e-9, "{pct}");
+        assert_eq!(cpu_percent(Some(b), Some(a)), None);
     }
 
     #[test]

@@ -161,8 +161,8 @@ pub fn worker_main() -> Result<()> {
         .read_line(&mut first)
         .context("reading the worker spec")?;
     let spec: ShardSpec = serde_json::from_str(&first).context("parsing the worker spec")?;
-    crate::raise_nofile_limit();
-    crate::watchdog(spec.plan.deadline_us);
+    crate::os::raise_nofile_limit();
+    crate::clock::watchdog(spec.plan.deadline_us);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(spec.threads.max(1))
         .enable_all()

@@ -146,7 +146,7 @@ impl WsConn {
         stream
             .write_all(req.as_bytes())
             .await
-            .map_err(|e| crate::shard::io_reason("handshake", &e))?;
+            .map_err(|e| crate::os::io_reason("handshake", &e))?;
         let mut rbuf = BytesMut::with_capacity(read_size.max(4096));
         let end = loop {
             if let Some(i) = crate::scan::find(&rbuf, b"\r\n\r\n", 0) {
@@ -164,7 +164,7 @@ impl WsConn {
                     )
                 }
                 Ok(_) => {}
-                Err(e) => return Err(crate::shard::io_reason("handshake", &e)),
+                Err(e) => return Err(crate::os::io_reason("handshake", &e)),
             }
         };
         let head = String::from_utf8_lossy(&rbuf[..end]).into_owned();

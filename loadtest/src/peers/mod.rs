@@ -16,12 +16,11 @@
 //! frame that carries bodies is classified by a prefix and scanned with
 //! [`scan::bodies`]; nothing is parsed as JSON.
 
-pub mod sha256;
-
 use crate::args::Protocol;
 use crate::scan::{self, Body};
-use crate::shard::{Seen, SeqCheck};
+use crate::seqcheck::{Seen, SeqCheck};
 use anyhow::{anyhow, Result};
+use ring::hmac;
 use std::time::Duration;
 
 /// Fails clearly when a peer does not accept TCP connections (there is no
@@ -337,15 +336,64 @@ fn pusher_socket_id(f: &[u8]) -> Option<&str> {
     std::str::from_utf8(&f[start..start + len]).ok()
 }
 
+/// HMAC-SHA256 of `msg` under `key`, in lower-case hex.
+fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let tag = hmac::sign(&key, msg);
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `pusher:subscribe` to a private channel, signed as an app server's
 /// auth endpoint would: `key:hex(HMAC-SHA256(secret, "socket_id:channel"))`.
 pub fn pusher_subscribe(key: &str, secret: &str, socket_id: &str, channel: &str) -> String {
-    let mac = sha256::hmac(
+    let hex = hmac_sha256_hex(
         secret.as_bytes(),
         format!("{socket_id}:{channel}").as_bytes(),
     );
-    let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         r#"{{"event":"pusher:subscribe","data":{{"auth":"{key}:{hex}","channel":"{channel}"}}}}"#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::digest;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn sha256_matches_the_fips_vectors() {
+        let sha256 = |m: &[u8]| hex(digest::digest(&digest::SHA256, m).as_ref());
+        assert_eq!(
+            sha256(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            sha256(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sha256(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        );
+    }
+
+    #[test]
+    fn hmac_matches_the_rfc_4231_vectors() {
+        // Test case 2 and test case 6 (a key longer than the block).
+        assert_eq!(
+            hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hmac_sha256_hex(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            ),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
 }
