@@ -167,6 +167,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
             format!("--max-frame-bytes={}", g.max_frame_bytes),
             format!("--ws-frames-per-sec={}", g.ws_frames_per_sec),
             format!("--subscribe-concurrency={}", g.subscribe_concurrency),
+            format!("--ws-allowed-origins={}", g.ws_allowed_origins.join(",")),
         ],
         ..ClusterOptions::default()
     }
@@ -641,6 +642,23 @@ pub async fn ws_connect(url: &str, token: &str) -> Result<Ws, tungstenite::Error
     let mut req = url.into_client_request()?;
     let value = HeaderValue::from_str(&format!("Bearer {token}")).expect("a header-safe token");
     req.headers_mut().insert("authorization", value);
+    ws_connect_request(req).await
+}
+
+/// Opens `/ws` with `Authorization: Bearer <token>` and an `Origin`, as a
+/// browser page on that origin would; no frame is read.
+pub async fn ws_connect_from(
+    url: &str,
+    token: &str,
+    origin: &str,
+) -> Result<Ws, tungstenite::Error> {
+    let mut req = url.into_client_request()?;
+    let value = HeaderValue::from_str(&format!("Bearer {token}")).expect("a header-safe token");
+    req.headers_mut().insert("authorization", value);
+    req.headers_mut().insert(
+        "origin",
+        HeaderValue::from_str(origin).expect("a header-safe origin"),
+    );
     ws_connect_request(req).await
 }
 

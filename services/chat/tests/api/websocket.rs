@@ -577,6 +577,35 @@ async fn too_many_frames_per_second_close_the_socket_with_4008() {
     assert!(closed.frames.iter().all(|f| f["type"] == "pong"));
 }
 
+#[tokio::test]
+async fn a_page_from_an_origin_not_allowed_is_closed_with_4003() {
+    let app = crate::helpers::spawn_app_with(|cfg| {
+        cfg.gateway.ws_allowed_origins = vec!["https://chat.example.com".into()];
+    })
+    .await;
+    let alice = app.signup("alice").await;
+
+    let mut foreign =
+        crate::helpers::ws_connect_from(&app.ws_url, &alice.access, "https://evil.example")
+            .await
+            .expect("the upgrade is accepted, so that the page can read the close code");
+    let closed = foreign.expect_close_code(4003).await;
+    assert!(
+        closed.frames.is_empty(),
+        "nothing before the close: {:?}",
+        closed.frames
+    );
+
+    let mut allowed =
+        crate::helpers::ws_connect_from(&app.ws_url, &alice.access, "https://chat.example.com")
+            .await
+            .expect("the upgrade is accepted");
+    assert_eq!(allowed.recv_json().await["type"], "authenticated");
+    // A client that is not a browser sends no Origin.
+    let mut plain = app.ws(&alice).await;
+    assert!(plain.ping_barrier().await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_falls_behind_is_closed_with_4009_and_resumes_with_since_seq() {
     const TOTAL: i64 = 600;

@@ -3,8 +3,9 @@
 //! A client with an `Authorization` header is checked before the upgrade
 //! (a bad token is a plain HTTP 401). Browsers cannot set headers: they
 //! send `{"type":"auth","token"}` as their first frame, within
-//! `auth_timeout`, or the socket closes with 4001. Then the connection
-//! runs on the socket itself ([`conn::run`]).
+//! `auth_timeout`, or the socket closes with 4001. A browser page from an
+//! origin not in `--ws-allowed-origins` is closed with 4003. Then the
+//! connection runs on the socket itself ([`conn::run`]).
 
 use super::close::Close;
 use super::conn;
@@ -27,10 +28,15 @@ pub async fn upgrade(State(gw): State<Gateway>, mut req: Request) -> Response {
         Ok(a) => a,
         Err(refused) => return refused,
     };
+    let origin_ok = origin_allowed(&gw.inner.cfg.allowed_origins, headers);
     // Header auth is checked before the upgrade: a bad token is a plain 401.
-    let header_caller = match header_auth(&gw, headers).await {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
+    let header_caller = if origin_ok {
+        match header_auth(&gw, headers).await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        None
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = gw.inner.tracker.clone();
@@ -52,6 +58,11 @@ pub async fn upgrade(State(gw): State<Gateway>, mut req: Request) -> Response {
             max_pending_bytes: gw.inner.cfg.outbound_bytes,
         };
         let mut io = Io::new(sock, parts.read_buf, limits).await;
+        if !origin_ok {
+            io.close(Close::FORBIDDEN.because("origin not allowed"))
+                .await;
+            return;
+        }
         let caller = match header_caller {
             Some(c) => Some(c),
             None => first_frame_auth(&gw, &mut io).await,
@@ -114,6 +125,20 @@ fn handshake(req: &Request) -> Result<String, Response> {
     Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
+/// Whether the request's `Origin` (if any) may open a WebSocket.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    origin.to_str().is_ok_and(|o| {
+        let o = o.trim().trim_end_matches('/');
+        allowed.iter().any(|a| a.eq_ignore_ascii_case(o))
+    })
+}
+
 async fn header_auth(gw: &Gateway, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
     let Some(h) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
@@ -166,5 +191,44 @@ async fn first_frame_auth(gw: &Gateway, io: &mut Io) -> Option<Caller> {
             io.close(refuse("invalid or expired access token")).await;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_origin(origin: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_listed_origins_may_open_a_socket_when_a_list_is_set() {
+        let allowed = vec!["https://chat.example.com".to_owned()];
+        assert!(origin_allowed(
+            &allowed,
+            &with_origin(Some("https://chat.example.com"))
+        ));
+        assert!(origin_allowed(
+            &allowed,
+            &with_origin(Some("HTTPS://Chat.Example.com/"))
+        ));
+        assert!(!origin_allowed(
+            &allowed,
+            &with_origin(Some("https://evil.example"))
+        ));
+        assert!(!origin_allowed(&allowed, &with_origin(Some("null"))));
+        assert!(
+            origin_allowed(&allowed, &with_origin(None)),
+            "a client that is not a browser sends no Origin"
+        );
+        assert!(origin_allowed(
+            &[],
+            &with_origin(Some("https://evil.example"))
+        ));
     }
 }
