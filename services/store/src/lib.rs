@@ -14,6 +14,7 @@
 pub mod error;
 pub mod model;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -52,18 +52,20 @@
 //! Only runtime-checked queries with bound parameters; rows are decoded in
 //! `rows`, where a corrupt row becomes a `Backend` error.
 
-mod rows;
-
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_core::{RoomId, Seq, SessionId, UserId};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Postgres};
 use uuid::Uuid;
 
-use self::rows::{db_err, event_cols, membership_cols, room_cols, session_cols, user_cols};
+use crate::sql::rows::{
+    self, db_err, decode_all, decode_opt, event_cols, membership_cols, room_cols, session_cols,
+    user_cols, Columns,
+};
+use crate::sql::Dialect;
 use crate::{
     EditMessage, Event, EventKind, MemberProfile, Membership, Message, NewMessage, NewRoom,
     NewSession, NewUser, Result, Role, Room, RoomKind, RoomPatch, RotateOutcome, Session, Store,
@@ -79,6 +81,10 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SCHEMA_LEN: usize = 63;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Dialect for Postgres {
+    type Uuid = Uuid;
+}
 
 /// The Store on a Postgres database (see the module docs for the locking).
 #[derive(Clone, Debug)]
@@ -239,14 +245,6 @@ fn dm_key(a: UserId, b: UserId) -> String {
     format!("{lo}:{hi}")
 }
 
-fn decode_all<T>(rows: &[PgRow], f: fn(&PgRow) -> Result<T>) -> Result<Vec<T>> {
-    rows.iter().map(f).collect()
-}
-
-fn decode_opt<T>(row: Option<PgRow>, f: fn(&PgRow) -> Result<T>) -> Result<Option<T>> {
-    row.as_ref().map(f).transpose()
-}
-
 /// Cuts a page fetched with `limit + 1` rows to `limit`; true if it was cut.
 fn cut<T>(items: &mut Vec<T>, limit: u32) -> bool {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -331,7 +329,7 @@ async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<S
     .await
     .map_err(db_err)?
     .ok_or(StoreError::NotFound)?;
-    rows::int(&row, "seq")
+    row.int("seq")
 }
 
 async fn find_message(conn: &mut PgConnection, room: RoomId, seq: Seq) -> Result<Option<Message>> {
@@ -515,7 +513,7 @@ impl Store for PgStore {
         .map_err(db_err)?;
         let revoked = revoked
             .iter()
-            .map(|row| rows::session_id(row, "id"))
+            .map(|row| row.id("id"))
             .collect::<Result<Vec<_>>>()?;
         tx.commit().await.map_err(db_err)?;
         Ok(revoked)
@@ -577,11 +575,11 @@ impl Store for PgStore {
         let Some(row) = row else {
             return Ok(RotateOutcome::Unknown);
         };
-        let session_id = rows::session_id(&row, "session_id")?;
+        let session_id: SessionId = row.id("session_id")?;
         let (spent_at, revoked_at, user_deleted_at) = (
-            rows::opt_int(&row, "spent_at")?,
-            rows::opt_int(&row, "revoked_at")?,
-            rows::opt_int(&row, "deleted_at")?,
+            row.opt_int("spent_at")?,
+            row.opt_int("revoked_at")?,
+            row.opt_int("deleted_at")?,
         );
 
         if revoked_at.is_some() || user_deleted_at.is_some() {
@@ -688,7 +686,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.iter().map(|row| rows::session_id(row, "id")).collect()
+        rows.iter().map(|row| row.id("id")).collect()
     }
 
     async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<SessionId>> {
@@ -698,7 +696,7 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
-        rows.iter().map(|row| rows::session_id(row, "id")).collect()
+        rows.iter().map(|row| row.id("id")).collect()
     }
 
     // ---- rooms and memberships ----
@@ -897,7 +895,7 @@ impl Store for PgStore {
                 Ok(UserRoom {
                     room: rows::room(row)?,
                     membership: rows::membership(row)?,
-                    unread: rows::int(row, "unread")?,
+                    unread: row.int("unread")?,
                 })
             })
             .collect()
@@ -912,9 +910,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err)?;
-        rows.iter()
-            .map(|row| rows::room_id(row, "room_id"))
-            .collect()
+        rows.iter().map(|row| row.id("room_id")).collect()
     }
 
     async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>> {
@@ -954,7 +950,7 @@ impl Store for PgStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let membership = match rows::opt_text(&row, "role")? {
+        let membership = match row.opt_text("role")? {
             Some(_) => Some(rows::membership(&row)?),
             None => None,
         };
@@ -1015,8 +1011,8 @@ impl Store for PgStore {
             .map(|row| {
                 Ok(MemberProfile {
                     membership: rows::membership(row)?,
-                    username: rows::text(row, "username")?,
-                    display_name: rows::text(row, "display_name")?,
+                    username: row.text("username")?,
+                    display_name: row.text("display_name")?,
                 })
             })
             .collect()

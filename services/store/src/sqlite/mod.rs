@@ -12,8 +12,6 @@
 //! Only runtime-checked queries with bound parameters; rows are decoded in
 //! `rows`, where a corrupt row becomes a `Backend` error.
 
-mod rows;
-
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,11 +20,16 @@ use async_trait::async_trait;
 use chat_core::{RoomId, Seq, SessionId, UserId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
+use uuid::fmt::Hyphenated;
 
-use self::rows::{db_err, event_cols, membership_cols, room_cols, session_cols, user_cols};
+use crate::sql::rows::{
+    self, db_err, decode_all, decode_opt, event_cols, membership_cols, room_cols, session_cols,
+    user_cols, Columns,
+};
+use crate::sql::Dialect;
 use crate::{
     EditMessage, Event, EventKind, MemberProfile, Membership, Message, NewMessage, NewRoom,
     NewSession, NewUser, Result, Role, Room, RoomKind, RoomPatch, RotateOutcome, Session, Store,
@@ -39,6 +42,10 @@ const READERS: u32 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl Dialect for Sqlite {
+    type Uuid = Hyphenated;
+}
 
 /// The Store on one SQLite file (see the module docs for the pool design).
 #[derive(Clone, Debug)]
@@ -148,14 +155,6 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-fn decode_all<T>(rows: &[SqliteRow], f: fn(&SqliteRow) -> Result<T>) -> Result<Vec<T>> {
-    rows.iter().map(f).collect()
-}
-
-fn decode_opt<T>(row: Option<SqliteRow>, f: fn(&SqliteRow) -> Result<T>) -> Result<Option<T>> {
-    row.as_ref().map(f).transpose()
-}
-
 /// Cuts a page fetched with `limit + 1` rows to `limit`; true if it was cut.
 fn cut<T>(items: &mut Vec<T>, limit: u32) -> bool {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -192,7 +191,7 @@ async fn next_seq(conn: &mut SqliteConnection, room: RoomId) -> Result<Seq> {
             .await
             .map_err(db_err)?
             .ok_or(StoreError::NotFound)?;
-    sqlx::Row::try_get(&row, "last_seq").map_err(StoreError::backend)
+    row.int("last_seq")
 }
 
 async fn find_message(
@@ -399,7 +398,7 @@ impl Store for SqliteStore {
         .map_err(db_err)?;
         let revoked = revoked
             .iter()
-            .map(|row| rows::session_id(row, "id"))
+            .map(|row| row.id("id"))
             .collect::<Result<Vec<_>>>()?;
         tx.commit().await.map_err(db_err)?;
         Ok(revoked)
@@ -458,12 +457,12 @@ impl Store for SqliteStore {
         let Some(row) = row else {
             return Ok(RotateOutcome::Unknown);
         };
-        let session_id = rows::session_id(&row, "session_id")?;
-        let get = |col: &str| -> Result<Option<i64>> {
-            sqlx::Row::try_get(&row, col).map_err(StoreError::backend)
-        };
-        let (spent_at, revoked_at, user_deleted_at) =
-            (get("spent_at")?, get("revoked_at")?, get("deleted_at")?);
+        let session_id: SessionId = row.id("session_id")?;
+        let (spent_at, revoked_at, user_deleted_at) = (
+            row.opt_int("spent_at")?,
+            row.opt_int("revoked_at")?,
+            row.opt_int("deleted_at")?,
+        );
 
         if revoked_at.is_some() || user_deleted_at.is_some() {
             return Ok(RotateOutcome::Revoked);
@@ -569,7 +568,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.writer)
         .await
         .map_err(db_err)?;
-        rows.iter().map(|row| rows::session_id(row, "id")).collect()
+        rows.iter().map(|row| row.id("id")).collect()
     }
 
     async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<SessionId>> {
@@ -579,7 +578,7 @@ impl Store for SqliteStore {
                 .fetch_all(&self.reader)
                 .await
                 .map_err(db_err)?;
-        rows.iter().map(|row| rows::session_id(row, "id")).collect()
+        rows.iter().map(|row| row.id("id")).collect()
     }
 
     // ---- rooms and memberships ----
@@ -747,7 +746,7 @@ impl Store for SqliteStore {
                 Ok(UserRoom {
                     room: rows::room(row)?,
                     membership: rows::membership(row)?,
-                    unread: sqlx::Row::try_get(row, "unread").map_err(StoreError::backend)?,
+                    unread: row.int("unread")?,
                 })
             })
             .collect()
@@ -762,9 +761,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_err)?;
-        rows.iter()
-            .map(|row| rows::room_id(row, "room_id"))
-            .collect()
+        rows.iter().map(|row| row.id("room_id")).collect()
     }
 
     async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>> {
@@ -835,9 +832,8 @@ impl Store for SqliteStore {
             .map(|row| {
                 Ok(MemberProfile {
                     membership: rows::membership(row)?,
-                    username: sqlx::Row::try_get(row, "username").map_err(StoreError::backend)?,
-                    display_name: sqlx::Row::try_get(row, "display_name")
-                        .map_err(StoreError::backend)?,
+                    username: row.text("username")?,
+                    display_name: row.text("display_name")?,
                 })
             })
             .collect()
