@@ -11,6 +11,7 @@
 //! starts at 1 and grows by exactly one per durable event (message, edit,
 //! deletion).
 
+mod backend;
 pub mod error;
 pub mod model;
 pub mod postgres;

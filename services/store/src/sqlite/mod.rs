@@ -20,16 +20,17 @@ use async_trait::async_trait;
 use chat_core::{RoomId, Seq, SessionId, UserId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteQueryResult, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Executor, Sqlite, Transaction};
 use uuid::fmt::Hyphenated;
 
+use crate::backend::Backend;
 use crate::sql::rows::{
-    self, db_err, decode_all, decode_opt, event_cols, membership_cols, room_cols, session_cols,
-    user_cols, Columns,
+    self, db_err, decode_all, decode_opt, event_cols, membership_cols, room_cols, Columns,
 };
-use crate::sql::Dialect;
+use crate::sql::sessions::{self, rotating_token_sql};
+use crate::sql::{users, Dialect, RowsAffected};
 use crate::{
     EditMessage, Event, EventKind, MemberProfile, Membership, Message, NewMessage, NewRoom,
     NewSession, NewUser, Result, Role, Room, RoomKind, RoomPatch, RotateOutcome, Session, Store,
@@ -45,6 +46,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 impl Dialect for Sqlite {
     type Uuid = Hyphenated;
+    const LIVE_USER: &'static str = "SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL";
+    const ROTATING_TOKEN: &'static str = rotating_token_sql!("");
+}
+
+impl RowsAffected for SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        SqliteQueryResult::rows_affected(self)
+    }
 }
 
 /// The Store on one SQLite file (see the module docs for the pool design).
@@ -102,6 +111,18 @@ impl SqliteStore {
             .map_err(StoreError::backend)?;
         Ok(Self { writer, reader })
     }
+}
+
+impl Backend for SqliteStore {
+    type Db = Sqlite;
+
+    fn reader(&self) -> impl Executor<'_, Database = Sqlite> {
+        &self.reader
+    }
+
+    fn writer(&self) -> impl Executor<'_, Database = Sqlite> {
+        &self.writer
+    }
 
     /// A write transaction on the writer connection. `IMMEDIATE` takes the
     /// write lock up front, so a transaction that reads before it writes
@@ -123,11 +144,6 @@ async fn create_parent_dir(file: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// The case-insensitive uniqueness key of a username.
-fn username_key(username: &str) -> String {
-    username.to_lowercase()
 }
 
 /// `q` as a `LIKE … ESCAPE '\'` pattern matching names that contain it
@@ -298,141 +314,34 @@ impl Store for SqliteStore {
     // ---- users ----
 
     async fn create_user(&self, user: &NewUser) -> Result<User> {
-        sqlx::query(
-            "INSERT INTO users (id, username, username_key, display_name, password_hash, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(user.id.to_string())
-        .bind(&user.username)
-        .bind(username_key(&user.username))
-        .bind(&user.display_name)
-        .bind(&user.password_hash)
-        .bind(user.created_at)
-        .execute(&self.writer)
-        .await
-        .map_err(db_err)?;
-        Ok(User {
-            id: user.id,
-            username: user.username.clone(),
-            display_name: user.display_name.clone(),
-            created_at: user.created_at,
-        })
+        users::create(self, user).await
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserAuth>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            user_cols!(),
-            " FROM users WHERE username_key = ?1 AND deleted_at IS NULL"
-        ))
-        .bind(username_key(username))
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_err)?;
-        decode_opt(row, rows::user_auth)
+        users::by_username(self, username).await
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserAuth>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            user_cols!(),
-            " FROM users WHERE id = ?1 AND deleted_at IS NULL"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_err)?;
-        decode_opt(row, rows::user_auth)
+        users::by_id(self, id).await
     }
 
     async fn update_display_name(&self, id: UserId, display_name: &str) -> Result<User> {
-        let row = sqlx::query(concat!(
-            "UPDATE users SET display_name = ?1 WHERE id = ?2 AND deleted_at IS NULL RETURNING ",
-            user_cols!()
-        ))
-        .bind(display_name)
-        .bind(id.to_string())
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(db_err)?;
-        decode_opt(row, rows::user)?.ok_or(StoreError::NotFound)
+        users::update_display_name(self, id, display_name).await
     }
 
     async fn set_password_hash(&self, id: UserId, hash: &str) -> Result<()> {
-        let done =
-            sqlx::query("UPDATE users SET password_hash = ?1 WHERE id = ?2 AND deleted_at IS NULL")
-                .bind(hash)
-                .bind(id.to_string())
-                .execute(&self.writer)
-                .await
-                .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        users::set_password_hash(self, id, hash).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
     async fn delete_user(&self, id: UserId, now: i64) -> Result<Vec<SessionId>> {
-        let mut tx = self.write_tx().await?;
-        let done = sqlx::query(
-            "UPDATE users SET deleted_at = ?1, username_key = NULL \
-             WHERE id = ?2 AND deleted_at IS NULL",
-        )
-        .bind(now)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let revoked = sqlx::query(
-            "UPDATE sessions SET revoked_at = ?1 \
-             WHERE user_id = ?2 AND revoked_at IS NULL RETURNING id",
-        )
-        .bind(now)
-        .bind(id.to_string())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let revoked = revoked
-            .iter()
-            .map(|row| row.id("id"))
-            .collect::<Result<Vec<_>>>()?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(revoked)
+        users::delete(self, id, now).await
     }
 
     // ---- sessions and refresh tokens ----
 
     async fn create_session(&self, session: &NewSession, token_hash: &[u8]) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        if !user_is_live(&mut tx, session.user_id).await? {
-            return Err(StoreError::NotFound);
-        }
-        sqlx::query(
-            "INSERT INTO sessions (id, user_id, user_agent, created_at, last_used_at) \
-             VALUES (?1, ?2, ?3, ?4, ?4)",
-        )
-        .bind(session.id.to_string())
-        .bind(session.user_id.to_string())
-        .bind(&session.user_agent)
-        .bind(session.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?1, ?2, ?3)",
-        )
-        .bind(token_hash)
-        .bind(session.id.to_string())
-        .bind(session.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(())
+        sessions::create(self, session, token_hash).await
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -442,113 +351,19 @@ impl Store for SqliteStore {
         new_hash: &[u8],
         now: i64,
     ) -> Result<RotateOutcome> {
-        let mut tx = self.write_tx().await?;
-        let row = sqlx::query(
-            "SELECT t.session_id, t.spent_at, s.revoked_at, u.deleted_at \
-             FROM refresh_tokens t \
-             JOIN sessions s ON s.id = t.session_id \
-             JOIN users u ON u.id = s.user_id \
-             WHERE t.token_hash = ?1",
-        )
-        .bind(old_hash)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let Some(row) = row else {
-            return Ok(RotateOutcome::Unknown);
-        };
-        let session_id: SessionId = row.id("session_id")?;
-        let (spent_at, revoked_at, user_deleted_at) = (
-            row.opt_int("spent_at")?,
-            row.opt_int("revoked_at")?,
-            row.opt_int("deleted_at")?,
-        );
-
-        if revoked_at.is_some() || user_deleted_at.is_some() {
-            return Ok(RotateOutcome::Revoked);
-        }
-        if spent_at.is_some() {
-            // A spent token came back: someone holds a copy. End the session
-            // for both holders.
-            sqlx::query("UPDATE sessions SET revoked_at = ?1 WHERE id = ?2")
-                .bind(now)
-                .bind(session_id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            tx.commit().await.map_err(db_err)?;
-            tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
-            return Ok(RotateOutcome::Reused(session_id));
-        }
-
-        sqlx::query("UPDATE refresh_tokens SET spent_at = ?1 WHERE token_hash = ?2")
-            .bind(now)
-            .bind(old_hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?1, ?2, ?3)",
-        )
-        .bind(new_hash)
-        .bind(session_id.to_string())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let row = sqlx::query(concat!(
-            "UPDATE sessions SET last_used_at = ?1 WHERE id = ?2 RETURNING ",
-            session_cols!()
-        ))
-        .bind(now)
-        .bind(session_id.to_string())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let session = rows::session(&row)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(RotateOutcome::Rotated(session))
+        sessions::rotate_refresh_token(self, old_hash, new_hash, now).await
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            session_cols!(),
-            " FROM sessions WHERE id = ?1"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_err)?;
-        decode_opt(row, rows::session)
+        sessions::get(self, id).await
     }
 
     async fn list_sessions(&self, user_id: UserId) -> Result<Vec<Session>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            session_cols!(),
-            " FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL \
-             ORDER BY created_at DESC, id DESC"
-        ))
-        .bind(user_id.to_string())
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?;
-        decode_all(&rows, rows::session)
+        sessions::list(self, user_id).await
     }
 
     async fn revoke_session(&self, user_id: UserId, id: SessionId, now: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE sessions SET revoked_at = ?1 \
-             WHERE id = ?2 AND user_id = ?3 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(id.to_string())
-        .bind(user_id.to_string())
-        .execute(&self.writer)
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        sessions::revoke(self, user_id, id, now).await
     }
 
     async fn revoke_user_sessions(
@@ -557,28 +372,11 @@ impl Store for SqliteStore {
         keep: Option<SessionId>,
         now: i64,
     ) -> Result<Vec<SessionId>> {
-        let rows = sqlx::query(
-            "UPDATE sessions SET revoked_at = ?1 \
-             WHERE user_id = ?2 AND revoked_at IS NULL AND (?3 IS NULL OR id <> ?3) \
-             RETURNING id",
-        )
-        .bind(now)
-        .bind(user_id.to_string())
-        .bind(keep.map(|k| k.to_string()))
-        .fetch_all(&self.writer)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(|row| row.id("id")).collect()
+        sessions::revoke_all(self, user_id, keep, now).await
     }
 
     async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<SessionId>> {
-        let rows =
-            sqlx::query("SELECT id FROM sessions WHERE revoked_at >= ?1 ORDER BY revoked_at, id")
-                .bind(since)
-                .fetch_all(&self.reader)
-                .await
-                .map_err(db_err)?;
-        rows.iter().map(|row| row.id("id")).collect()
+        sessions::revoked_since(self, since).await
     }
 
     // ---- rooms and memberships ----
