@@ -52,6 +52,8 @@
 //! Only runtime-checked queries with bound parameters; rows are decoded in
 //! `rows`, where a corrupt row becomes a `Backend` error.
 
+mod rooms;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -62,15 +64,14 @@ use sqlx::{ConnectOptions, Connection, Executor, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::backend::Backend;
-use crate::sql::rows::{
-    self, db_err, decode_all, decode_opt, event_cols, membership_cols, room_cols, Columns,
-};
+use crate::sql::rooms::{self as shared_rooms, mark_read_sql, public_rooms_sql};
+use crate::sql::rows::{self, db_err, decode_all, decode_opt, event_cols, Columns};
 use crate::sql::sessions::{self, rotating_token_sql};
 use crate::sql::{users, Dialect, RowsAffected};
 use crate::{
     EditMessage, Event, EventKind, MemberProfile, Membership, Message, NewMessage, NewRoom,
-    NewSession, NewUser, Result, Role, Room, RoomKind, RoomPatch, RotateOutcome, Session, Store,
-    StoreError, User, UserAuth, UserRoom, Visibility,
+    NewSession, NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, Store, StoreError,
+    User, UserAuth, UserRoom,
 };
 
 /// Pool size unless the URL says `max_connections=N`.
@@ -88,6 +89,10 @@ impl Dialect for Postgres {
     const LIVE_USER: &'static str =
         "SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL FOR SHARE";
     const ROTATING_TOKEN: &'static str = rotating_token_sql!(" FOR UPDATE OF t");
+    const LIVE_ROOM: &'static str =
+        "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR SHARE";
+    const PUBLIC_ROOMS: &'static str = public_rooms_sql!("ILIKE");
+    const MARK_READ: &'static str = mark_read_sql!("GREATEST", "LEAST");
 }
 
 impl RowsAffected for PgQueryResult {
@@ -244,56 +249,12 @@ async fn ensure_schema(options: &PgConnectOptions, schema: &str) -> Result<()> {
     conn.close().await.map_err(StoreError::backend)
 }
 
-/// `q` as an `ILIKE … ESCAPE '\'` pattern matching names that contain it
-/// literally (`%`, `_` and `\` in `q` are not special).
-fn contains_pattern(q: &str) -> String {
-    let mut pattern = String::with_capacity(q.len() + 2);
-    pattern.push('%');
-    for c in q.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
-/// The one key of the DM between two users, whatever the order.
-fn dm_key(a: UserId, b: UserId) -> String {
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    format!("{lo}:{hi}")
-}
-
 /// Cuts a page fetched with `limit + 1` rows to `limit`; true if it was cut.
 fn cut<T>(items: &mut Vec<T>, limit: u32) -> bool {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = items.len() > limit;
     items.truncate(limit);
     more
-}
-
-/// True if the user is live; the row is then share-locked until the end of
-/// the transaction, so it cannot be deleted before what we insert for it.
-async fn lock_live_user(conn: &mut PgConnection, id: UserId) -> Result<bool> {
-    let row = sqlx::query("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL FOR SHARE")
-        .bind(id.0)
-        .fetch_optional(conn)
-        .await
-        .map_err(db_err)?;
-    Ok(row.is_some())
-}
-
-/// True if the room is live; the row is then share-locked until the end of
-/// the transaction: no event is appended and the room is not deleted
-/// meanwhile (a new member's read marker is exactly the room's end).
-async fn share_live_room(conn: &mut PgConnection, id: RoomId) -> Result<bool> {
-    let row = sqlx::query("SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR SHARE")
-        .bind(id.0)
-        .fetch_optional(conn)
-        .await
-        .map_err(db_err)?;
-    Ok(row.is_some())
 }
 
 /// Takes the room's write lock for its event log, or false if the room is
@@ -364,60 +325,6 @@ async fn find_message(conn: &mut PgConnection, room: RoomId, seq: Seq) -> Result
     .await
     .map_err(db_err)?;
     decode_opt(row, rows::message)
-}
-
-async fn find_membership(
-    conn: &mut PgConnection,
-    room: RoomId,
-    user: UserId,
-) -> Result<Option<Membership>> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        membership_cols!(),
-        " FROM memberships WHERE room_id = $1 AND user_id = $2"
-    ))
-    .bind(room.0)
-    .bind(user.0)
-    .fetch_optional(conn)
-    .await
-    .map_err(db_err)?;
-    decode_opt(row, rows::membership)
-}
-
-/// Adds the membership unless it exists; true if it was added. The read
-/// marker starts at the room's current end.
-async fn insert_membership(
-    conn: &mut PgConnection,
-    room: RoomId,
-    user: UserId,
-    role: Role,
-    now: i64,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO memberships (room_id, user_id, role, joined_at, last_read_seq) \
-         VALUES ($1, $2, $3, $4, COALESCE((SELECT last_seq FROM rooms WHERE id = $1), 0)) \
-         ON CONFLICT (room_id, user_id) DO NOTHING",
-    )
-    .bind(room.0)
-    .bind(user.0)
-    .bind(role.as_str())
-    .bind(now)
-    .execute(conn)
-    .await
-    .map_err(db_err)?;
-    Ok(done.rows_affected() == 1)
-}
-
-fn new_room(room: &NewRoom) -> Room {
-    Room {
-        id: room.id,
-        name: room.name.clone(),
-        topic: room.topic.clone(),
-        visibility: room.visibility,
-        kind: room.kind,
-        created_at: room.created_at,
-        last_seq: 0,
-    }
 }
 
 #[async_trait]
@@ -501,144 +408,24 @@ impl Store for PgStore {
     // ---- rooms and memberships ----
 
     async fn create_room(&self, room: &NewRoom, owner: UserId) -> Result<Room> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        if !lock_live_user(&mut tx, owner).await? {
-            return Err(StoreError::NotFound);
-        }
-        sqlx::query(
-            "INSERT INTO rooms (id, name, topic, visibility, kind, created_at, last_seq, dm_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0, NULL)",
-        )
-        .bind(room.id.0)
-        .bind(&room.name)
-        .bind(&room.topic)
-        .bind(room.visibility.as_str())
-        .bind(room.kind.as_str())
-        .bind(room.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        insert_membership(&mut tx, room.id, owner, Role::Owner, room.created_at).await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(new_room(room))
+        shared_rooms::create(self, room, owner).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room.id))]
     async fn open_dm(&self, room: &NewRoom, a: UserId, b: UserId) -> Result<Room> {
-        /// Rounds of "find it, else create it". A round only repeats when
-        /// the DM another process just created was deleted before we could
-        /// read it, so two are plenty; the bound keeps a pathological
-        /// create/delete storm from spinning us forever.
-        const ROUNDS: usize = 3;
-        let key = dm_key(a, b);
-        // A DM is private and two-person whatever the caller filled in.
-        let room = NewRoom {
-            kind: RoomKind::Dm,
-            visibility: Visibility::Private,
-            ..room.clone()
-        };
-        for _ in 0..ROUNDS {
-            let mut tx = self.pool.begin().await.map_err(db_err)?;
-            for user in [a, b] {
-                if !lock_live_user(&mut tx, user).await? {
-                    return Err(StoreError::NotFound);
-                }
-            }
-            // Insert unless a live DM has the key. A concurrent creator's
-            // uncommitted row makes this wait for its outcome; if it
-            // commits, nothing is inserted and the next statement (a fresh
-            // snapshot) reads its room.
-            let created = sqlx::query(
-                "INSERT INTO rooms (id, name, topic, visibility, kind, created_at, last_seq, dm_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 0, $7) \
-                 ON CONFLICT (dm_key) DO NOTHING",
-            )
-            .bind(room.id.0)
-            .bind(&room.name)
-            .bind(&room.topic)
-            .bind(room.visibility.as_str())
-            .bind(room.kind.as_str())
-            .bind(room.created_at)
-            .bind(&key)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .rows_affected()
-                == 1;
-            let dm = if created {
-                new_room(&room)
-            } else {
-                let existing = sqlx::query(concat!(
-                    "SELECT ",
-                    room_cols!(),
-                    " FROM rooms WHERE dm_key = $1 AND deleted_at IS NULL FOR SHARE"
-                ))
-                .bind(&key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                match decode_opt(existing, rows::room)? {
-                    Some(existing) => existing,
-                    // Deleted between the insert and the read: try again.
-                    None => continue,
-                }
-            };
-            // Both are members of their DM, even after one of them left.
-            for user in [a, b] {
-                insert_membership(&mut tx, dm.id, user, Role::Member, room.created_at).await?;
-            }
-            tx.commit().await.map_err(db_err)?;
-            return Ok(dm);
-        }
-        Err(StoreError::backend(std::io::Error::other(
-            "open_dm: the DM kept vanishing while being opened",
-        )))
+        self::rooms::open_dm(self, room, a, b).await
     }
 
     async fn room(&self, id: RoomId) -> Result<Option<Room>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            room_cols!(),
-            " FROM rooms WHERE id = $1 AND deleted_at IS NULL"
-        ))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        decode_opt(row, rows::room)
+        shared_rooms::get(self, id).await
     }
 
     async fn update_room(&self, id: RoomId, patch: &RoomPatch) -> Result<Room> {
-        let row = sqlx::query(concat!(
-            "UPDATE rooms SET name = COALESCE($1, name), topic = COALESCE($2, topic), \
-             visibility = COALESCE($3, visibility) \
-             WHERE id = $4 AND deleted_at IS NULL RETURNING ",
-            room_cols!()
-        ))
-        .bind(patch.name.as_deref())
-        .bind(patch.topic.as_deref())
-        .bind(patch.visibility.map(Visibility::as_str))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        decode_opt(row, rows::room)?.ok_or(StoreError::NotFound)
+        shared_rooms::update(self, id, patch).await
     }
 
     async fn delete_room(&self, id: RoomId, now: i64) -> Result<()> {
-        // Freeing dm_key lets the two users open a fresh DM later.
-        let done = sqlx::query(
-            "UPDATE rooms SET deleted_at = $1, dm_key = NULL WHERE id = $2 AND deleted_at IS NULL",
-        )
-        .bind(now)
-        .bind(id.0)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        shared_rooms::delete(self, id, now).await
     }
 
     async fn list_public_rooms(
@@ -647,21 +434,7 @@ impl Store for PgStore {
         after: Option<RoomId>,
         limit: u32,
     ) -> Result<Vec<Room>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            room_cols!(),
-            " FROM rooms \
-             WHERE visibility = 'public' AND kind = 'group' AND deleted_at IS NULL \
-             AND name ILIKE $1 ESCAPE '\\' AND ($2::uuid IS NULL OR id > $2) \
-             ORDER BY id LIMIT $3"
-        ))
-        .bind(contains_pattern(q))
-        .bind(after.map(|a| a.0))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        decode_all(&rows, rows::room)
+        shared_rooms::list_public(self, q, after, limit).await
     }
 
     async fn list_user_rooms(
@@ -670,61 +443,15 @@ impl Store for PgStore {
         after: Option<RoomId>,
         limit: u32,
     ) -> Result<Vec<UserRoom>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            room_cols!(),
-            ", ",
-            membership_cols!(),
-            ", (SELECT COUNT(*) FROM events e \
-                WHERE e.room_id = m.room_id AND e.seq > m.last_read_seq \
-                AND e.kind = 'message' AND NOT e.deleted AND e.sender_id <> m.user_id) AS unread \
-             FROM memberships m JOIN rooms r ON r.id = m.room_id \
-             WHERE m.user_id = $1 AND r.deleted_at IS NULL \
-             AND ($2::uuid IS NULL OR m.room_id > $2) \
-             ORDER BY m.room_id LIMIT $3"
-        ))
-        .bind(user_id.0)
-        .bind(after.map(|a| a.0))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|row| {
-                Ok(UserRoom {
-                    room: rows::room(row)?,
-                    membership: rows::membership(row)?,
-                    unread: row.int("unread")?,
-                })
-            })
-            .collect()
+        shared_rooms::list_for_user(self, user_id, after, limit).await
     }
 
     async fn user_room_ids(&self, user_id: UserId) -> Result<Vec<RoomId>> {
-        let rows = sqlx::query(
-            "SELECT m.room_id FROM memberships m JOIN rooms r ON r.id = m.room_id \
-             WHERE m.user_id = $1 AND r.deleted_at IS NULL ORDER BY m.room_id",
-        )
-        .bind(user_id.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter().map(|row| row.id("room_id")).collect()
+        shared_rooms::ids_for_user(self, user_id).await
     }
 
     async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            membership_cols!(),
-            " FROM memberships m JOIN rooms r ON r.id = m.room_id \
-             WHERE m.room_id = $1 AND m.user_id = $2 AND r.deleted_at IS NULL"
-        ))
-        .bind(room.0)
-        .bind(user.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        decode_opt(row, rows::membership)
+        shared_rooms::membership(self, room, user).await
     }
 
     async fn room_access(
@@ -732,28 +459,7 @@ impl Store for PgStore {
         room: RoomId,
         user: UserId,
     ) -> Result<Option<(Room, Option<Membership>)>> {
-        // The column names of the two tables do not overlap.
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            room_cols!(),
-            ", ",
-            membership_cols!(),
-            " FROM rooms r LEFT JOIN memberships m ON m.room_id = r.id AND m.user_id = $2 \
-             WHERE r.id = $1 AND r.deleted_at IS NULL"
-        ))
-        .bind(room.0)
-        .bind(user.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let membership = match row.opt_text("role")? {
-            Some(_) => Some(rows::membership(&row)?),
-            None => None,
-        };
-        Ok(Some((rows::room(&row)?, membership)))
+        shared_rooms::access(self, room, user).await
     }
 
     async fn add_member(
@@ -763,26 +469,11 @@ impl Store for PgStore {
         role: Role,
         now: i64,
     ) -> Result<(Membership, bool)> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        if !share_live_room(&mut tx, room).await? || !lock_live_user(&mut tx, user).await? {
-            return Err(StoreError::NotFound);
-        }
-        let added = insert_membership(&mut tx, room, user, role, now).await?;
-        let membership = find_membership(&mut tx, room, user)
-            .await?
-            .ok_or_else(|| rows::corrupt("membership vanished after insert"))?;
-        tx.commit().await.map_err(db_err)?;
-        Ok((membership, added))
+        shared_rooms::add_member(self, room, user, role, now).await
     }
 
     async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM memberships WHERE room_id = $1 AND user_id = $2")
-            .bind(room.0)
-            .bind(user.0)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        shared_rooms::remove_member(self, room, user).await
     }
 
     async fn list_members(
@@ -791,48 +482,11 @@ impl Store for PgStore {
         after: Option<UserId>,
         limit: u32,
     ) -> Result<Vec<MemberProfile>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            membership_cols!(),
-            ", u.username, u.display_name \
-             FROM memberships m JOIN users u ON u.id = m.user_id \
-             WHERE m.room_id = $1 AND u.deleted_at IS NULL \
-             AND ($2::uuid IS NULL OR m.user_id > $2) \
-             ORDER BY m.user_id LIMIT $3"
-        ))
-        .bind(room.0)
-        .bind(after.map(|a| a.0))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|row| {
-                Ok(MemberProfile {
-                    membership: rows::membership(row)?,
-                    username: row.text("username")?,
-                    display_name: row.text("display_name")?,
-                })
-            })
-            .collect()
+        shared_rooms::list_members(self, room, after, limit).await
     }
 
     async fn mark_read(&self, room: RoomId, user: UserId, seq: Seq) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE memberships SET last_read_seq = GREATEST(last_read_seq, \
-               LEAST($1, COALESCE((SELECT last_seq FROM rooms WHERE id = $2), 0))) \
-             WHERE room_id = $2 AND user_id = $3",
-        )
-        .bind(seq)
-        .bind(room.0)
-        .bind(user.0)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotMember);
-        }
-        Ok(())
+        shared_rooms::mark_read(self, room, user, seq).await
     }
 
     // ---- the event log ----
@@ -849,7 +503,7 @@ impl Store for PgStore {
         if !lock_room_log(&mut tx, msg.room_id).await? {
             return Err(StoreError::NotFound);
         }
-        if find_membership(&mut tx, msg.room_id, msg.sender_id)
+        if shared_rooms::find_membership(&mut *tx, msg.room_id, msg.sender_id)
             .await?
             .is_none()
         {
@@ -1104,14 +758,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn like_pattern_escapes_wildcards_and_the_escape_char() {
-        assert_eq!(contains_pattern("50%"), "%50\\%%");
-        assert_eq!(contains_pattern("a_b"), "%a\\_b%");
-        assert_eq!(contains_pattern("c:\\x"), "%c:\\\\x%");
-        assert_eq!(contains_pattern(""), "%%");
-    }
-
-    #[test]
     fn our_url_parameters_are_taken_out_and_the_rest_kept() {
         let url = StoreUrl::parse(
             "postgres://u:p@h:5432/db?sslmode=disable&schema=test_1&max_connections=3&application_name=x",
@@ -1153,12 +799,5 @@ mod tests {
         let long = "a".repeat(MAX_SCHEMA_LEN + 1);
         assert!(StoreUrl::parse(&format!("postgres://h/db?schema={long}")).is_err());
         assert!(StoreUrl::parse(&format!("postgres://h/db?schema={}", &long[1..])).is_ok());
-    }
-
-    #[test]
-    fn dm_key_ignores_argument_order() {
-        let (a, b) = (UserId::new(), UserId::new());
-        assert_eq!(dm_key(a, b), dm_key(b, a));
-        assert_ne!(dm_key(a, b), dm_key(a, a));
     }
 }

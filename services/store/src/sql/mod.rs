@@ -2,7 +2,8 @@
 //! and the decoding of its rows, written once for any [`Dialect`].
 //!
 //! - [`rows`]: column lists, row decoders and the driver-error mapping.
-//! - [`users`], [`sessions`]: one aggregate each, as both backends run it.
+//! - [`users`], [`sessions`], [`rooms`]: one aggregate each, as both
+//!   backends run it.
 //!
 //! Every statement numbers its placeholders `$1`, `$2`, …: Postgres's own
 //! form, which sqlx's SQLite driver binds by number too, so one text serves
@@ -21,6 +22,7 @@
 //! statements through [`AsExecutor`]. [`Stmt`] puts these together as
 //! `sqlx::query` does.
 
+pub(crate) mod rooms;
 pub(crate) mod rows;
 pub(crate) mod sessions;
 pub(crate) mod users;
@@ -65,6 +67,20 @@ pub(crate) trait Dialect:
     /// a concurrent rotation where writers run in parallel
     /// ([`sessions::rotating_token_sql`]).
     const ROTATING_TOKEN: &'static str;
+
+    /// `$1` is a live room. Run before a member is added; a dialect whose
+    /// writers run in parallel share-locks the row until the transaction
+    /// ends, so no event is appended and the room is not deleted meanwhile
+    /// (a new member's read marker is exactly the room's end).
+    const LIVE_ROOM: &'static str;
+
+    /// Public group rooms whose name contains `$1` case-insensitively
+    /// ([`rooms::public_rooms_sql`]: `ILIKE` or `LIKE`).
+    const PUBLIC_ROOMS: &'static str;
+
+    /// Moves a read marker forward ([`rooms::mark_read_sql`]: the dialect's
+    /// two-value maximum and minimum).
+    const MARK_READ: &'static str;
 }
 
 /// One type of value a driver's arguments take: sqlx's `Arguments::add`, as
