@@ -6,8 +6,10 @@
 
 use std::future::Future;
 
-use sqlx::{Executor, Transaction};
+use chat_core::Seq;
+use sqlx::{Database, Executor, Transaction};
 
+use crate::sql::log::NewEvent;
 use crate::sql::Dialect;
 use crate::Result;
 
@@ -23,4 +25,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// A transaction for a write of several statements.
     fn write_tx(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>>> + Send;
+
+    /// Takes the room's next seq and inserts `event` with it; the seq.
+    /// Called in the write transaction that commits the event, with the
+    /// room's log lock held ([`Dialect::ROOM_LOG`]), so seqs have no gaps (a
+    /// rollback gives the seq back) and no repeats.
+    fn insert_event(
+        conn: &mut <Self::Db as Database>::Connection,
+        event: &NewEvent<'_>,
+    ) -> impl Future<Output = Result<Seq>> + Send;
 }

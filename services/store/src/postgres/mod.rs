@@ -52,6 +52,7 @@
 //! Only runtime-checked queries with bound parameters; rows are decoded in
 //! `rows`, where a corrupt row becomes a `Backend` error.
 
+mod log;
 mod rooms;
 
 use std::str::FromStr;
@@ -64,14 +65,15 @@ use sqlx::{ConnectOptions, Connection, Executor, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::backend::Backend;
+use crate::sql::log::{self as shared_log, NewEvent};
 use crate::sql::rooms::{self as shared_rooms, mark_read_sql, public_rooms_sql};
-use crate::sql::rows::{self, db_err, decode_all, decode_opt, event_cols, Columns};
+use crate::sql::rows::db_err;
 use crate::sql::sessions::{self, rotating_token_sql};
 use crate::sql::{users, Dialect, RowsAffected};
 use crate::{
-    EditMessage, Event, EventKind, MemberProfile, Membership, Message, NewMessage, NewRoom,
-    NewSession, NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, Store, StoreError,
-    User, UserAuth, UserRoom,
+    EditMessage, Event, MemberProfile, Membership, Message, NewMessage, NewRoom, NewSession,
+    NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, Store, StoreError, User,
+    UserAuth, UserRoom,
 };
 
 /// Pool size unless the URL says `max_connections=N`.
@@ -89,6 +91,8 @@ impl Dialect for Postgres {
     const LIVE_USER: &'static str =
         "SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL FOR SHARE";
     const ROTATING_TOKEN: &'static str = rotating_token_sql!(" FOR UPDATE OF t");
+    const ROOM_LOG: &'static str =
+        "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE";
     const LIVE_ROOM: &'static str =
         "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR SHARE";
     const PUBLIC_ROOMS: &'static str = public_rooms_sql!("ILIKE");
@@ -150,6 +154,10 @@ impl Backend for PgStore {
 
     async fn write_tx(&self) -> Result<Transaction<'static, Postgres>> {
         self.pool.begin().await.map_err(db_err)
+    }
+
+    async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Seq> {
+        log::insert_event(conn, event).await
     }
 }
 
@@ -247,84 +255,6 @@ async fn ensure_schema(options: &PgConnectOptions, schema: &str) -> Result<()> {
         }
     }
     conn.close().await.map_err(StoreError::backend)
-}
-
-/// Cuts a page fetched with `limit + 1` rows to `limit`; true if it was cut.
-fn cut<T>(items: &mut Vec<T>, limit: u32) -> bool {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let more = items.len() > limit;
-    items.truncate(limit);
-    more
-}
-
-/// Takes the room's write lock for its event log, or false if the room is
-/// not live. `NO KEY UPDATE` conflicts with itself (writers of the room
-/// queue here) but not with the key-share locks that foreign-key checks
-/// take, so inserting a membership does not wait for it.
-async fn lock_room_log(conn: &mut PgConnection, id: RoomId) -> Result<bool> {
-    let row =
-        sqlx::query("SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE")
-            .bind(id.0)
-            .fetch_optional(conn)
-            .await
-            .map_err(db_err)?;
-    Ok(row.is_some())
-}
-
-/// One row of the event log, before it has a seq.
-struct NewEvent<'a> {
-    room_id: RoomId,
-    kind: &'static str,
-    message_id: Uuid,
-    sender_id: UserId,
-    body: &'a str,
-    client_msg_id: Option<&'a str>,
-    created_at: i64,
-    edited_at: Option<i64>,
-    target_seq: Option<Seq>,
-}
-
-/// Takes the room's next seq and inserts the event with it, in one
-/// statement. Called with the room's log lock held (`lock_room_log`), inside
-/// the transaction that commits the event: a rollback gives the seq back.
-async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Seq> {
-    let row = sqlx::query(
-        "WITH bumped AS ( \
-             UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq \
-         ) \
-         INSERT INTO events (room_id, seq, kind, message_id, sender_id, body, client_msg_id, \
-                             created_at, edited_at, deleted, target_seq) \
-         SELECT $1, last_seq, $2, $3, $4, $5, $6, $7, $8, FALSE, $9 FROM bumped \
-         RETURNING seq",
-    )
-    .bind(event.room_id.0)
-    .bind(event.kind)
-    .bind(event.message_id)
-    .bind(event.sender_id.0)
-    .bind(event.body)
-    .bind(event.client_msg_id)
-    .bind(event.created_at)
-    .bind(event.edited_at)
-    .bind(event.target_seq)
-    .fetch_optional(conn)
-    .await
-    .map_err(db_err)?
-    .ok_or(StoreError::NotFound)?;
-    row.int("seq")
-}
-
-async fn find_message(conn: &mut PgConnection, room: RoomId, seq: Seq) -> Result<Option<Message>> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        event_cols!(),
-        " FROM events WHERE room_id = $1 AND seq = $2 AND kind = 'message'"
-    ))
-    .bind(room.0)
-    .bind(seq)
-    .fetch_optional(conn)
-    .await
-    .map_err(db_err)?;
-    decode_opt(row, rows::message)
 }
 
 #[async_trait]
@@ -497,65 +427,7 @@ impl Store for PgStore {
         fields(room_id = %msg.room_id, client_msg_id = %msg.client_msg_id)
     )]
     async fn append_message(&self, msg: &NewMessage) -> Result<(Message, bool)> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        // The lock comes first: a concurrent send of the same client_msg_id
-        // waits here until ours commits, then finds it below.
-        if !lock_room_log(&mut tx, msg.room_id).await? {
-            return Err(StoreError::NotFound);
-        }
-        if shared_rooms::find_membership(&mut *tx, msg.room_id, msg.sender_id)
-            .await?
-            .is_none()
-        {
-            return Err(StoreError::NotMember);
-        }
-        let original = sqlx::query(concat!(
-            "SELECT ",
-            event_cols!(),
-            " FROM events \
-             WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3 AND kind = 'message'"
-        ))
-        .bind(msg.room_id.0)
-        .bind(msg.sender_id.0)
-        .bind(&msg.client_msg_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if let Some(original) = decode_opt(original, rows::message)? {
-            return Ok((original, false));
-        }
-
-        let seq = insert_event(
-            &mut tx,
-            &NewEvent {
-                room_id: msg.room_id,
-                kind: "message",
-                message_id: msg.id.0,
-                sender_id: msg.sender_id,
-                body: &msg.body,
-                client_msg_id: Some(&msg.client_msg_id),
-                created_at: msg.created_at,
-                edited_at: None,
-                target_seq: None,
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(db_err)?;
-        tracing::debug!(seq, "message appended");
-        Ok((
-            Message {
-                room_id: msg.room_id,
-                seq,
-                id: msg.id,
-                sender_id: msg.sender_id,
-                body: msg.body.clone(),
-                client_msg_id: msg.client_msg_id.clone(),
-                created_at: msg.created_at,
-                edited_at: None,
-                deleted: false,
-            },
-            true,
-        ))
+        shared_log::append(self, msg).await
     }
 
     #[tracing::instrument(
@@ -564,55 +436,7 @@ impl Store for PgStore {
         fields(room_id = %edit.room_id, target_seq = edit.target)
     )]
     async fn edit_message(&self, edit: &EditMessage) -> Result<(Event, Message)> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        if !lock_room_log(&mut tx, edit.room_id).await? {
-            return Err(StoreError::NotFound);
-        }
-        let mut message = match find_message(&mut tx, edit.room_id, edit.target).await? {
-            Some(m) if !m.deleted => m,
-            _ => return Err(StoreError::NotFound),
-        };
-        if message.sender_id != edit.editor {
-            return Err(StoreError::Forbidden);
-        }
-        sqlx::query("UPDATE events SET body = $1, edited_at = $2 WHERE room_id = $3 AND seq = $4")
-            .bind(&edit.body)
-            .bind(edit.now)
-            .bind(edit.room_id.0)
-            .bind(edit.target)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let seq = insert_event(
-            &mut tx,
-            &NewEvent {
-                room_id: edit.room_id,
-                kind: "message_edited",
-                message_id: message.id.0,
-                sender_id: edit.editor,
-                body: &edit.body,
-                client_msg_id: None,
-                created_at: edit.now,
-                edited_at: Some(edit.now),
-                target_seq: Some(edit.target),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(db_err)?;
-
-        message.body.clone_from(&edit.body);
-        message.edited_at = Some(edit.now);
-        let event = Event {
-            room_id: edit.room_id,
-            seq,
-            kind: EventKind::Edited {
-                target_seq: edit.target,
-                body: edit.body.clone(),
-                sender_id: edit.editor,
-                edited_at: edit.now,
-            },
-        };
-        Ok((event, message))
+        shared_log::edit(self, edit).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room, target_seq = target))]
@@ -623,60 +447,11 @@ impl Store for PgStore {
         by: UserId,
         now: i64,
     ) -> Result<Event> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        if !lock_room_log(&mut tx, room).await? {
-            return Err(StoreError::NotFound);
-        }
-        let message = match find_message(&mut tx, room, target).await? {
-            Some(m) if !m.deleted => m,
-            _ => return Err(StoreError::NotFound),
-        };
-        sqlx::query("UPDATE events SET deleted = TRUE, body = '' WHERE room_id = $1 AND seq = $2")
-            .bind(room.0)
-            .bind(target)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        // The bodies its edits set go too: a tombstone keeps no text.
-        sqlx::query(
-            "UPDATE events SET body = '' \
-             WHERE room_id = $1 AND target_seq = $2 AND kind = 'message_edited'",
-        )
-        .bind(room.0)
-        .bind(target)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let seq = insert_event(
-            &mut tx,
-            &NewEvent {
-                room_id: room,
-                kind: "message_deleted",
-                message_id: message.id.0,
-                sender_id: by,
-                body: "",
-                client_msg_id: None,
-                created_at: now,
-                edited_at: None,
-                target_seq: Some(target),
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(Event {
-            room_id: room,
-            seq,
-            kind: EventKind::Deleted {
-                target_seq: target,
-                deleted_by: by,
-                at: now,
-            },
-        })
+        shared_log::delete(self, room, target, by, now).await
     }
 
     async fn message(&self, room: RoomId, seq: Seq) -> Result<Option<Message>> {
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        find_message(&mut conn, room, seq).await
+        shared_log::message(self, room, seq).await
     }
 
     async fn list_messages(
@@ -686,48 +461,7 @@ impl Store for PgStore {
         after: Option<Seq>,
         limit: u32,
     ) -> Result<(Vec<Message>, bool)> {
-        let fetch = i64::from(limit) + 1;
-        if let Some(after) = after {
-            // Forward from `after`, oldest first.
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                event_cols!(),
-                " FROM events \
-                 WHERE room_id = $1 AND kind = 'message' AND seq > $2 \
-                 AND ($3::bigint IS NULL OR seq < $3) \
-                 ORDER BY seq ASC LIMIT $4"
-            ))
-            .bind(room.0)
-            .bind(after)
-            .bind(before)
-            .bind(fetch)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            let mut messages = decode_all(&rows, rows::message)?;
-            let more = cut(&mut messages, limit);
-            Ok((messages, more))
-        } else {
-            // Backward from `before` (or the end): the newest page, then
-            // turned to ascending order.
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                event_cols!(),
-                " FROM events \
-                 WHERE room_id = $1 AND kind = 'message' AND ($2::bigint IS NULL OR seq < $2) \
-                 ORDER BY seq DESC LIMIT $3"
-            ))
-            .bind(room.0)
-            .bind(before)
-            .bind(fetch)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
-            let mut messages = decode_all(&rows, rows::message)?;
-            let more = cut(&mut messages, limit);
-            messages.reverse();
-            Ok((messages, more))
-        }
+        shared_log::list_messages(self, room, before, after, limit).await
     }
 
     async fn list_events(
@@ -736,20 +470,7 @@ impl Store for PgStore {
         after: Seq,
         limit: u32,
     ) -> Result<(Vec<Event>, bool)> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            event_cols!(),
-            " FROM events WHERE room_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
-        ))
-        .bind(room.0)
-        .bind(after)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        let mut events = decode_all(&rows, rows::event)?;
-        let more = cut(&mut events, limit);
-        Ok((events, more))
+        shared_log::list_events(self, room, after, limit).await
     }
 }
 

@@ -2,8 +2,8 @@
 //! and the decoding of its rows, written once for any [`Dialect`].
 //!
 //! - [`rows`]: column lists, row decoders and the driver-error mapping.
-//! - [`users`], [`sessions`], [`rooms`]: one aggregate each, as both
-//!   backends run it.
+//! - [`users`], [`sessions`], [`rooms`], [`log`]: one aggregate each, as
+//!   both backends run it.
 //!
 //! Every statement numbers its placeholders `$1`, `$2`, …: Postgres's own
 //! form, which sqlx's SQLite driver binds by number too, so one text serves
@@ -22,6 +22,7 @@
 //! statements through [`AsExecutor`]. [`Stmt`] puts these together as
 //! `sqlx::query` does.
 
+pub(crate) mod log;
 pub(crate) mod rooms;
 pub(crate) mod rows;
 pub(crate) mod sessions;
@@ -73,6 +74,12 @@ pub(crate) trait Dialect:
     /// ends, so no event is appended and the room is not deleted meanwhile
     /// (a new member's read marker is exactly the room's end).
     const LIVE_ROOM: &'static str;
+
+    /// `$1` is a live room; the room's event log is then the caller's until
+    /// the transaction ends. A dialect whose writers run in parallel locks
+    /// the row so that writers of one room queue here (and writers of
+    /// different rooms never meet); under a single writer it is a check.
+    const ROOM_LOG: &'static str;
 
     /// Public group rooms whose name contains `$1` case-insensitively
     /// ([`rooms::public_rooms_sql`]: `ILIKE` or `LIKE`).

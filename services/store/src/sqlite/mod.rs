@@ -12,6 +12,7 @@
 //! Only runtime-checked queries with bound parameters; rows are decoded in
 //! `rows`, where a corrupt row becomes a `Backend` error.
 
+mod log;
 mod rooms;
 
 use std::path::Path;
@@ -28,14 +29,15 @@ use sqlx::{Executor, Sqlite, Transaction};
 use uuid::fmt::Hyphenated;
 
 use crate::backend::Backend;
+use crate::sql::log::{self as shared_log, NewEvent};
 use crate::sql::rooms::{self as shared_rooms, mark_read_sql, public_rooms_sql};
-use crate::sql::rows::{self, db_err, decode_all, decode_opt, event_cols, Columns};
+use crate::sql::rows::db_err;
 use crate::sql::sessions::{self, rotating_token_sql};
 use crate::sql::{users, Dialect, RowsAffected};
 use crate::{
-    EditMessage, Event, EventKind, MemberProfile, Membership, Message, NewMessage, NewRoom,
-    NewSession, NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, Store, StoreError,
-    User, UserAuth, UserRoom,
+    EditMessage, Event, MemberProfile, Membership, Message, NewMessage, NewRoom, NewSession,
+    NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, Store, StoreError, User,
+    UserAuth, UserRoom,
 };
 
 /// Connections in the reader pool.
@@ -49,6 +51,7 @@ impl Dialect for Sqlite {
     type Uuid = Hyphenated;
     const LIVE_USER: &'static str = "SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL";
     const ROTATING_TOKEN: &'static str = rotating_token_sql!("");
+    const ROOM_LOG: &'static str = "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL";
     const LIVE_ROOM: &'static str = "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL";
     const PUBLIC_ROOMS: &'static str = public_rooms_sql!("LIKE");
     const MARK_READ: &'static str = mark_read_sql!("MAX", "MIN");
@@ -137,6 +140,10 @@ impl Backend for SqliteStore {
             .await
             .map_err(db_err)
     }
+
+    async fn insert_event(conn: &mut SqliteConnection, event: &NewEvent<'_>) -> Result<Seq> {
+        log::insert_event(conn, event).await
+    }
 }
 
 async fn create_parent_dir(file: &Path) -> Result<()> {
@@ -148,54 +155,6 @@ async fn create_parent_dir(file: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// Cuts a page fetched with `limit + 1` rows to `limit`; true if it was cut.
-fn cut<T>(items: &mut Vec<T>, limit: u32) -> bool {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let more = items.len() > limit;
-    items.truncate(limit);
-    more
-}
-
-async fn room_is_live(conn: &mut SqliteConnection, id: RoomId) -> Result<bool> {
-    let row = sqlx::query("SELECT 1 FROM rooms WHERE id = ?1 AND deleted_at IS NULL")
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await
-        .map_err(db_err)?;
-    Ok(row.is_some())
-}
-
-/// Takes the room's next seq. Called inside the write transaction that
-/// inserts the event, so seqs are gapless: a rollback gives it back.
-async fn next_seq(conn: &mut SqliteConnection, room: RoomId) -> Result<Seq> {
-    let row =
-        sqlx::query("UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq")
-            .bind(room.to_string())
-            .fetch_optional(conn)
-            .await
-            .map_err(db_err)?
-            .ok_or(StoreError::NotFound)?;
-    row.int("last_seq")
-}
-
-async fn find_message(
-    conn: &mut SqliteConnection,
-    room: RoomId,
-    seq: Seq,
-) -> Result<Option<Message>> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        event_cols!(),
-        " FROM events WHERE room_id = ?1 AND seq = ?2 AND kind = 'message'"
-    ))
-    .bind(room.to_string())
-    .bind(seq)
-    .fetch_optional(conn)
-    .await
-    .map_err(db_err)?;
-    decode_opt(row, rows::message)
 }
 
 #[async_trait]
@@ -368,64 +327,7 @@ impl Store for SqliteStore {
         fields(room_id = %msg.room_id, client_msg_id = %msg.client_msg_id)
     )]
     async fn append_message(&self, msg: &NewMessage) -> Result<(Message, bool)> {
-        let mut tx = self.write_tx().await?;
-        if !room_is_live(&mut tx, msg.room_id).await? {
-            return Err(StoreError::NotFound);
-        }
-        if shared_rooms::find_membership(&mut *tx, msg.room_id, msg.sender_id)
-            .await?
-            .is_none()
-        {
-            return Err(StoreError::NotMember);
-        }
-        let original = sqlx::query(concat!(
-            "SELECT ",
-            event_cols!(),
-            " FROM events \
-             WHERE room_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3 AND kind = 'message'"
-        ))
-        .bind(msg.room_id.to_string())
-        .bind(msg.sender_id.to_string())
-        .bind(&msg.client_msg_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if let Some(original) = decode_opt(original, rows::message)? {
-            return Ok((original, false));
-        }
-
-        let seq = next_seq(&mut tx, msg.room_id).await?;
-        sqlx::query(
-            "INSERT INTO events \
-             (room_id, seq, kind, message_id, sender_id, body, client_msg_id, created_at, deleted) \
-             VALUES (?1, ?2, 'message', ?3, ?4, ?5, ?6, ?7, 0)",
-        )
-        .bind(msg.room_id.to_string())
-        .bind(seq)
-        .bind(msg.id.to_string())
-        .bind(msg.sender_id.to_string())
-        .bind(&msg.body)
-        .bind(&msg.client_msg_id)
-        .bind(msg.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        tracing::debug!(seq, "message appended");
-        Ok((
-            Message {
-                room_id: msg.room_id,
-                seq,
-                id: msg.id,
-                sender_id: msg.sender_id,
-                body: msg.body.clone(),
-                client_msg_id: msg.client_msg_id.clone(),
-                created_at: msg.created_at,
-                edited_at: None,
-                deleted: false,
-            },
-            true,
-        ))
+        shared_log::append(self, msg).await
     }
 
     #[tracing::instrument(
@@ -434,56 +336,7 @@ impl Store for SqliteStore {
         fields(room_id = %edit.room_id, target_seq = edit.target)
     )]
     async fn edit_message(&self, edit: &EditMessage) -> Result<(Event, Message)> {
-        let mut tx = self.write_tx().await?;
-        if !room_is_live(&mut tx, edit.room_id).await? {
-            return Err(StoreError::NotFound);
-        }
-        let mut message = match find_message(&mut tx, edit.room_id, edit.target).await? {
-            Some(m) if !m.deleted => m,
-            _ => return Err(StoreError::NotFound),
-        };
-        if message.sender_id != edit.editor {
-            return Err(StoreError::Forbidden);
-        }
-        sqlx::query("UPDATE events SET body = ?1, edited_at = ?2 WHERE room_id = ?3 AND seq = ?4")
-            .bind(&edit.body)
-            .bind(edit.now)
-            .bind(edit.room_id.to_string())
-            .bind(edit.target)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let seq = next_seq(&mut tx, edit.room_id).await?;
-        sqlx::query(
-            "INSERT INTO events \
-             (room_id, seq, kind, message_id, sender_id, body, created_at, edited_at, deleted, target_seq) \
-             VALUES (?1, ?2, 'message_edited', ?3, ?4, ?5, ?6, ?6, 0, ?7)",
-        )
-        .bind(edit.room_id.to_string())
-        .bind(seq)
-        .bind(message.id.to_string())
-        .bind(edit.editor.to_string())
-        .bind(&edit.body)
-        .bind(edit.now)
-        .bind(edit.target)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-
-        message.body.clone_from(&edit.body);
-        message.edited_at = Some(edit.now);
-        let event = Event {
-            room_id: edit.room_id,
-            seq,
-            kind: EventKind::Edited {
-                target_seq: edit.target,
-                body: edit.body.clone(),
-                sender_id: edit.editor,
-                edited_at: edit.now,
-            },
-        };
-        Ok((event, message))
+        shared_log::edit(self, edit).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room, target_seq = target))]
@@ -494,60 +347,11 @@ impl Store for SqliteStore {
         by: UserId,
         now: i64,
     ) -> Result<Event> {
-        let mut tx = self.write_tx().await?;
-        if !room_is_live(&mut tx, room).await? {
-            return Err(StoreError::NotFound);
-        }
-        let message = match find_message(&mut tx, room, target).await? {
-            Some(m) if !m.deleted => m,
-            _ => return Err(StoreError::NotFound),
-        };
-        sqlx::query("UPDATE events SET deleted = 1, body = '' WHERE room_id = ?1 AND seq = ?2")
-            .bind(room.to_string())
-            .bind(target)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        // The bodies its edits set go too: a tombstone keeps no text.
-        sqlx::query(
-            "UPDATE events SET body = '' \
-             WHERE room_id = ?1 AND target_seq = ?2 AND kind = 'message_edited'",
-        )
-        .bind(room.to_string())
-        .bind(target)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let seq = next_seq(&mut tx, room).await?;
-        sqlx::query(
-            "INSERT INTO events \
-             (room_id, seq, kind, message_id, sender_id, body, created_at, deleted, target_seq) \
-             VALUES (?1, ?2, 'message_deleted', ?3, ?4, '', ?5, 0, ?6)",
-        )
-        .bind(room.to_string())
-        .bind(seq)
-        .bind(message.id.to_string())
-        .bind(by.to_string())
-        .bind(now)
-        .bind(target)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(Event {
-            room_id: room,
-            seq,
-            kind: EventKind::Deleted {
-                target_seq: target,
-                deleted_by: by,
-                at: now,
-            },
-        })
+        shared_log::delete(self, room, target, by, now).await
     }
 
     async fn message(&self, room: RoomId, seq: Seq) -> Result<Option<Message>> {
-        let mut conn = self.reader.acquire().await.map_err(db_err)?;
-        find_message(&mut conn, room, seq).await
+        shared_log::message(self, room, seq).await
     }
 
     async fn list_messages(
@@ -557,48 +361,7 @@ impl Store for SqliteStore {
         after: Option<Seq>,
         limit: u32,
     ) -> Result<(Vec<Message>, bool)> {
-        let fetch = i64::from(limit) + 1;
-        if let Some(after) = after {
-            // Forward from `after`, oldest first.
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                event_cols!(),
-                " FROM events \
-                 WHERE room_id = ?1 AND kind = 'message' AND seq > ?2 \
-                 AND (?3 IS NULL OR seq < ?3) \
-                 ORDER BY seq ASC LIMIT ?4"
-            ))
-            .bind(room.to_string())
-            .bind(after)
-            .bind(before)
-            .bind(fetch)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db_err)?;
-            let mut messages = decode_all(&rows, rows::message)?;
-            let more = cut(&mut messages, limit);
-            Ok((messages, more))
-        } else {
-            // Backward from `before` (or the end): the newest page, then
-            // turned to ascending order.
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                event_cols!(),
-                " FROM events \
-                 WHERE room_id = ?1 AND kind = 'message' AND (?2 IS NULL OR seq < ?2) \
-                 ORDER BY seq DESC LIMIT ?3"
-            ))
-            .bind(room.to_string())
-            .bind(before)
-            .bind(fetch)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db_err)?;
-            let mut messages = decode_all(&rows, rows::message)?;
-            let more = cut(&mut messages, limit);
-            messages.reverse();
-            Ok((messages, more))
-        }
+        shared_log::list_messages(self, room, before, after, limit).await
     }
 
     async fn list_events(
@@ -607,20 +370,7 @@ impl Store for SqliteStore {
         after: Seq,
         limit: u32,
     ) -> Result<(Vec<Event>, bool)> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            event_cols!(),
-            " FROM events WHERE room_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
-        ))
-        .bind(room.to_string())
-        .bind(after)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?;
-        let mut events = decode_all(&rows, rows::event)?;
-        let more = cut(&mut events, limit);
-        Ok((events, more))
+        shared_log::list_events(self, room, after, limit).await
     }
 }
 
