@@ -1,4 +1,4 @@
-//! The Postgres backend of [`Store`]: the distributed mode's source of truth,
+//! The Postgres backend of [`Store`](crate::Store): the distributed mode's source of truth,
 //! shared by every `auth` and `room` replica.
 //!
 //! One [`PgPool`] per process; any number of processes on one database. The
@@ -9,8 +9,9 @@
 //! - Every write to a room's event log (append, edit, delete) first locks
 //!   the room's row (`FOR NO KEY UPDATE`). Writers of one room queue on that
 //!   lock; writers of different rooms never meet. Holding it, the seq is
-//!   taken from `rooms.last_seq` in the statement that inserts the event, so
-//!   seqs have no gaps (a rollback gives the seq back) and no repeats.
+//!   taken from `rooms.last_seq` in the statement that inserts the event
+//!   (`log.rs`), so seqs have no gaps (a rollback gives the seq back) and no
+//!   repeats.
 //! - The dedupe lookup of `append_message` runs after the lock is taken, in
 //!   a statement of its own (a fresh snapshot): a concurrent identical send
 //!   waits for the first to commit and then finds it. The partial unique
@@ -20,6 +21,8 @@
 //!   slip in between the check and the insert; the refresh token
 //!   (`FOR UPDATE`) when it is rotated, so two rotations of one token are
 //!   one rotation and one reuse, as on SQLite.
+//! - Two processes opening the same DM meet in the `dm_key` unique index
+//!   (`rooms.rs`).
 //!
 //! # URL
 //!
@@ -49,8 +52,14 @@
 //! others wait, then find nothing to do. Each migration runs in a
 //! transaction with its bookkeeping row.
 //!
-//! Only runtime-checked queries with bound parameters; rows are decoded in
-//! `rows`, where a corrupt row becomes a `Backend` error.
+//! # Code
+//!
+//! The statements, how they are bound and how their rows are decoded are
+//! shared with SQLite in `crate::sql` (only runtime-checked queries with
+//! bound parameters; a corrupt row is a `Backend` error). This module holds
+//! what is Postgres's own: connecting, the `Dialect` constants (the row
+//! locks above, `ILIKE`, `GREATEST`/`LEAST`) and the `Backend` impl, with
+//! `log.rs` (taking a seq) and `rooms.rs` (opening a DM).
 
 mod log;
 mod rooms;
@@ -58,23 +67,18 @@ mod rooms;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chat_core::{RoomId, Seq, SessionId, UserId};
+use chat_core::{Seq, UserId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::{ConnectOptions, Connection, Executor, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::backend::Backend;
-use crate::sql::log::{self as shared_log, NewEvent};
-use crate::sql::rooms::{self as shared_rooms, mark_read_sql, public_rooms_sql};
+use crate::sql::log::NewEvent;
+use crate::sql::rooms::{mark_read_sql, public_rooms_sql};
 use crate::sql::rows::db_err;
-use crate::sql::sessions::{self, rotating_token_sql};
-use crate::sql::{users, Dialect, RowsAffected};
-use crate::{
-    EditMessage, Event, MemberProfile, Membership, Message, NewMessage, NewRoom, NewSession,
-    NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, Store, StoreError, User,
-    UserAuth, UserRoom,
-};
+use crate::sql::sessions::rotating_token_sql;
+use crate::sql::{Dialect, RowsAffected};
+use crate::{NewRoom, Result, Room, StoreError};
 
 /// Pool size unless the URL says `max_connections=N`.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -86,15 +90,20 @@ const MAX_SCHEMA_LEN: usize = 63;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// Postgres's spelling of the statements that differ, and its row locks
+/// (see the module docs).
 impl Dialect for Postgres {
     type Uuid = Uuid;
     const LIVE_USER: &'static str =
         "SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL FOR SHARE";
     const ROTATING_TOKEN: &'static str = rotating_token_sql!(" FOR UPDATE OF t");
-    const ROOM_LOG: &'static str =
-        "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE";
     const LIVE_ROOM: &'static str =
         "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR SHARE";
+    /// `NO KEY UPDATE` conflicts with itself (writers of the room queue
+    /// here) but not with the key-share locks that foreign-key checks take,
+    /// so inserting a membership does not wait for it.
+    const ROOM_LOG: &'static str =
+        "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE";
     const PUBLIC_ROOMS: &'static str = public_rooms_sql!("ILIKE");
     const MARK_READ: &'static str = mark_read_sql!("GREATEST", "LEAST");
 }
@@ -158,6 +167,10 @@ impl Backend for PgStore {
 
     async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Seq> {
         log::insert_event(conn, event).await
+    }
+
+    async fn find_or_create_dm(&self, room: &NewRoom, a: UserId, b: UserId) -> Result<Room> {
+        rooms::open_dm(self, room, a, b).await
     }
 }
 
@@ -255,223 +268,6 @@ async fn ensure_schema(options: &PgConnectOptions, schema: &str) -> Result<()> {
         }
     }
     conn.close().await.map_err(StoreError::backend)
-}
-
-#[async_trait]
-impl Store for PgStore {
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    // ---- users ----
-
-    async fn create_user(&self, user: &NewUser) -> Result<User> {
-        users::create(self, user).await
-    }
-
-    async fn user_by_username(&self, username: &str) -> Result<Option<UserAuth>> {
-        users::by_username(self, username).await
-    }
-
-    async fn user_by_id(&self, id: UserId) -> Result<Option<UserAuth>> {
-        users::by_id(self, id).await
-    }
-
-    async fn update_display_name(&self, id: UserId, display_name: &str) -> Result<User> {
-        users::update_display_name(self, id, display_name).await
-    }
-
-    async fn set_password_hash(&self, id: UserId, hash: &str) -> Result<()> {
-        users::set_password_hash(self, id, hash).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
-    async fn delete_user(&self, id: UserId, now: i64) -> Result<Vec<SessionId>> {
-        users::delete(self, id, now).await
-    }
-
-    // ---- sessions and refresh tokens ----
-
-    async fn create_session(&self, session: &NewSession, token_hash: &[u8]) -> Result<()> {
-        sessions::create(self, session, token_hash).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn rotate_refresh_token(
-        &self,
-        old_hash: &[u8],
-        new_hash: &[u8],
-        now: i64,
-    ) -> Result<RotateOutcome> {
-        sessions::rotate_refresh_token(self, old_hash, new_hash, now).await
-    }
-
-    async fn session(&self, id: SessionId) -> Result<Option<Session>> {
-        sessions::get(self, id).await
-    }
-
-    async fn list_sessions(&self, user_id: UserId) -> Result<Vec<Session>> {
-        sessions::list(self, user_id).await
-    }
-
-    async fn revoke_session(&self, user_id: UserId, id: SessionId, now: i64) -> Result<bool> {
-        sessions::revoke(self, user_id, id, now).await
-    }
-
-    async fn revoke_user_sessions(
-        &self,
-        user_id: UserId,
-        keep: Option<SessionId>,
-        now: i64,
-    ) -> Result<Vec<SessionId>> {
-        sessions::revoke_all(self, user_id, keep, now).await
-    }
-
-    async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<SessionId>> {
-        sessions::revoked_since(self, since).await
-    }
-
-    // ---- rooms and memberships ----
-
-    async fn create_room(&self, room: &NewRoom, owner: UserId) -> Result<Room> {
-        shared_rooms::create(self, room, owner).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room.id))]
-    async fn open_dm(&self, room: &NewRoom, a: UserId, b: UserId) -> Result<Room> {
-        self::rooms::open_dm(self, room, a, b).await
-    }
-
-    async fn room(&self, id: RoomId) -> Result<Option<Room>> {
-        shared_rooms::get(self, id).await
-    }
-
-    async fn update_room(&self, id: RoomId, patch: &RoomPatch) -> Result<Room> {
-        shared_rooms::update(self, id, patch).await
-    }
-
-    async fn delete_room(&self, id: RoomId, now: i64) -> Result<()> {
-        shared_rooms::delete(self, id, now).await
-    }
-
-    async fn list_public_rooms(
-        &self,
-        q: &str,
-        after: Option<RoomId>,
-        limit: u32,
-    ) -> Result<Vec<Room>> {
-        shared_rooms::list_public(self, q, after, limit).await
-    }
-
-    async fn list_user_rooms(
-        &self,
-        user_id: UserId,
-        after: Option<RoomId>,
-        limit: u32,
-    ) -> Result<Vec<UserRoom>> {
-        shared_rooms::list_for_user(self, user_id, after, limit).await
-    }
-
-    async fn user_room_ids(&self, user_id: UserId) -> Result<Vec<RoomId>> {
-        shared_rooms::ids_for_user(self, user_id).await
-    }
-
-    async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>> {
-        shared_rooms::membership(self, room, user).await
-    }
-
-    async fn room_access(
-        &self,
-        room: RoomId,
-        user: UserId,
-    ) -> Result<Option<(Room, Option<Membership>)>> {
-        shared_rooms::access(self, room, user).await
-    }
-
-    async fn add_member(
-        &self,
-        room: RoomId,
-        user: UserId,
-        role: Role,
-        now: i64,
-    ) -> Result<(Membership, bool)> {
-        shared_rooms::add_member(self, room, user, role, now).await
-    }
-
-    async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool> {
-        shared_rooms::remove_member(self, room, user).await
-    }
-
-    async fn list_members(
-        &self,
-        room: RoomId,
-        after: Option<UserId>,
-        limit: u32,
-    ) -> Result<Vec<MemberProfile>> {
-        shared_rooms::list_members(self, room, after, limit).await
-    }
-
-    async fn mark_read(&self, room: RoomId, user: UserId, seq: Seq) -> Result<()> {
-        shared_rooms::mark_read(self, room, user, seq).await
-    }
-
-    // ---- the event log ----
-
-    #[tracing::instrument(
-        level = "debug",
-        skip_all,
-        fields(room_id = %msg.room_id, client_msg_id = %msg.client_msg_id)
-    )]
-    async fn append_message(&self, msg: &NewMessage) -> Result<(Message, bool)> {
-        shared_log::append(self, msg).await
-    }
-
-    #[tracing::instrument(
-        level = "debug",
-        skip_all,
-        fields(room_id = %edit.room_id, target_seq = edit.target)
-    )]
-    async fn edit_message(&self, edit: &EditMessage) -> Result<(Event, Message)> {
-        shared_log::edit(self, edit).await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room, target_seq = target))]
-    async fn delete_message(
-        &self,
-        room: RoomId,
-        target: Seq,
-        by: UserId,
-        now: i64,
-    ) -> Result<Event> {
-        shared_log::delete(self, room, target, by, now).await
-    }
-
-    async fn message(&self, room: RoomId, seq: Seq) -> Result<Option<Message>> {
-        shared_log::message(self, room, seq).await
-    }
-
-    async fn list_messages(
-        &self,
-        room: RoomId,
-        before: Option<Seq>,
-        after: Option<Seq>,
-        limit: u32,
-    ) -> Result<(Vec<Message>, bool)> {
-        shared_log::list_messages(self, room, before, after, limit).await
-    }
-
-    async fn list_events(
-        &self,
-        room: RoomId,
-        after: Seq,
-        limit: u32,
-    ) -> Result<(Vec<Event>, bool)> {
-        shared_log::list_events(self, room, after, limit).await
-    }
 }
 
 #[cfg(test)]
