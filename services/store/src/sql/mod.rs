@@ -36,8 +36,10 @@ use uuid::Uuid;
 use self::rows::{db_err, Columns};
 use crate::Result;
 
-/// A database as the shared code sees it: implemented for `sqlx::Postgres`
-/// and `sqlx::Sqlite`, each in its backend's module.
+/// A database as the shared code sees it: what its sqlx driver can bind,
+/// decode and run (the bounds), how it keeps a UUID, and the statements it
+/// spells its own way or locks rows in. Implemented for `sqlx::Postgres` and
+/// `sqlx::Sqlite`, each in its backend's module.
 pub(crate) trait Dialect:
     for<'q> Database<
     Row: Columns,

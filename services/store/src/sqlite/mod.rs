@@ -166,6 +166,62 @@ async fn create_parent_dir(file: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{NewMessage, NewUser, RoomKind, Store, Visibility};
+    use chat_core::{MessageId, RoomId};
+    use sqlx::Row;
+
+    #[tokio::test]
+    async fn rows_keep_the_sqlite_storage_format() {
+        // Files written before the backends shared their statements hold
+        // ids as hyphenated UUID text and flags as integers: the shared
+        // binds must write (and so read) the same.
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let user = store
+            .create_user(&NewUser {
+                id: UserId::new(),
+                username: "fmt".into(),
+                display_name: "f".into(),
+                password_hash: "h".into(),
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        let room = NewRoom {
+            id: RoomId::new(),
+            name: "r".into(),
+            topic: String::new(),
+            visibility: Visibility::Public,
+            kind: RoomKind::Group,
+            created_at: 2,
+        };
+        store.create_room(&room, user.id).await.unwrap();
+        let msg_id = MessageId::new();
+        store
+            .append_message(&NewMessage {
+                room_id: room.id,
+                id: msg_id,
+                sender_id: user.id,
+                client_msg_id: "c".into(),
+                body: "b".into(),
+                created_at: 3,
+            })
+            .await
+            .unwrap();
+
+        let row = sqlx::query(
+            "SELECT typeof(room_id) AS room_type, room_id, message_id, sender_id, \
+             typeof(deleted) AS deleted_type, deleted FROM events",
+        )
+        .fetch_one(&store.reader)
+        .await
+        .unwrap();
+        assert_eq!(row.get::<String, _>("room_type"), "text");
+        assert_eq!(row.get::<String, _>("room_id"), room.id.to_string());
+        assert_eq!(row.get::<String, _>("message_id"), msg_id.to_string());
+        assert_eq!(row.get::<String, _>("sender_id"), user.id.to_string());
+        assert_eq!(row.get::<String, _>("deleted_type"), "integer");
+        assert_eq!(row.get::<i64, _>("deleted"), 0);
+    }
 
     #[tokio::test]
     async fn both_pools_are_durable_wal_with_foreign_keys() {
