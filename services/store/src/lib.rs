@@ -7,13 +7,20 @@
 //! one. Every backend passes the same conformance suite
 //! (`tests/conformance.rs`, `tests/conformance_postgres.rs`).
 //!
+//! The two backends run the same statements and decode rows the same way
+//! (`sql/`, one module per aggregate: users, sessions, rooms, log); each
+//! of `postgres/` and `sqlite/` holds only what its dialect and locking
+//! model make different, and `backend.rs` implements [`Store`] for both.
+//!
 //! Times are milliseconds since the epoch; ids are UUIDs; a room's `seq`
 //! starts at 1 and grows by exactly one per durable event (message, edit,
 //! deletion).
 
+mod backend;
 pub mod error;
 pub mod model;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;

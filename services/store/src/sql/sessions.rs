@@ -1,0 +1,194 @@
+//! Sessions and their refresh tokens: sign-in, rotation, listing and
+//! revocation.
+
+use chat_core::{SessionId, UserId};
+
+use super::rows::{self, db_err, decode_all, decode_opt, session_cols, Columns};
+use super::{exists, stmt, AsExecutor, Dialect};
+use crate::backend::Backend;
+use crate::{NewSession, Result, RotateOutcome, Session, StoreError};
+
+/// The refresh token `$1` with what decides its fate (is it spent, is its
+/// session or user gone), followed by `$lock`: the row lock that makes a
+/// concurrent rotation of the token wait, in a dialect whose writers run in
+/// parallel. For [`Dialect::ROTATING_TOKEN`].
+macro_rules! rotating_token_sql {
+    ($lock:literal) => {
+        concat!(
+            "SELECT t.session_id, t.spent_at, s.revoked_at, u.deleted_at \
+             FROM refresh_tokens t \
+             JOIN sessions s ON s.id = t.session_id \
+             JOIN users u ON u.id = s.user_id \
+             WHERE t.token_hash = $1",
+            $lock
+        )
+    };
+}
+
+pub(crate) use rotating_token_sql;
+
+pub(crate) async fn create<B: Backend>(
+    store: &B,
+    session: &NewSession,
+    token_hash: &[u8],
+) -> Result<()> {
+    let mut tx = store.write_tx().await?;
+    if !exists(tx.executor(), B::Db::LIVE_USER, session.user_id.0).await? {
+        return Err(StoreError::NotFound);
+    }
+    stmt::<B::Db>(
+        "INSERT INTO sessions (id, user_id, user_agent, created_at, last_used_at) \
+         VALUES ($1, $2, $3, $4, $4)",
+    )
+    .bind_id(session.id.0)
+    .bind_id(session.user_id.0)
+    .bind(&session.user_agent)
+    .bind(session.created_at)
+    .execute(tx.executor())
+    .await?;
+    stmt::<B::Db>(
+        "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+    )
+    .bind(token_hash)
+    .bind_id(session.id.0)
+    .bind(session.created_at)
+    .execute(tx.executor())
+    .await?;
+    tx.commit().await.map_err(db_err)
+}
+
+/// Spends `old_hash` and issues `new_hash` in its session, in one
+/// transaction; a spent token coming back revokes the session.
+pub(crate) async fn rotate_refresh_token<B: Backend>(
+    store: &B,
+    old_hash: &[u8],
+    new_hash: &[u8],
+    now: i64,
+) -> Result<RotateOutcome> {
+    let mut tx = store.write_tx().await?;
+    let row = stmt::<B::Db>(B::Db::ROTATING_TOKEN)
+        .bind(old_hash)
+        .fetch_optional(tx.executor())
+        .await?;
+    let Some(row) = row else {
+        return Ok(RotateOutcome::Unknown);
+    };
+    let session_id: SessionId = row.id("session_id")?;
+    let (spent_at, revoked_at, user_deleted_at) = (
+        row.opt_int("spent_at")?,
+        row.opt_int("revoked_at")?,
+        row.opt_int("deleted_at")?,
+    );
+
+    if revoked_at.is_some() || user_deleted_at.is_some() {
+        return Ok(RotateOutcome::Revoked);
+    }
+    if spent_at.is_some() {
+        // A spent token came back: someone holds a copy. End the session
+        // for both holders.
+        stmt::<B::Db>("UPDATE sessions SET revoked_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind_id(session_id.0)
+            .execute(tx.executor())
+            .await?;
+        tx.commit().await.map_err(db_err)?;
+        tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
+        return Ok(RotateOutcome::Reused(session_id));
+    }
+
+    stmt::<B::Db>("UPDATE refresh_tokens SET spent_at = $1 WHERE token_hash = $2")
+        .bind(now)
+        .bind(old_hash)
+        .execute(tx.executor())
+        .await?;
+    stmt::<B::Db>(
+        "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+    )
+    .bind(new_hash)
+    .bind_id(session_id.0)
+    .bind(now)
+    .execute(tx.executor())
+    .await?;
+    let row = stmt::<B::Db>(concat!(
+        "UPDATE sessions SET last_used_at = $1 WHERE id = $2 RETURNING ",
+        session_cols!()
+    ))
+    .bind(now)
+    .bind_id(session_id.0)
+    .fetch_one(tx.executor())
+    .await?;
+    let session = rows::session(&row)?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(RotateOutcome::Rotated(session))
+}
+
+pub(crate) async fn get<B: Backend>(store: &B, id: SessionId) -> Result<Option<Session>> {
+    let row = stmt::<B::Db>(concat!(
+        "SELECT ",
+        session_cols!(),
+        " FROM sessions WHERE id = $1"
+    ))
+    .bind_id(id.0)
+    .fetch_optional(store.reader())
+    .await?;
+    decode_opt(row, rows::session)
+}
+
+pub(crate) async fn list<B: Backend>(store: &B, user_id: UserId) -> Result<Vec<Session>> {
+    let rows = stmt::<B::Db>(concat!(
+        "SELECT ",
+        session_cols!(),
+        " FROM sessions WHERE user_id = $1 AND revoked_at IS NULL \
+         ORDER BY created_at DESC, id DESC"
+    ))
+    .bind_id(user_id.0)
+    .fetch_all(store.reader())
+    .await?;
+    decode_all(&rows, rows::session)
+}
+
+pub(crate) async fn revoke<B: Backend>(
+    store: &B,
+    user_id: UserId,
+    id: SessionId,
+    now: i64,
+) -> Result<bool> {
+    let changed = stmt::<B::Db>(
+        "UPDATE sessions SET revoked_at = $1 \
+         WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind_id(id.0)
+    .bind_id(user_id.0)
+    .execute(store.writer())
+    .await?;
+    Ok(changed > 0)
+}
+
+pub(crate) async fn revoke_all<B: Backend>(
+    store: &B,
+    user_id: UserId,
+    keep: Option<SessionId>,
+    now: i64,
+) -> Result<Vec<SessionId>> {
+    let rows = stmt::<B::Db>(
+        "UPDATE sessions SET revoked_at = $1 \
+         WHERE user_id = $2 AND revoked_at IS NULL AND ($3 IS NULL OR id <> $3) \
+         RETURNING id",
+    )
+    .bind(now)
+    .bind_id(user_id.0)
+    .bind_opt_id(keep.map(|k| k.0))
+    .fetch_all(store.writer())
+    .await?;
+    rows.iter().map(|row| row.id("id")).collect()
+}
+
+pub(crate) async fn revoked_since<B: Backend>(store: &B, since: i64) -> Result<Vec<SessionId>> {
+    let rows =
+        stmt::<B::Db>("SELECT id FROM sessions WHERE revoked_at >= $1 ORDER BY revoked_at, id")
+            .bind(since)
+            .fetch_all(store.reader())
+            .await?;
+    rows.iter().map(|row| row.id("id")).collect()
+}
