@@ -12,4 +12,4 @@ pub mod keys;
 pub mod verifier;
 
 pub use keys::{fetch_public_keys, PublicKey};
-pub use verifier::{bearer, strip_bearer, Caller, Claims, Verifier, ISSUER};
+pub use verifier::{bearer, strip_bearer, Caller, Claims, Principal, Verifier, ISSUER};

@@ -1,7 +1,7 @@
 //! Verifying access tokens (EdDSA JWTs with a `kid`) and internal
 //! assertions, locally, in any service.
 
-use crate::internal::{INTERNAL_KEY, SESSION_KEY, USER_KEY};
+use crate::internal::{INTERNAL_KEY, SERVICE_KEY, SESSION_KEY, USER_KEY};
 use crate::keys::PublicKey;
 use chat_core::{ApiError, SessionId, UserId};
 use chat_ephemeral::Ephemeral;
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tonic::metadata::MetadataMap;
 
 /// The `iss` of every access token.
 pub const ISSUER: &str = "chat";
@@ -35,6 +36,16 @@ pub struct Caller {
     pub expires_at: i64,
 }
 
+/// Who is calling, when a call may come from a service as well as a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// A user: an access token, or a gateway's assertion of one.
+    User(Caller),
+    /// A service calling as itself, for no user (the name it asserted, e.g.
+    /// `gateway`); only [`Verifier::verify_principal`] accepts it.
+    Service(String),
+}
+
 /// Verifies access tokens with the public keys and the revocation list.
 ///
 /// It also accepts a gateway's assertion of who is calling (`x-chat-internal`
@@ -42,6 +53,8 @@ pub struct Caller {
 /// a WebSocket outlives its access token, so the gateway authenticates the
 /// user once at connect, follows revocations on the bus, and from then on
 /// calls on the user's behalf. A revoked session is refused either way.
+/// With the secret and `x-chat-service` instead of a user, a service calls
+/// as itself ([`Principal::Service`]); only calls that need no user take it.
 #[derive(Clone)]
 pub struct Verifier {
     keys: Arc<HashMap<String, DecodingKey>>,
@@ -75,10 +88,8 @@ impl Verifier {
     }
 
     /// Checks an internal assertion; `None` when the request carries none.
-    fn internal_caller(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-    ) -> Option<Result<Caller, ApiError>> {
+    /// A user's session is not checked for revocation here.
+    fn internal_principal(&self, md: &MetadataMap) -> Option<Result<Principal, ApiError>> {
         let presented = md.get(INTERNAL_KEY)?;
         let bad = || ApiError::unauthorized("invalid internal credentials");
         let Some(expected) = &self.internal else {
@@ -89,13 +100,23 @@ impl Verifier {
             return Some(Err(bad()));
         }
         let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if md.get(USER_KEY).is_none() && md.get(SERVICE_KEY).is_some() {
+            let service = get(SERVICE_KEY);
+            return Some(if service.is_empty() {
+                Err(bad())
+            } else {
+                Ok(Principal::Service(service.to_owned()))
+            });
+        }
         Some(
             UserId::parse(get(USER_KEY))
                 .and_then(|u| SessionId::parse(get(SESSION_KEY)).map(|s| (u, s)))
-                .map(|(user_id, session_id)| Caller {
-                    user_id,
-                    session_id,
-                    expires_at: i64::MAX,
+                .map(|(user_id, session_id)| {
+                    Principal::User(Caller {
+                        user_id,
+                        session_id,
+                        expires_at: i64::MAX,
+                    })
                 })
                 .map_err(|_| bad()),
         )
@@ -144,18 +165,36 @@ impl Verifier {
     }
 
     /// Verifies the `authorization: Bearer …` metadata of a gRPC request.
-    /// Or an internal assertion, when one is present.
-    pub async fn verify_request<T>(&self, req: &tonic::Request<T>) -> Result<Caller, ApiError> {
-        if let Some(asserted) = self.internal_caller(req.metadata()) {
-            return self.check_revoked(asserted?).await;
+    /// Or an internal assertion, when one is present: of a user, or of a
+    /// service calling as itself.
+    pub async fn verify_principal<T>(
+        &self,
+        req: &tonic::Request<T>,
+    ) -> Result<Principal, ApiError> {
+        match self.internal_principal(req.metadata()) {
+            Some(Ok(Principal::User(asserted))) => {
+                self.check_revoked(asserted).await.map(Principal::User)
+            }
+            Some(service_or_refusal) => service_or_refusal,
+            None => {
+                let token = bearer(req.metadata())?;
+                self.verify(token).await.map(Principal::User)
+            }
         }
-        let token = bearer(req.metadata())?;
-        self.verify(token).await
+    }
+
+    /// Like [`Self::verify_principal`], for a call that needs a user: a
+    /// service calling as itself is refused.
+    pub async fn verify_request<T>(&self, req: &tonic::Request<T>) -> Result<Caller, ApiError> {
+        match self.verify_principal(req).await? {
+            Principal::User(caller) => Ok(caller),
+            Principal::Service(_) => Err(ApiError::unauthorized("this call needs a user")),
+        }
     }
 }
 
 /// The token of an `authorization: Bearer …` metadata entry.
-pub fn bearer(md: &tonic::metadata::MetadataMap) -> Result<&str, ApiError> {
+pub fn bearer(md: &MetadataMap) -> Result<&str, ApiError> {
     let value = md
         .get("authorization")
         .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
@@ -174,6 +213,8 @@ pub fn strip_bearer(s: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::internal::{assert_service, assert_user};
+    use chat_core::ErrorCode;
     use chat_ephemeral::MemoryEphemeral;
     use std::time::Duration;
 
@@ -198,6 +239,98 @@ mod tests {
             .await
             .unwrap();
         assert!(v.verify_request(&req("s3cret")).await.is_err());
+    }
+
+    fn verifier() -> (Verifier, Arc<MemoryEphemeral>) {
+        let eph = Arc::new(MemoryEphemeral::default());
+        let v = Verifier::new(&[], eph.clone()).with_internal_secret("s3cret");
+        (v, eph)
+    }
+
+    fn as_service(service: &str, secret: &str) -> tonic::Request<()> {
+        let mut r = tonic::Request::new(());
+        assert_service(r.metadata_mut(), service, secret);
+        r
+    }
+
+    fn as_user(caller: &Caller, secret: &str) -> tonic::Request<()> {
+        let mut r = tonic::Request::new(());
+        assert_user(r.metadata_mut(), caller, secret);
+        r
+    }
+
+    fn caller() -> Caller {
+        Caller {
+            user_id: UserId::new(),
+            session_id: SessionId::new(),
+            expires_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_assertion_with_the_secret_is_a_service_principal() {
+        let (v, _) = verifier();
+        assert_eq!(
+            v.verify_principal(&as_service("gateway", "s3cret"))
+                .await
+                .unwrap(),
+            Principal::Service("gateway".into())
+        );
+    }
+
+    fn unauthorized<T: std::fmt::Debug>(r: Result<T, ApiError>) -> bool {
+        matches!(r, Err(e) if e.code == ErrorCode::Unauthorized)
+    }
+
+    #[tokio::test]
+    async fn a_service_assertion_with_a_wrong_secret_is_refused() {
+        let (v, _) = verifier();
+        let plain = Verifier::new(&[], Arc::new(MemoryEphemeral::default()));
+        let wrong = as_service("gateway", "guess");
+        assert!(unauthorized(v.verify_principal(&wrong).await));
+        let right = as_service("gateway", "s3cret");
+        assert!(unauthorized(plain.verify_principal(&right).await));
+        let nameless = as_service("", "s3cret");
+        assert!(unauthorized(v.verify_principal(&nameless).await));
+    }
+
+    #[tokio::test]
+    async fn a_call_that_needs_a_user_refuses_a_service() {
+        let (v, _) = verifier();
+        let service = as_service("gateway", "s3cret");
+        assert!(unauthorized(v.verify_request(&service).await));
+    }
+
+    #[tokio::test]
+    async fn user_assertions_are_users_until_their_session_is_revoked() {
+        let (v, eph) = verifier();
+        let c = caller();
+        let expected = Caller {
+            expires_at: i64::MAX,
+            ..c
+        };
+        assert_eq!(
+            v.verify_request(&as_user(&c, "s3cret")).await.unwrap(),
+            expected
+        );
+        assert_eq!(
+            v.verify_principal(&as_user(&c, "s3cret")).await.unwrap(),
+            Principal::User(expected)
+        );
+        // A user and a service name: the user is who calls.
+        let mut both = as_user(&c, "s3cret");
+        both.metadata_mut()
+            .insert(SERVICE_KEY, "gateway".parse().unwrap());
+        assert_eq!(
+            v.verify_principal(&both).await.unwrap(),
+            Principal::User(expected)
+        );
+        assert!(v.verify_principal(&as_user(&c, "guess")).await.is_err());
+        eph.revoke_session(c.session_id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(v.verify_principal(&as_user(&c, "s3cret")).await.is_err());
+        assert!(v.verify_request(&as_user(&c, "s3cret")).await.is_err());
     }
 
     #[test]
