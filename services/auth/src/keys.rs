@@ -10,7 +10,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-pub use chat_authn::{fetch_public_keys, PublicKey};
+pub use chat_authn::PublicKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

@@ -6,8 +6,7 @@ use chat_core::{ApiError, SessionId, UserId};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use std::time::Duration;
 
-pub use chat_authn::internal::{INTERNAL_KEY, SESSION_KEY, USER_KEY};
-pub use chat_authn::{bearer, strip_bearer, Caller, Claims, Verifier, ISSUER};
+pub use chat_authn::{Caller, Claims, Verifier, ISSUER};
 
 /// Signs access tokens.
 pub struct Issuer {

@@ -82,7 +82,7 @@ pub struct Gateway {
 
 pub(crate) struct Inner {
     pub backends: Backends,
-    pub verifier: chat_auth::Verifier,
+    pub verifier: chat_authn::Verifier,
     pub ephemeral: Arc<dyn chat_ephemeral::Ephemeral>,
     pub bus: Arc<dyn Bus>,
     pub subjects: Subjects,
@@ -101,7 +101,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         backends: Backends,
-        verifier: chat_auth::Verifier,
+        verifier: chat_authn::Verifier,
         ephemeral: Arc<dyn chat_ephemeral::Ephemeral>,
         bus: Arc<dyn Bus>,
         subjects: Subjects,

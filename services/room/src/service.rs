@@ -22,7 +22,7 @@
 
 use crate::convert;
 use bytes::Bytes;
-use chat_auth::{Caller, Verifier};
+use chat_authn::{Caller, Verifier};
 use chat_bus::{Bus, Subjects};
 use chat_core::{time, validate, ApiError, MessageId, RoomId, Seq, UserId};
 use chat_ephemeral::{Ephemeral, RateDecision};

@@ -460,7 +460,7 @@ impl Hub {
         true
     }
 
-    fn any_caller(&self) -> Option<chat_auth::Caller> {
+    fn any_caller(&self) -> Option<chat_authn::Caller> {
         self.subs().values().next().map(|c| c.caller)
     }
 
