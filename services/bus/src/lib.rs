@@ -13,9 +13,13 @@
 //! the *end* of a room (the last events before a quiet spell) shows no gap
 //! until the next event, so after a reconnect ([`Bus::reconnects`]) the
 //! gateway re-checks every room it follows.
+//!
+//! Events go out through one [`Publisher`], which builds and encodes the
+//! `BusEvent` and logs and counts what could not be sent.
 
 pub mod memory;
 pub mod nats;
+pub mod publisher;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,6 +28,7 @@ use std::sync::Arc;
 
 pub use memory::MemoryBus;
 pub use nats::NatsBus;
+pub use publisher::Publisher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
