@@ -23,7 +23,7 @@
 use crate::convert;
 use bytes::Bytes;
 use chat_authn::{Caller, Verifier};
-use chat_bus::{Bus, Subjects};
+use chat_bus::{Bus, Publisher, Subjects};
 use chat_core::{time, validate, ApiError, MessageId, RoomId, Seq, UserId};
 use chat_ephemeral::{Ephemeral, RateDecision};
 use chat_proto::v1 as pb;
@@ -63,9 +63,8 @@ pub const DEFAULT_RECENT_CACHE: usize = 256;
 
 pub struct RoomSvc {
     store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
+    publisher: Publisher,
     ephemeral: Arc<dyn Ephemeral>,
-    subjects: Subjects,
     verifier: Verifier,
     cfg: RoomConfig,
 }
@@ -83,9 +82,8 @@ impl RoomSvc {
     ) -> Self {
         Self {
             store,
-            bus,
+            publisher: Publisher::new(bus, subjects),
             ephemeral,
-            subjects,
             verifier,
             cfg,
         }
@@ -138,22 +136,6 @@ impl RoomSvc {
         Ok((room, m))
     }
 
-    async fn publish(&self, room: RoomId, kind: pb::bus_event::Kind) {
-        let ev = pb::BusEvent {
-            kind: Some(kind),
-            trace: Default::default(),
-        };
-        if let Err(error) = self
-            .bus
-            .publish(&self.subjects.room(room), ev.encode_to_vec().into())
-            .await
-        {
-            // The event is durable; gateways see the gap at the next event
-            // (or on resubscribe) and backfill it from the log.
-            tracing::warn!(%error, room_id = %room, "cannot publish room event");
-        }
-    }
-
     /// After a commit: publishes `event` and, at the same time, caches it
     /// with the entries its commit changed (`target`: the seq of the message
     /// an edit or deletion changed).
@@ -174,8 +156,12 @@ impl RoomSvc {
             entries.push(event.clone());
             self.cache(room, &entries).await;
         };
-        tokio::join!(
-            self.publish(room, pb::bus_event::Kind::RoomEvent(event.clone())),
+        // A failed publish is logged by the publisher. The event is
+        // durable; gateways see the gap at the next event (or on
+        // resubscribe) and backfill it from the log.
+        let _ = tokio::join!(
+            self.publisher
+                .to_room(room, pb::bus_event::Kind::RoomEvent(event.clone())),
             cached,
         );
     }
@@ -326,21 +312,12 @@ impl RoomSvc {
             user_id: user.to_string(),
             joined,
         };
-        self.publish(room, pb::bus_event::Kind::Member(change.clone()))
-            .await;
+        let change = pb::bus_event::Kind::Member(change);
+        // Failures are logged by the publisher (see `committed`).
+        let _ = self.publisher.to_room(room, change.clone()).await;
         // The user's own connections learn of it too (subscribe_all adds
         // the room; a kick ends the subscription).
-        let ev = pb::BusEvent {
-            kind: Some(pb::bus_event::Kind::Member(change)),
-            trace: Default::default(),
-        };
-        if let Err(error) = self
-            .bus
-            .publish(&self.subjects.user(user), ev.encode_to_vec().into())
-            .await
-        {
-            tracing::warn!(%error, user_id = %user, "cannot publish membership notice");
-        }
+        let _ = self.publisher.to_user(user, change).await;
     }
 
     async fn member_pb(&self, m: &Membership) -> Result<pb::Member, ApiError> {
