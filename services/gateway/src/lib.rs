@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     pub ephemeral: Arc<dyn chat_ephemeral::Ephemeral>,
     pub bus: Arc<dyn Bus>,
     pub subjects: Subjects,
+    /// The gateway's own bus events (typing, presence).
+    pub publisher: chat_bus::Publisher,
     pub cfg: GatewayConfig,
     pub hubs: Arc<ws::hub::Hubs>,
     pub metrics: Arc<metrics::Metrics>,
@@ -133,6 +135,7 @@ impl Gateway {
                 backends,
                 verifier,
                 ephemeral,
+                publisher: chat_bus::Publisher::new(bus.clone(), subjects.clone()),
                 bus,
                 subjects,
                 cfg,
@@ -159,6 +162,11 @@ impl Gateway {
         {
             tracing::warn!("some connections did not close before the deadline");
         }
+    }
+
+    /// Where the gateway's own bus events go; its `failures` count them.
+    pub fn publisher(&self) -> &chat_bus::Publisher {
+        &self.inner.publisher
     }
 
     /// Open WebSocket connections.
