@@ -3,7 +3,10 @@
 //! publishes on the room's bus subject, for the gateways to fan out.
 
 pub mod app;
+pub mod config;
 pub mod convert;
+mod limits;
 pub mod service;
 
-pub use service::{RoomArgs, RoomConfig, RoomSvc};
+pub use config::{RoomArgs, RoomConfig, DEFAULT_RECENT_CACHE};
+pub use service::RoomSvc;

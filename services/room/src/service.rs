@@ -4,7 +4,7 @@
 //!
 //! Every committed event is also copied to a per-room cache in the
 //! Ephemeral store (Redis in the distributed mode), the newest
-//! [`RoomConfig::recent_cache`] events of each room, so that resumes and
+//! [`RoomConfig::recent_cache`](crate::RoomConfig::recent_cache) events of each room, so that resumes and
 //! gateway backfills (`ListEvents` from near the end of the log) need not
 //! read the store. An edit or deletion also rewrites its target message's
 //! entry (and a deletion blanks the cached bodies of the message's edits).
@@ -21,11 +21,13 @@
 //! message's text never comes back.
 
 use crate::convert;
+use crate::limits::SendLimit;
+use crate::RoomConfig;
 use bytes::Bytes;
 use chat_authn::{Caller, Verifier};
 use chat_bus::{Bus, Publisher, Subjects};
 use chat_core::{time, validate, ApiError, MessageId, RoomId, Seq, UserId};
-use chat_ephemeral::{Ephemeral, RateDecision};
+use chat_ephemeral::Ephemeral;
 use chat_proto::v1 as pb;
 use chat_proto::v1::room_service_server::RoomService;
 use chat_store::{
@@ -35,37 +37,14 @@ use chat_store::{
 use prost::Message as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 use tonic::{Request, Response, Status};
-
-#[derive(Clone, Debug)]
-pub struct RoomConfig {
-    /// Messages one user may send per `send_window` (0 = unlimited).
-    pub send_limit: u32,
-    pub send_window: Duration,
-    /// Events of each room kept in the recent-event cache (0 = no cache;
-    /// see the module docs).
-    pub recent_cache: usize,
-}
-
-impl Default for RoomConfig {
-    fn default() -> Self {
-        Self {
-            send_limit: 100,
-            send_window: Duration::from_secs(10),
-            recent_cache: DEFAULT_RECENT_CACHE,
-        }
-    }
-}
-
-/// Events per room in the recent-event cache, by default.
-pub const DEFAULT_RECENT_CACHE: usize = 256;
 
 pub struct RoomSvc {
     store: Arc<dyn Store>,
     publisher: Publisher,
     ephemeral: Arc<dyn Ephemeral>,
     verifier: Verifier,
+    send_limit: SendLimit,
     cfg: RoomConfig,
 }
 
@@ -83,6 +62,7 @@ impl RoomSvc {
         Self {
             store,
             publisher: Publisher::new(bus, subjects),
+            send_limit: SendLimit::new(ephemeral.clone(), &cfg),
             ephemeral,
             verifier,
             cfg,
@@ -340,28 +320,6 @@ impl RoomSvc {
             online,
             joined_at: time::rfc3339(m.joined_at),
         })
-    }
-
-    async fn rate_limit_send(&self, user: UserId) -> Result<(), ApiError> {
-        if self.cfg.send_limit == 0 {
-            return Ok(());
-        }
-        match self
-            .ephemeral
-            .hit(
-                &format!("send:{user}"),
-                self.cfg.send_limit,
-                self.cfg.send_window,
-            )
-            .await
-        {
-            Ok(RateDecision::Limited(d)) => Err(ApiError::rate_limited(d.as_secs().max(1))),
-            Ok(RateDecision::Allowed) => Ok(()),
-            Err(error) => {
-                tracing::warn!(%error, "rate limiter unreachable; allowing");
-                Ok(())
-            }
-        }
     }
 }
 
@@ -739,7 +697,7 @@ impl RoomService for RoomSvc {
         let room_id = RoomId::parse(&r.room_id)?;
         validate::client_msg_id(&r.client_msg_id)?;
         validate::body(&r.body)?;
-        self.rate_limit_send(c.user_id).await?;
+        self.send_limit.check(c.user_id).await?;
         let appended = self
             .store
             .append_message(&NewMessage {
@@ -884,32 +842,5 @@ impl RoomService for RoomSvc {
             .await
             .map_err(store_err("room"))?;
         Ok(Response::new(pb::MarkReadResponse {}))
-    }
-}
-
-/// The room service's tunables as flags (shared by `room` and `chat`).
-#[derive(Clone, Debug, clap::Args)]
-pub struct RoomArgs {
-    /// Messages one user may send per --send-window-secs (0: unlimited).
-    #[arg(long, env = "CHAT_SEND_LIMIT", default_value_t = 100)]
-    pub send_limit: u32,
-
-    /// The send rate-limit window in seconds.
-    #[arg(long, env = "CHAT_SEND_WINDOW_SECS", default_value_t = 10)]
-    pub send_window_secs: u64,
-
-    /// Recent events per room kept in the ephemeral store (Redis in the
-    /// distributed mode) to serve resumes and backfills (0: no cache).
-    #[arg(long, env = "CHAT_RECENT_CACHE", default_value_t = DEFAULT_RECENT_CACHE)]
-    pub recent_cache: usize,
-}
-
-impl RoomArgs {
-    pub fn config(&self) -> RoomConfig {
-        RoomConfig {
-            send_limit: self.send_limit,
-            send_window: Duration::from_secs(self.send_window_secs),
-            recent_cache: self.recent_cache,
-        }
     }
 }
