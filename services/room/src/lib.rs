@@ -2,6 +2,7 @@
 //! sequence, history, read markers and DMs. Everything it commits it then
 //! publishes on the room's bus subject, for the gateways to fan out.
 
+mod access;
 pub mod app;
 pub mod config;
 pub mod convert;

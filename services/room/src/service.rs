@@ -20,11 +20,12 @@
 //! or late rewrite of an edited message) is corrected, and a deleted
 //! message's text never comes back.
 
+use crate::access::Access;
 use crate::convert;
 use crate::limits::SendLimit;
 use crate::RoomConfig;
 use bytes::Bytes;
-use chat_authn::{Caller, Verifier};
+use chat_authn::Verifier;
 use chat_bus::{Bus, Publisher, Subjects};
 use chat_core::{time, validate, ApiError, MessageId, RoomId, Seq, UserId};
 use chat_ephemeral::Ephemeral;
@@ -43,7 +44,7 @@ pub struct RoomSvc {
     store: Arc<dyn Store>,
     publisher: Publisher,
     ephemeral: Arc<dyn Ephemeral>,
-    verifier: Verifier,
+    access: Access,
     send_limit: SendLimit,
     cfg: RoomConfig,
 }
@@ -60,60 +61,13 @@ impl RoomSvc {
         cfg: RoomConfig,
     ) -> Self {
         Self {
+            access: Access::new(store.clone(), verifier),
             store,
             publisher: Publisher::new(bus, subjects),
             send_limit: SendLimit::new(ephemeral.clone(), &cfg),
             ephemeral,
-            verifier,
             cfg,
         }
-    }
-
-    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, ApiError> {
-        self.verifier.verify_request(req).await
-    }
-
-    /// The room and the caller's membership. A private room is `not_found`
-    /// to non-members, so outsiders cannot probe for it.
-    async fn access(
-        &self,
-        room_id: &str,
-        user: UserId,
-    ) -> Result<(Room, Option<Membership>), ApiError> {
-        let id = RoomId::parse(room_id)?;
-        let (room, m) = self
-            .store
-            .room_access(id, user)
-            .await?
-            .ok_or_else(|| ApiError::not_found("room"))?;
-        if m.is_none() && room.visibility == Visibility::Private {
-            return Err(ApiError::not_found("room"));
-        }
-        Ok((room, m))
-    }
-
-    /// Like [`Self::access`], but the caller must be a member.
-    async fn member(&self, room_id: &str, user: UserId) -> Result<(Room, Membership), ApiError> {
-        match self.access(room_id, user).await? {
-            (room, Some(m)) => Ok((room, m)),
-            (_, None) => Err(ApiError::forbidden("not a member of this room")),
-        }
-    }
-
-    async fn member_with_role(
-        &self,
-        room_id: &str,
-        user: UserId,
-        min: Role,
-    ) -> Result<(Room, Membership), ApiError> {
-        let (room, m) = self.member(room_id, user).await?;
-        if m.role < min {
-            return Err(ApiError::forbidden(format!(
-                "requires the {} role or above",
-                min.as_str()
-            )));
-        }
-        Ok((room, m))
     }
 
     /// After a commit: publishes `event` and, at the same time, caches it
@@ -409,7 +363,7 @@ fn store_err(what: &'static str) -> impl Fn(StoreError) -> ApiError {
 impl RoomService for RoomSvc {
     #[tracing::instrument(skip_all)]
     async fn create_room(&self, req: Request<pb::CreateRoomRequest>) -> Rpc<pb::Room> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
         validate::room_name(&r.name)?;
         validate::topic(&r.topic)?;
@@ -438,8 +392,8 @@ impl RoomService for RoomSvc {
     }
 
     async fn get_room(&self, req: Request<pb::GetRoomRequest>) -> Rpc<pb::GetRoomResponse> {
-        let c = self.caller(&req).await?;
-        let (room, m) = self.access(&req.get_ref().room_id, c.user_id).await?;
+        let c = self.access.caller(&req).await?;
+        let (room, m) = self.access.room(&req.get_ref().room_id, c.user_id).await?;
         Ok(Response::new(pb::GetRoomResponse {
             room: Some(convert::room(&room)),
             my_role: m.map(|m| m.role.as_str().to_owned()).unwrap_or_default(),
@@ -447,8 +401,9 @@ impl RoomService for RoomSvc {
     }
 
     async fn update_room(&self, req: Request<pb::UpdateRoomRequest>) -> Rpc<pb::Room> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let (room, _) = self
+            .access
             .member_with_role(&req.get_ref().room_id, c.user_id, Role::Admin)
             .await?;
         let r = req.into_inner();
@@ -487,8 +442,9 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::DeleteRoomRequest>,
     ) -> Rpc<pb::DeleteRoomResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let (room, _) = self
+            .access
             .member_with_role(&req.get_ref().room_id, c.user_id, Role::Owner)
             .await?;
         self.store
@@ -503,7 +459,7 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::ListPublicRoomsRequest>,
     ) -> Rpc<pb::ListRoomsResponse> {
-        self.caller(&req).await?;
+        self.access.caller(&req).await?;
         let r = req.into_inner();
         let limit = validate::limit(r.limit)?;
         if r.q.chars().count() > validate::ROOM_NAME_MAX {
@@ -522,7 +478,7 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::ListMyRoomsRequest>,
     ) -> Rpc<pb::ListMyRoomsResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
         let limit = validate::limit(r.limit)?;
         let after = parse_cursor(&r.cursor, RoomId::parse)?;
@@ -547,8 +503,8 @@ impl RoomService for RoomSvc {
 
     #[tracing::instrument(skip_all)]
     async fn join_room(&self, req: Request<pb::JoinRoomRequest>) -> Rpc<pb::Member> {
-        let c = self.caller(&req).await?;
-        let (room, m) = self.access(&req.get_ref().room_id, c.user_id).await?;
+        let c = self.access.caller(&req).await?;
+        let (room, m) = self.access.room(&req.get_ref().room_id, c.user_id).await?;
         let m = match m {
             Some(m) => m,
             None => {
@@ -570,8 +526,11 @@ impl RoomService for RoomSvc {
     }
 
     async fn leave_room(&self, req: Request<pb::LeaveRoomRequest>) -> Rpc<pb::LeaveRoomResponse> {
-        let c = self.caller(&req).await?;
-        let (room, _) = self.member(&req.get_ref().room_id, c.user_id).await?;
+        let c = self.access.caller(&req).await?;
+        let (room, _) = self
+            .access
+            .member(&req.get_ref().room_id, c.user_id)
+            .await?;
         if self.store.remove_member(room.id, c.user_id).await? {
             self.publish_membership(room.id, c.user_id, false).await;
         }
@@ -582,9 +541,9 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::ListMembersRequest>,
     ) -> Rpc<pb::ListMembersResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, _) = self.access(&r.room_id, c.user_id).await?;
+        let (room, _) = self.access.room(&r.room_id, c.user_id).await?;
         let limit = validate::limit(r.limit)?;
         let after = parse_cursor(&r.cursor, UserId::parse)?;
         let members = self.store.list_members(room.id, after, limit + 1).await?;
@@ -606,9 +565,9 @@ impl RoomService for RoomSvc {
 
     #[tracing::instrument(skip_all)]
     async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Rpc<pb::Member> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, me) = self.member(&r.room_id, c.user_id).await?;
+        let (room, me) = self.access.member(&r.room_id, c.user_id).await?;
         if room.kind == RoomKind::Dm {
             return Err(ApiError::forbidden("a DM has exactly two members").into());
         }
@@ -637,9 +596,10 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Rpc<pb::RemoveMemberResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
         let (room, me) = self
+            .access
             .member_with_role(&r.room_id, c.user_id, Role::Admin)
             .await?;
         let target = UserId::parse(&r.user_id)?;
@@ -661,7 +621,7 @@ impl RoomService for RoomSvc {
 
     #[tracing::instrument(skip_all)]
     async fn open_dm(&self, req: Request<pb::OpenDmRequest>) -> Rpc<pb::Room> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let other = UserId::parse(&req.get_ref().user_id)?;
         if other == c.user_id {
             return Err(ApiError::invalid("user_id", "cannot open a DM with yourself").into());
@@ -692,7 +652,7 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::PostMessageRequest>,
     ) -> Rpc<pb::PostMessageResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
         let room_id = RoomId::parse(&r.room_id)?;
         validate::client_msg_id(&r.client_msg_id)?;
@@ -713,7 +673,7 @@ impl RoomService for RoomSvc {
             Ok(v) => v,
             // Do not tell outsiders a private room exists.
             Err(StoreError::NotMember) => {
-                self.access(&r.room_id, c.user_id).await?;
+                self.access.room(&r.room_id, c.user_id).await?;
                 return Err(ApiError::forbidden("not a member of this room").into());
             }
             Err(e) => return Err(store_err("room")(e).into()),
@@ -737,9 +697,9 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::ListMessagesRequest>,
     ) -> Rpc<pb::ListMessagesResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, _) = self.member(&r.room_id, c.user_id).await?;
+        let (room, _) = self.access.member(&r.room_id, c.user_id).await?;
         let limit = validate::limit(r.limit)?;
         let before = r
             .before_seq
@@ -763,9 +723,9 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::ListEventsRequest>,
     ) -> Rpc<pb::ListEventsResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, _) = self.member(&r.room_id, c.user_id).await?;
+        let (room, _) = self.access.member(&r.room_id, c.user_id).await?;
         let limit = validate::limit(r.limit)?;
         let after = validate::seq("after_seq", r.after_seq)?;
         if let Some(page) = self.cached_page(&room, after, limit).await {
@@ -780,9 +740,9 @@ impl RoomService for RoomSvc {
 
     #[tracing::instrument(skip_all)]
     async fn edit_message(&self, req: Request<pb::EditMessageRequest>) -> Rpc<pb::Message> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, _) = self.member(&r.room_id, c.user_id).await?;
+        let (room, _) = self.access.member(&r.room_id, c.user_id).await?;
         validate::body(&r.body)?;
         let (event, msg) = self
             .store
@@ -808,9 +768,9 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::DeleteMessageRequest>,
     ) -> Rpc<pb::DeleteMessageResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, me) = self.member(&r.room_id, c.user_id).await?;
+        let (room, me) = self.access.member(&r.room_id, c.user_id).await?;
         let msg = self
             .store
             .message(room.id, r.seq)
@@ -833,9 +793,9 @@ impl RoomService for RoomSvc {
     }
 
     async fn mark_read(&self, req: Request<pb::MarkReadRequest>) -> Rpc<pb::MarkReadResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, _) = self.member(&r.room_id, c.user_id).await?;
+        let (room, _) = self.access.member(&r.room_id, c.user_id).await?;
         let seq: Seq = validate::seq("seq", r.seq)?;
         self.store
             .mark_read(room.id, c.user_id, seq)
