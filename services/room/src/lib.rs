@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod convert;
 mod limits;
+mod recent;
 pub mod service;
 
 pub use config::{RoomArgs, RoomConfig, DEFAULT_RECENT_CACHE};

@@ -1,5 +1,5 @@
 //! `ListEvents` with the recent-event cache: the same answers as the store,
-//! whatever the cache holds (see the module docs of `chat_room::service`).
+//! whatever the cache holds (see the docs of chat-room's `recent` module).
 //!
 //! Each test runs the service on a real SQLite store, the in-process bus
 //! and ephemeral store, and calls the gRPC methods directly. Writes go
