@@ -16,6 +16,9 @@ pub const SESSION_KEY: &str = "x-chat-session";
 /// The calling service's own name (`gateway`), when it calls for no user.
 pub const SERVICE_KEY: &str = "x-chat-service";
 
+/// The gateway's name when it calls as itself.
+pub const GATEWAY: &str = "gateway";
+
 /// Asserts that a call is made on behalf of `caller` (a user the gateway
 /// authenticated at connect).
 pub fn assert_user(md: &mut MetadataMap, caller: &Caller, secret: &str) {

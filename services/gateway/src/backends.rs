@@ -2,7 +2,7 @@
 //! `Channel`. In the all-in-one server that channel is in process; in the
 //! distributed mode it is a network connection. The code is the same.
 
-use chat_authn::internal::{assert_service, assert_user};
+use chat_authn::internal::{assert_service, assert_user, GATEWAY};
 use chat_authn::Caller;
 use chat_proto::v1::auth_service_client::AuthServiceClient;
 use chat_proto::v1::room_service_client::RoomServiceClient;
@@ -57,7 +57,7 @@ pub fn request<T>(
             }
         }
         As::User(caller, secret) => assert_user(md, caller, secret),
-        As::Service(secret) => assert_service(md, "gateway", secret),
+        As::Service(secret) => assert_service(md, GATEWAY, secret),
     }
     if let Some(ua) = user_agent.and_then(|u| MetadataValue::try_from(u).ok()) {
         md.insert("x-client-user-agent", ua);

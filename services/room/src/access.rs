@@ -1,8 +1,10 @@
 //! Who may do what in a room: the caller, from the request's token or a
 //! gateway's assertion, and the room with the caller's membership and role.
 //! Every handler starts here; a private room is `not_found` to outsiders.
+//! Only `ListEvents` also takes the gateway calling as itself.
 
-use chat_authn::{Caller, Verifier};
+use chat_authn::internal::GATEWAY;
+use chat_authn::{Caller, Principal, Verifier};
 use chat_core::{ApiError, RoomId, UserId};
 use chat_store::{Membership, Role, Room, Store, Visibility};
 use std::sync::Arc;
@@ -70,5 +72,26 @@ impl Access {
             )));
         }
         Ok((room, m))
+    }
+
+    /// The room whose event log the caller may read (`ListEvents`): a
+    /// member's room, or any live room for the gateway calling as itself.
+    /// A gateway's hub backfills a room once for all the room's local
+    /// subscribers, each of whom it let subscribe as a member; the call is
+    /// read-only and the events go to no one else.
+    pub(crate) async fn log_reader<T>(
+        &self,
+        req: &Request<T>,
+        room_id: &str,
+    ) -> Result<Room, ApiError> {
+        match self.verifier.verify_principal(req).await? {
+            Principal::User(c) => Ok(self.member(room_id, c.user_id).await?.0),
+            Principal::Service(name) if name == GATEWAY => self
+                .store
+                .room(RoomId::parse(room_id)?)
+                .await?
+                .ok_or_else(|| ApiError::not_found("room")),
+            Principal::Service(_) => Err(ApiError::unauthorized("this call needs a user")),
+        }
     }
 }
