@@ -1,7 +1,8 @@
 //! The auth service: accounts with argon2id password hashes, sessions as
 //! refresh-token families (rotated on use, reuse revokes the family), and
 //! short-lived EdDSA access tokens that every other service verifies locally
-//! with the public key ([`Verifier`]), so the hot path never calls auth.
+//! with the public key ([`Verifier`], from `chat-authn`), so the hot path
+//! never calls auth.
 
 pub mod app;
 pub mod keys;

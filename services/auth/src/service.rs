@@ -5,13 +5,12 @@ use crate::password::{self, HashCost};
 use crate::token::{Caller, Issuer, Verifier};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chat_bus::{Bus, Subjects};
+use chat_bus::{Bus, Publisher, Subjects};
 use chat_core::{time, validate, ApiError, SessionId, UserId};
 use chat_ephemeral::{Ephemeral, RateDecision};
 use chat_proto::v1 as pb;
 use chat_proto::v1::auth_service_server::AuthService;
 use chat_store::{NewSession, NewUser, RotateOutcome, Store, StoreError};
-use prost::Message as _;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -46,8 +45,7 @@ impl Default for AuthConfig {
 pub struct AuthSvc {
     store: Arc<dyn Store>,
     ephemeral: Arc<dyn Ephemeral>,
-    bus: Arc<dyn Bus>,
-    subjects: Subjects,
+    publisher: Publisher,
     issuer: Issuer,
     public: PublicKey,
     verifier: Verifier,
@@ -77,8 +75,7 @@ impl AuthSvc {
             public,
             store,
             ephemeral,
-            bus,
-            subjects,
+            publisher: Publisher::new(bus, subjects),
             cfg,
             dummy_hash: OnceCell::new(),
         }
@@ -149,20 +146,13 @@ impl AuthSvc {
             if let Err(error) = self.ephemeral.revoke_session(*sid, ttl).await {
                 tracing::warn!(%error, session_id = %sid, "cannot record revocation");
             }
-            let ev = pb::BusEvent {
-                kind: Some(pb::bus_event::Kind::SessionRevoked(pb::SessionRevoked {
-                    session_id: sid.to_string(),
-                    user_id: user.to_string(),
-                })),
-                trace: Default::default(),
-            };
-            if let Err(error) = self
-                .bus
-                .publish(&self.subjects.user(user), ev.encode_to_vec().into())
-                .await
-            {
-                tracing::warn!(%error, session_id = %sid, "cannot announce revocation");
-            }
+            let revoked = pb::bus_event::Kind::SessionRevoked(pb::SessionRevoked {
+                session_id: sid.to_string(),
+                user_id: user.to_string(),
+            });
+            // A failure is logged by the publisher; the revocation list
+            // still refuses the session's token everywhere.
+            let _ = self.publisher.to_user(user, revoked).await;
         }
     }
 

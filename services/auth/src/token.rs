@@ -1,36 +1,12 @@
-//! Access tokens: EdDSA JWTs with a `kid`, verified locally by any service.
+//! Access tokens: EdDSA JWTs with a `kid`, signed here and verified
+//! locally by any service with `chat-authn`.
 
-use crate::keys::{PublicKey, SigningKey};
+use crate::keys::SigningKey;
 use chat_core::{ApiError, SessionId, UserId};
-use chat_ephemeral::Ephemeral;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::Arc;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use std::time::Duration;
 
-pub const ISSUER: &str = "chat";
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Claims {
-    /// The user id.
-    pub sub: String,
-    /// The session (refresh-token family) id.
-    pub sid: String,
-    pub iat: i64,
-    pub exp: i64,
-    pub iss: String,
-}
-
-/// Who is calling: what a verified token says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub user_id: UserId,
-    pub session_id: SessionId,
-    /// Unix seconds when the token expires.
-    pub expires_at: i64,
-}
+pub use chat_authn::{Caller, Claims, Verifier, ISSUER};
 
 /// Signs access tokens.
 pub struct Issuer {
@@ -63,152 +39,13 @@ impl Issuer {
     }
 }
 
-/// Verifies access tokens with the public keys and the revocation list.
-///
-/// It also accepts a gateway's assertion of who is calling (`x-chat-internal`
-/// with the shared internal secret, plus `x-chat-user` and `x-chat-session`):
-/// a WebSocket outlives its access token, so the gateway authenticates the
-/// user once at connect, follows revocations on the bus, and from then on
-/// calls on the user's behalf. A revoked session is refused either way.
-#[derive(Clone)]
-pub struct Verifier {
-    keys: Arc<HashMap<String, DecodingKey>>,
-    ephemeral: Arc<dyn Ephemeral>,
-    validation: Arc<Validation>,
-    internal: Option<Arc<[u8; 32]>>,
-}
-
-pub const INTERNAL_KEY: &str = "x-chat-internal";
-pub const USER_KEY: &str = "x-chat-user";
-pub const SESSION_KEY: &str = "x-chat-session";
-
-impl Verifier {
-    pub fn new(keys: &[PublicKey], ephemeral: Arc<dyn Ephemeral>) -> Self {
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = 5;
-        validation.set_issuer(&[ISSUER]);
-        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
-        Self {
-            keys: Arc::new(
-                keys.iter()
-                    .map(|k| (k.kid.clone(), k.decoding_key()))
-                    .collect(),
-            ),
-            ephemeral,
-            validation: Arc::new(validation),
-            internal: None,
-        }
-    }
-
-    /// Also trusts gateways that present `secret` (see the type's docs).
-    pub fn with_internal_secret(mut self, secret: &str) -> Self {
-        self.internal = Some(Arc::new(Sha256::digest(secret.as_bytes()).into()));
-        self
-    }
-
-    /// Checks an internal assertion; `None` when the request carries none.
-    fn internal_caller(
-        &self,
-        md: &tonic::metadata::MetadataMap,
-    ) -> Option<Result<Caller, ApiError>> {
-        let presented = md.get(INTERNAL_KEY)?;
-        let bad = || ApiError::unauthorized("invalid internal credentials");
-        let Some(expected) = &self.internal else {
-            return Some(Err(bad()));
-        };
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if &digest != expected.as_ref() {
-            return Some(Err(bad()));
-        }
-        let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
-        Some(
-            UserId::parse(get(USER_KEY))
-                .and_then(|u| SessionId::parse(get(SESSION_KEY)).map(|s| (u, s)))
-                .map(|(user_id, session_id)| Caller {
-                    user_id,
-                    session_id,
-                    expires_at: i64::MAX,
-                })
-                .map_err(|_| bad()),
-        )
-    }
-
-    /// Signature, algorithm, `kid`, expiry and issuer; no revocation check.
-    pub fn verify_signature(&self, token: &str) -> Result<Caller, ApiError> {
-        let bad = || ApiError::unauthorized("invalid or expired access token");
-        let header = jsonwebtoken::decode_header(token).map_err(|_| bad())?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(bad());
-        }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.keys.get(kid))
-            .ok_or_else(bad)?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|_| bad())?;
-        let user_id = UserId::parse(&data.claims.sub).map_err(|_| bad())?;
-        let session_id = SessionId::parse(&data.claims.sid).map_err(|_| bad())?;
-        Ok(Caller {
-            user_id,
-            session_id,
-            expires_at: data.claims.exp,
-        })
-    }
-
-    /// Full check: signature and the session not revoked. If the revocation
-    /// list cannot be reached the signed, short-lived token is accepted (and
-    /// a warning logged): losing the ephemeral store must not log everyone out.
-    pub async fn verify(&self, token: &str) -> Result<Caller, ApiError> {
-        let caller = self.verify_signature(token)?;
-        self.check_revoked(caller).await
-    }
-
-    async fn check_revoked(&self, caller: Caller) -> Result<Caller, ApiError> {
-        match self.ephemeral.is_session_revoked(caller.session_id).await {
-            Ok(true) => Err(ApiError::unauthorized("session revoked")),
-            Ok(false) => Ok(caller),
-            Err(error) => {
-                tracing::warn!(error = %error, "revocation list unreachable; trusting token signature");
-                Ok(caller)
-            }
-        }
-    }
-
-    /// Verifies the `authorization: Bearer …` metadata of a gRPC request.
-    /// Or an internal assertion, when one is present.
-    pub async fn verify_request<T>(&self, req: &tonic::Request<T>) -> Result<Caller, ApiError> {
-        if let Some(asserted) = self.internal_caller(req.metadata()) {
-            return self.check_revoked(asserted?).await;
-        }
-        let token = bearer(req.metadata())?;
-        self.verify(token).await
-    }
-}
-
-/// The token of an `authorization: Bearer …` metadata entry.
-pub fn bearer(md: &tonic::metadata::MetadataMap) -> Result<&str, ApiError> {
-    let value = md
-        .get("authorization")
-        .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-    let s = value
-        .to_str()
-        .map_err(|_| ApiError::unauthorized("malformed authorization header"))?;
-    strip_bearer(s).ok_or_else(|| ApiError::unauthorized("malformed authorization header"))
-}
-
-/// `Bearer <token>` → `<token>` (scheme case-insensitive).
-pub fn strip_bearer(s: &str) -> Option<&str> {
-    let (scheme, token) = s.trim().split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
-    use chat_ephemeral::MemoryEphemeral;
+    use chat_ephemeral::{Ephemeral, MemoryEphemeral};
+    use std::sync::Arc;
 
     fn setup() -> (Issuer, Verifier, Arc<MemoryEphemeral>) {
         let key = SigningKey::generate().unwrap();
@@ -279,38 +116,5 @@ mod tests {
         h.kid = Some(key.kid().to_owned());
         let t = jsonwebtoken::encode(&h, &claims, &key.encoding_key()).unwrap();
         assert!(verifier.verify_signature(&t).is_err());
-    }
-
-    #[tokio::test]
-    async fn internal_assertions_need_the_shared_secret() {
-        let key = SigningKey::generate().unwrap();
-        let eph = Arc::new(MemoryEphemeral::default());
-        let v = Verifier::new(&[key.public_key()], eph.clone()).with_internal_secret("s3cret");
-        let (u, s) = (UserId::new(), SessionId::new());
-        let req = |secret: &str| {
-            let mut r = tonic::Request::new(());
-            let md = r.metadata_mut();
-            md.insert(INTERNAL_KEY, secret.parse().unwrap());
-            md.insert(USER_KEY, u.to_string().parse().unwrap());
-            md.insert(SESSION_KEY, s.to_string().parse().unwrap());
-            r
-        };
-        assert_eq!(v.verify_request(&req("s3cret")).await.unwrap().user_id, u);
-        assert!(v.verify_request(&req("guess")).await.is_err());
-        let plain = Verifier::new(&[key.public_key()], eph.clone());
-        assert!(plain.verify_request(&req("s3cret")).await.is_err());
-        eph.revoke_session(s, Duration::from_secs(60))
-            .await
-            .unwrap();
-        assert!(v.verify_request(&req("s3cret")).await.is_err());
-    }
-
-    #[test]
-    fn bearer_scheme_is_parsed_strictly() {
-        assert_eq!(strip_bearer("Bearer abc"), Some("abc"));
-        assert_eq!(strip_bearer("bearer abc"), Some("abc"));
-        assert_eq!(strip_bearer("Basic abc"), None);
-        assert_eq!(strip_bearer("Bearer "), None);
-        assert_eq!(strip_bearer("abc"), None);
     }
 }

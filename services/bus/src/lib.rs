@@ -13,6 +13,9 @@
 //! the *end* of a room (the last events before a quiet spell) shows no gap
 //! until the next event, so after a reconnect ([`Bus::reconnects`]) the
 //! gateway re-checks every room it follows.
+//!
+//! Events go out through one [`Publisher`], which builds and encodes the
+//! `BusEvent` and logs and counts what could not be sent.
 
 pub mod memory;
 pub mod nats;

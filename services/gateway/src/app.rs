@@ -4,7 +4,7 @@
 
 use crate::{Backends, Gateway, GatewayArgs};
 use anyhow::Context;
-use chat_auth::Verifier;
+use chat_authn::Verifier;
 use chat_core::config::BackendArgs;
 use chat_core::health::ReadyCheck;
 use std::net::SocketAddr;
@@ -88,7 +88,7 @@ impl App {
             .await
             .context("cannot reach Redis")?;
         let first_auth = cfg.auth_url.first().cloned().unwrap_or_default();
-        let keys = chat_auth::keys::fetch_public_keys(&first_auth, Duration::from_secs(60))
+        let keys = chat_authn::fetch_public_keys(&first_auth, Duration::from_secs(60))
             .await
             .with_context(|| format!("cannot fetch public keys from auth at {first_auth}"))?;
         let verifier =

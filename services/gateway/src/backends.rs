@@ -2,8 +2,8 @@
 //! `Channel`. In the all-in-one server that channel is in process; in the
 //! distributed mode it is a network connection. The code is the same.
 
-use chat_auth::token::{INTERNAL_KEY, SESSION_KEY, USER_KEY};
-use chat_auth::Caller;
+use chat_authn::internal::{assert_service, assert_user, GATEWAY};
+use chat_authn::Caller;
 use chat_proto::v1::auth_service_client::AuthServiceClient;
 use chat_proto::v1::room_service_client::RoomServiceClient;
 use std::time::Duration;
@@ -34,8 +34,8 @@ pub enum As<'a> {
     Bearer(&'a str),
     /// A connected user, asserted with the internal secret (WebSocket).
     User(&'a Caller, &'a str),
-    /// The gateway itself, asserted with the internal secret (a room hub
-    /// reading a room's log for all its subscribers).
+    /// The gateway itself, for no user, with the internal secret (a hub
+    /// backfilling a room for all its subscribers).
     Service(&'a str),
 }
 
@@ -56,23 +56,8 @@ pub fn request<T>(
                 md.insert("authorization", v);
             }
         }
-        As::User(caller, secret) => {
-            if let Ok(v) = MetadataValue::try_from(secret) {
-                md.insert(INTERNAL_KEY, v);
-            }
-            if let Ok(v) = MetadataValue::try_from(caller.user_id.to_string()) {
-                md.insert(USER_KEY, v);
-            }
-            if let Ok(v) = MetadataValue::try_from(caller.session_id.to_string()) {
-                md.insert(SESSION_KEY, v);
-            }
-        }
-        As::Service(secret) => {
-            if let Ok(v) = MetadataValue::try_from(secret) {
-                md.insert(INTERNAL_KEY, v);
-            }
-            md.insert("x-chat-service", MetadataValue::from_static("gateway"));
-        }
+        As::User(caller, secret) => assert_user(md, caller, secret),
+        As::Service(secret) => assert_service(md, GATEWAY, secret),
     }
     if let Some(ua) = user_agent.and_then(|u| MetadataValue::try_from(u).ok()) {
         md.insert("x-client-user-agent", ua);

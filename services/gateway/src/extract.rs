@@ -76,7 +76,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
         let s = h
             .to_str()
             .map_err(|_| ApiError::unauthorized("malformed authorization header"))?;
-        chat_auth::token::strip_bearer(s)
+        chat_authn::strip_bearer(s)
             .map(|t| Bearer(t.to_owned()))
             .ok_or_else(|| ApiError::unauthorized("malformed authorization header"))
     }

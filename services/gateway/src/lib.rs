@@ -87,7 +87,7 @@ pub struct Gateway {
 
 pub(crate) struct Inner {
     pub backends: Backends,
-    pub verifier: chat_auth::Verifier,
+    pub verifier: chat_authn::Verifier,
     pub ephemeral: Arc<dyn chat_ephemeral::Ephemeral>,
     pub cfg: GatewayConfig,
     pub hubs: Arc<ws::hub::Hubs>,
@@ -108,7 +108,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         backends: Backends,
-        verifier: chat_auth::Verifier,
+        verifier: chat_authn::Verifier,
         ephemeral: Arc<dyn chat_ephemeral::Ephemeral>,
         bus: Arc<dyn Bus>,
         subjects: Subjects,
@@ -169,6 +169,11 @@ impl Gateway {
         {
             tracing::warn!("some connections did not close before the deadline");
         }
+    }
+
+    /// Where the gateway's own bus events go; its `failures` count them.
+    pub fn publisher(&self) -> &chat_bus::Publisher {
+        &self.inner.publisher
     }
 
     /// Open WebSocket connections.

@@ -12,7 +12,7 @@
 
 use crate::backends::{request, retrying, As, Backends};
 use async_trait::async_trait;
-use chat_auth::Caller;
+use chat_authn::Caller;
 use chat_core::{ApiError, RoomId, Seq};
 use chat_proto::v1 as pb;
 use std::sync::Arc;

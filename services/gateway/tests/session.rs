@@ -9,7 +9,7 @@
 //! frames the client receives and on the session's cursors.
 
 use axum::extract::ws::Utf8Bytes;
-use chat_auth::Caller;
+use chat_authn::Caller;
 use chat_bus::{Bus, MemoryBus, Subjects};
 use chat_core::{ApiError, ErrorCode, RoomId, Seq, SessionId, UserId};
 use chat_gateway::metrics::Metrics;

@@ -3,7 +3,7 @@
 
 use crate::{RoomArgs, RoomSvc};
 use anyhow::Context;
-use chat_auth::Verifier;
+use chat_authn::Verifier;
 use chat_core::config::{BackendArgs, ListenArgs};
 use chat_core::serve::GrpcProcess;
 use chat_proto::v1::room_service_server::RoomServiceServer;
@@ -44,7 +44,7 @@ impl App {
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
             .await
             .context("cannot reach Redis")?;
-        let keys = chat_auth::keys::fetch_public_keys(&cfg.auth_url, Duration::from_secs(60))
+        let keys = chat_authn::fetch_public_keys(&cfg.auth_url, Duration::from_secs(60))
             .await
             .with_context(|| format!("cannot fetch public keys from auth at {}", cfg.auth_url))?;
         let verifier =

@@ -1,73 +1,35 @@
-//! `chat.v1.RoomService`.
-//!
-//! # The recent-event cache
-//!
-//! Every committed event is also copied to a per-room cache in the
-//! Ephemeral store (Redis in the distributed mode), the newest
-//! [`RoomConfig::recent_cache`] events of each room, so that resumes and
-//! gateway backfills (`ListEvents` from near the end of the log) need not
-//! read the store. An edit or deletion also rewrites its target message's
-//! entry (and a deletion blanks the cached bodies of the message's edits).
-//! Cache writes are best effort: a failure is logged and forgotten.
-//!
-//! The store stays the truth, and `ListEvents` trusts the cache only when
-//! it holds *every* event from `after_seq + 1` to the room's last seq (read
-//! with the membership check), with no hole. A write that failed or is still
-//! in flight (a writer commits seq N, then caches it) leaves a hole, so the
-//! reader falls back to the store. Because such a run holds every later
-//! event of each message in it, the reader also re-derives each message's
-//! state from its edits and deletions (`settle`): a stale entry (a lost
-//! or late rewrite of an edited message) is corrected, and a deleted
-//! message's text never comes back.
+//! `chat.v1.RoomService`: the handlers. Each finds out who calls and what
+//! they may do in the room (`access`), validates, commits to the store, then
+//! publishes what it committed on the room's bus subject and copies it to
+//! the recent-event cache (`recent`), from which `ListEvents` answers when
+//! it can.
 
+use crate::access::Access;
 use crate::convert;
-use bytes::Bytes;
-use chat_auth::{Caller, Verifier};
-use chat_bus::{Bus, Subjects};
+use crate::limits::SendLimit;
+use crate::recent::RecentCache;
+use crate::RoomConfig;
+use chat_authn::Verifier;
+use chat_bus::{Bus, Publisher, Subjects};
 use chat_core::{time, validate, ApiError, MessageId, RoomId, Seq, UserId};
-use chat_ephemeral::{Ephemeral, RateDecision};
+use chat_ephemeral::Ephemeral;
 use chat_proto::v1 as pb;
 use chat_proto::v1::room_service_server::RoomService;
 use chat_store::{
-    EditMessage, Event, EventKind, Membership, NewMessage, NewRoom, Role, Room, RoomKind,
-    RoomPatch, Store, StoreError, Visibility,
+    EditMessage, Event, EventKind, Membership, NewMessage, NewRoom, Role, RoomKind, RoomPatch,
+    Store, StoreError, Visibility,
 };
-use prost::Message as _;
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-#[derive(Clone, Debug)]
-pub struct RoomConfig {
-    /// Messages one user may send per `send_window` (0 = unlimited).
-    pub send_limit: u32,
-    pub send_window: Duration,
-    /// Events of each room kept in the recent-event cache (0 = no cache;
-    /// see the module docs).
-    pub recent_cache: usize,
-}
-
-impl Default for RoomConfig {
-    fn default() -> Self {
-        Self {
-            send_limit: 100,
-            send_window: Duration::from_secs(10),
-            recent_cache: DEFAULT_RECENT_CACHE,
-        }
-    }
-}
-
-/// Events per room in the recent-event cache, by default.
-pub const DEFAULT_RECENT_CACHE: usize = 256;
-
+/// The room service: one per process, behind `RoomServiceServer`.
 pub struct RoomSvc {
     store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
+    publisher: Publisher,
     ephemeral: Arc<dyn Ephemeral>,
-    subjects: Subjects,
-    verifier: Verifier,
-    cfg: RoomConfig,
+    access: Access,
+    send_limit: SendLimit,
+    recent: RecentCache,
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -82,75 +44,12 @@ impl RoomSvc {
         cfg: RoomConfig,
     ) -> Self {
         Self {
+            access: Access::new(store.clone(), verifier),
+            send_limit: SendLimit::new(ephemeral.clone(), &cfg),
+            recent: RecentCache::new(store.clone(), ephemeral.clone(), &cfg),
             store,
-            bus,
+            publisher: Publisher::new(bus, subjects),
             ephemeral,
-            subjects,
-            verifier,
-            cfg,
-        }
-    }
-
-    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, ApiError> {
-        self.verifier.verify_request(req).await
-    }
-
-    /// The room and the caller's membership. A private room is `not_found`
-    /// to non-members, so outsiders cannot probe for it.
-    async fn access(
-        &self,
-        room_id: &str,
-        user: UserId,
-    ) -> Result<(Room, Option<Membership>), ApiError> {
-        let id = RoomId::parse(room_id)?;
-        let (room, m) = self
-            .store
-            .room_access(id, user)
-            .await?
-            .ok_or_else(|| ApiError::not_found("room"))?;
-        if m.is_none() && room.visibility == Visibility::Private {
-            return Err(ApiError::not_found("room"));
-        }
-        Ok((room, m))
-    }
-
-    /// Like [`Self::access`], but the caller must be a member.
-    async fn member(&self, room_id: &str, user: UserId) -> Result<(Room, Membership), ApiError> {
-        match self.access(room_id, user).await? {
-            (room, Some(m)) => Ok((room, m)),
-            (_, None) => Err(ApiError::forbidden("not a member of this room")),
-        }
-    }
-
-    async fn member_with_role(
-        &self,
-        room_id: &str,
-        user: UserId,
-        min: Role,
-    ) -> Result<(Room, Membership), ApiError> {
-        let (room, m) = self.member(room_id, user).await?;
-        if m.role < min {
-            return Err(ApiError::forbidden(format!(
-                "requires the {} role or above",
-                min.as_str()
-            )));
-        }
-        Ok((room, m))
-    }
-
-    async fn publish(&self, room: RoomId, kind: pb::bus_event::Kind) {
-        let ev = pb::BusEvent {
-            kind: Some(kind),
-            trace: Default::default(),
-        };
-        if let Err(error) = self
-            .bus
-            .publish(&self.subjects.room(room), ev.encode_to_vec().into())
-            .await
-        {
-            // The event is durable; gateways see the gap at the next event
-            // (or on resubscribe) and backfill it from the log.
-            tracing::warn!(%error, room_id = %room, "cannot publish room event");
         }
     }
 
@@ -158,166 +57,14 @@ impl RoomSvc {
     /// with the entries its commit changed (`target`: the seq of the message
     /// an edit or deletion changed).
     async fn committed(&self, room: RoomId, event: pb::RoomEvent, target: Option<Seq>) {
-        let cached = async {
-            if self.cfg.recent_cache == 0 {
-                return;
-            }
-            let mut entries = Vec::new();
-            if let Some(target) = target {
-                if matches!(event.kind, Some(pb::room_event::Kind::Deleted(_))) {
-                    entries = self.blanked_edits(room, target, event.seq).await;
-                }
-                // Read after the commit: a later edit or deletion may
-                // already have changed it (readers settle either way).
-                entries.extend(self.message_entry(room, target).await);
-            }
-            entries.push(event.clone());
-            self.cache(room, &entries).await;
-        };
-        tokio::join!(
-            self.publish(room, pb::bus_event::Kind::RoomEvent(event.clone())),
-            cached,
+        // A failed publish is logged by the publisher. The event is
+        // durable; gateways see the gap at the next event (or on
+        // resubscribe) and backfill it from the log.
+        let _ = tokio::join!(
+            self.publisher
+                .to_room(room, pb::bus_event::Kind::RoomEvent(event.clone())),
+            self.recent.committed(room, &event, target),
         );
-    }
-
-    /// Copies events to the room's recent-event cache; best effort.
-    async fn cache(&self, room: RoomId, events: &[pb::RoomEvent]) {
-        if self.cfg.recent_cache == 0 || events.is_empty() {
-            return;
-        }
-        let entries: Vec<(Seq, Bytes)> = events
-            .iter()
-            .map(|e| (e.seq, Bytes::from(e.encode_to_vec())))
-            .collect();
-        if let Err(error) = self
-            .ephemeral
-            .cache_events(room, &entries, self.cfg.recent_cache)
-            .await
-        {
-            // The event is durable; readers see the hole and use the store.
-            tracing::warn!(%error, room_id = %room, "cannot cache room events");
-        }
-    }
-
-    /// The message at `seq` in its current state, as the log shows it at
-    /// that seq (to rewrite its cache entry after an edit or deletion).
-    /// `None` when the cache is off or the store cannot say.
-    async fn message_entry(&self, room: RoomId, seq: Seq) -> Option<pb::RoomEvent> {
-        if self.cfg.recent_cache == 0 {
-            return None;
-        }
-        match self.store.message(room, seq).await {
-            Ok(Some(m)) => Some(convert::event(&Event {
-                room_id: room,
-                seq,
-                kind: EventKind::Message(m),
-            })),
-            Ok(None) => None,
-            Err(error) => {
-                // The stale entry is harmless: readers settle it (see `settle`).
-                tracing::warn!(%error, room_id = %room, seq, "cannot reread an edited message");
-                None
-            }
-        }
-    }
-
-    /// The cached edits of the message at `target` (between it and its
-    /// deletion at `deleted_at`), with their bodies blanked, as the store
-    /// blanked them: a deleted message's text does not linger in the cache.
-    async fn blanked_edits(
-        &self,
-        room: RoomId,
-        target: Seq,
-        deleted_at: Seq,
-    ) -> Vec<pb::RoomEvent> {
-        let between = usize::try_from(deleted_at - target - 1).unwrap_or(0);
-        let n = between.min(self.cfg.recent_cache);
-        if n == 0 {
-            return Vec::new();
-        }
-        let cached = match self.ephemeral.cached_events(room, target, n).await {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::warn!(%error, room_id = %room, "cannot read the recent-event cache");
-                return Vec::new();
-            }
-        };
-        cached
-            .into_iter()
-            .filter(|(seq, _)| *seq < deleted_at)
-            .filter_map(|(seq, bytes)| {
-                let mut e = pb::RoomEvent::decode(bytes).ok()?;
-                match &mut e.kind {
-                    Some(pb::room_event::Kind::Edited(ed))
-                        if e.seq == seq && ed.target_seq == target =>
-                    {
-                        ed.body.clear();
-                        Some(e)
-                    }
-                    _ => None,
-                }
-            })
-            .collect()
-    }
-
-    /// `ListEvents` from the recent-event cache, or `None` to ask the store:
-    /// only when the cache holds every event from `after + 1` to the room's
-    /// last seq, contiguously (see the module docs).
-    async fn cached_page(
-        &self,
-        room: &Room,
-        after: Seq,
-        limit: u32,
-    ) -> Option<pb::ListEventsResponse> {
-        let keep = self.cfg.recent_cache;
-        if keep == 0 {
-            return None;
-        }
-        if after >= room.last_seq {
-            // Up to date: nothing to read anywhere.
-            return Some(pb::ListEventsResponse {
-                items: Vec::new(),
-                has_more: false,
-            });
-        }
-        let wanted = usize::try_from(room.last_seq - after).ok()?;
-        if wanted > keep {
-            return None;
-        }
-        let cached = match self.ephemeral.cached_events(room.id, after, wanted).await {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::warn!(%error, room_id = %room.id, "recent-event cache unavailable");
-                return None;
-            }
-        };
-        if cached.len() != wanted {
-            tracing::debug!(room_id = %room.id, after, "recent-event cache miss");
-            return None;
-        }
-        let room_id = room.id.to_string();
-        let mut run = Vec::with_capacity(wanted);
-        for (expected, (seq, bytes)) in (after + 1..).zip(cached) {
-            if seq != expected {
-                tracing::debug!(room_id = %room.id, after, seq, "hole in the recent-event cache");
-                return None;
-            }
-            let event = match pb::RoomEvent::decode(bytes) {
-                Ok(e) if e.seq == seq && e.room_id == room_id && e.kind.is_some() => e,
-                _ => {
-                    tracing::warn!(room_id = %room.id, seq, "bad recent-event cache entry");
-                    return None;
-                }
-            };
-            run.push(event);
-        }
-        settle(&mut run);
-        let has_more = run.len() > limit as usize;
-        run.truncate(limit as usize);
-        Some(pb::ListEventsResponse {
-            items: run,
-            has_more,
-        })
     }
 
     async fn publish_membership(&self, room: RoomId, user: UserId, joined: bool) {
@@ -326,21 +73,12 @@ impl RoomSvc {
             user_id: user.to_string(),
             joined,
         };
-        self.publish(room, pb::bus_event::Kind::Member(change.clone()))
-            .await;
+        let change = pb::bus_event::Kind::Member(change);
+        // Failures are logged by the publisher (see `committed`).
+        let _ = self.publisher.to_room(room, change.clone()).await;
         // The user's own connections learn of it too (subscribe_all adds
         // the room; a kick ends the subscription).
-        let ev = pb::BusEvent {
-            kind: Some(pb::bus_event::Kind::Member(change)),
-            trace: Default::default(),
-        };
-        if let Err(error) = self
-            .bus
-            .publish(&self.subjects.user(user), ev.encode_to_vec().into())
-            .await
-        {
-            tracing::warn!(%error, user_id = %user, "cannot publish membership notice");
-        }
+        let _ = self.publisher.to_user(user, change).await;
     }
 
     async fn member_pb(&self, m: &Membership) -> Result<pb::Member, ApiError> {
@@ -363,78 +101,6 @@ impl RoomSvc {
             online,
             joined_at: time::rfc3339(m.joined_at),
         })
-    }
-
-    async fn rate_limit_send(&self, user: UserId) -> Result<(), ApiError> {
-        if self.cfg.send_limit == 0 {
-            return Ok(());
-        }
-        match self
-            .ephemeral
-            .hit(
-                &format!("send:{user}"),
-                self.cfg.send_limit,
-                self.cfg.send_window,
-            )
-            .await
-        {
-            Ok(RateDecision::Limited(d)) => Err(ApiError::rate_limited(d.as_secs().max(1))),
-            Ok(RateDecision::Allowed) => Ok(()),
-            Err(error) => {
-                tracing::warn!(%error, "rate limiter unreachable; allowing");
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Brings a contiguous run of a room's log, read from the cache, to the
-/// state the store shows: a message takes the body of its last edit in the
-/// run; a message deleted (by a deletion in the run, or already a tombstone
-/// in the cache) is a tombstone; and the edits of a deleted message have
-/// no body. The run holds every event after its first, so every later edit
-/// or deletion of each message in it is there: a stale message entry (a
-/// rewrite that failed, or lost a race with a later one) cannot show.
-fn settle(run: &mut [pb::RoomEvent]) {
-    use pb::room_event::Kind;
-    let mut deleted: HashSet<Seq> = HashSet::new();
-    // target seq → (body, edited_at) of its last edit.
-    let mut last_edit: HashMap<Seq, (String, String)> = HashMap::new();
-    for e in run.iter() {
-        match &e.kind {
-            Some(Kind::Message(m)) if m.deleted => {
-                deleted.insert(e.seq);
-            }
-            Some(Kind::Edited(ed)) => {
-                last_edit.insert(ed.target_seq, (ed.body.clone(), ed.edited_at.clone()));
-            }
-            Some(Kind::Deleted(d)) => {
-                deleted.insert(d.target_seq);
-            }
-            _ => {}
-        }
-    }
-    if deleted.is_empty() && last_edit.is_empty() {
-        return;
-    }
-    for e in run.iter_mut() {
-        match &mut e.kind {
-            Some(Kind::Message(m)) => {
-                let edit = last_edit.get(&m.seq);
-                if deleted.contains(&m.seq) {
-                    m.deleted = true;
-                    m.body.clear();
-                    if let Some((_, at)) = edit {
-                        m.edited_at = Some(at.clone());
-                    }
-                } else if let Some((body, at)) = edit {
-                    m.body.clone_from(body);
-                    m.edited_at = Some(at.clone());
-                }
-            }
-            Some(Kind::Edited(ed)) if deleted.contains(&ed.target_seq) => ed.body.clear(),
-            _ => {}
-        }
     }
 }
 
@@ -474,7 +140,7 @@ fn store_err(what: &'static str) -> impl Fn(StoreError) -> ApiError {
 impl RoomService for RoomSvc {
     #[tracing::instrument(skip_all)]
     async fn create_room(&self, req: Request<pb::CreateRoomRequest>) -> Rpc<pb::Room> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
         validate::room_name(&r.name)?;
         validate::topic(&r.topic)?;
@@ -503,8 +169,8 @@ impl RoomService for RoomSvc {
     }
 
     async fn get_room(&self, req: Request<pb::GetRoomRequest>) -> Rpc<pb::GetRoomResponse> {
-        let c = self.caller(&req).await?;
-        let (room, m) = self.access(&req.get_ref().room_id, c.user_id).await?;
+        let c = self.access.caller(&req).await?;
+        let (room, m) = self.access.room(&req.get_ref().room_id, c.user_id).await?;
         Ok(Response::new(pb::GetRoomResponse {
             room: Some(convert::room(&room)),
             my_role: m.map(|m| m.role.as_str().to_owned()).unwrap_or_default(),
@@ -512,8 +178,9 @@ impl RoomService for RoomSvc {
     }
 
     async fn update_room(&self, req: Request<pb::UpdateRoomRequest>) -> Rpc<pb::Room> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let (room, _) = self
+            .access
             .member_with_role(&req.get_ref().room_id, c.user_id, Role::Admin)
             .await?;
         let r = req.into_inner();
@@ -552,8 +219,9 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::DeleteRoomRequest>,
     ) -> Rpc<pb::DeleteRoomResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let (room, _) = self
+            .access
             .member_with_role(&req.get_ref().room_id, c.user_id, Role::Owner)
             .await?;
         self.store
@@ -568,7 +236,7 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::ListPublicRoomsRequest>,
     ) -> Rpc<pb::ListRoomsResponse> {
-        self.caller(&req).await?;
+        self.access.caller(&req).await?;
         let r = req.into_inner();
         let limit = validate::limit(r.limit)?;
         if r.q.chars().count() > validate::ROOM_NAME_MAX {
@@ -587,7 +255,7 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::ListMyRoomsRequest>,
     ) -> Rpc<pb::ListMyRoomsResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
         let limit = validate::limit(r.limit)?;
         let after = parse_cursor(&r.cursor, RoomId::parse)?;
@@ -612,8 +280,8 @@ impl RoomService for RoomSvc {
 
     #[tracing::instrument(skip_all)]
     async fn join_room(&self, req: Request<pb::JoinRoomRequest>) -> Rpc<pb::Member> {
-        let c = self.caller(&req).await?;
-        let (room, m) = self.access(&req.get_ref().room_id, c.user_id).await?;
+        let c = self.access.caller(&req).await?;
+        let (room, m) = self.access.room(&req.get_ref().room_id, c.user_id).await?;
         let m = match m {
             Some(m) => m,
             None => {
@@ -635,8 +303,11 @@ impl RoomService for RoomSvc {
     }
 
     async fn leave_room(&self, req: Request<pb::LeaveRoomRequest>) -> Rpc<pb::LeaveRoomResponse> {
-        let c = self.caller(&req).await?;
-        let (room, _) = self.member(&req.get_ref().room_id, c.user_id).await?;
+        let c = self.access.caller(&req).await?;
+        let (room, _) = self
+            .access
+            .member(&req.get_ref().room_id, c.user_id)
+            .await?;
         if self.store.remove_member(room.id, c.user_id).await? {
             self.publish_membership(room.id, c.user_id, false).await;
         }
@@ -647,9 +318,9 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::ListMembersRequest>,
     ) -> Rpc<pb::ListMembersResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, _) = self.access(&r.room_id, c.user_id).await?;
+        let (room, _) = self.access.room(&r.room_id, c.user_id).await?;
         let limit = validate::limit(r.limit)?;
         let after = parse_cursor(&r.cursor, UserId::parse)?;
         let members = self.store.list_members(room.id, after, limit + 1).await?;
@@ -671,9 +342,9 @@ impl RoomService for RoomSvc {
 
     #[tracing::instrument(skip_all)]
     async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Rpc<pb::Member> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, me) = self.member(&r.room_id, c.user_id).await?;
+        let (room, me) = self.access.member(&r.room_id, c.user_id).await?;
         if room.kind == RoomKind::Dm {
             return Err(ApiError::forbidden("a DM has exactly two members").into());
         }
@@ -702,9 +373,10 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Rpc<pb::RemoveMemberResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
         let (room, me) = self
+            .access
             .member_with_role(&r.room_id, c.user_id, Role::Admin)
             .await?;
         let target = UserId::parse(&r.user_id)?;
@@ -726,7 +398,7 @@ impl RoomService for RoomSvc {
 
     #[tracing::instrument(skip_all)]
     async fn open_dm(&self, req: Request<pb::OpenDmRequest>) -> Rpc<pb::Room> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let other = UserId::parse(&req.get_ref().user_id)?;
         if other == c.user_id {
             return Err(ApiError::invalid("user_id", "cannot open a DM with yourself").into());
@@ -757,12 +429,12 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::PostMessageRequest>,
     ) -> Rpc<pb::PostMessageResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
         let room_id = RoomId::parse(&r.room_id)?;
         validate::client_msg_id(&r.client_msg_id)?;
         validate::body(&r.body)?;
-        self.rate_limit_send(c.user_id).await?;
+        self.send_limit.check(c.user_id).await?;
         let appended = self
             .store
             .append_message(&NewMessage {
@@ -778,7 +450,7 @@ impl RoomService for RoomSvc {
             Ok(v) => v,
             // Do not tell outsiders a private room exists.
             Err(StoreError::NotMember) => {
-                self.access(&r.room_id, c.user_id).await?;
+                self.access.room(&r.room_id, c.user_id).await?;
                 return Err(ApiError::forbidden("not a member of this room").into());
             }
             Err(e) => return Err(store_err("room")(e).into()),
@@ -802,9 +474,9 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::ListMessagesRequest>,
     ) -> Rpc<pb::ListMessagesResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, _) = self.member(&r.room_id, c.user_id).await?;
+        let (room, _) = self.access.member(&r.room_id, c.user_id).await?;
         let limit = validate::limit(r.limit)?;
         let before = r
             .before_seq
@@ -828,12 +500,11 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::ListEventsRequest>,
     ) -> Rpc<pb::ListEventsResponse> {
-        let c = self.caller(&req).await?;
+        let room = self.access.log_reader(&req, &req.get_ref().room_id).await?;
         let r = req.into_inner();
-        let (room, _) = self.member(&r.room_id, c.user_id).await?;
         let limit = validate::limit(r.limit)?;
         let after = validate::seq("after_seq", r.after_seq)?;
-        if let Some(page) = self.cached_page(&room, after, limit).await {
+        if let Some(page) = self.recent.page(&room, after, limit).await {
             return Ok(Response::new(page));
         }
         let (items, has_more) = self.store.list_events(room.id, after, limit).await?;
@@ -845,9 +516,9 @@ impl RoomService for RoomSvc {
 
     #[tracing::instrument(skip_all)]
     async fn edit_message(&self, req: Request<pb::EditMessageRequest>) -> Rpc<pb::Message> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, _) = self.member(&r.room_id, c.user_id).await?;
+        let (room, _) = self.access.member(&r.room_id, c.user_id).await?;
         validate::body(&r.body)?;
         let (event, msg) = self
             .store
@@ -873,9 +544,9 @@ impl RoomService for RoomSvc {
         &self,
         req: Request<pb::DeleteMessageRequest>,
     ) -> Rpc<pb::DeleteMessageResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, me) = self.member(&r.room_id, c.user_id).await?;
+        let (room, me) = self.access.member(&r.room_id, c.user_id).await?;
         let msg = self
             .store
             .message(room.id, r.seq)
@@ -898,41 +569,14 @@ impl RoomService for RoomSvc {
     }
 
     async fn mark_read(&self, req: Request<pb::MarkReadRequest>) -> Rpc<pb::MarkReadResponse> {
-        let c = self.caller(&req).await?;
+        let c = self.access.caller(&req).await?;
         let r = req.into_inner();
-        let (room, _) = self.member(&r.room_id, c.user_id).await?;
+        let (room, _) = self.access.member(&r.room_id, c.user_id).await?;
         let seq: Seq = validate::seq("seq", r.seq)?;
         self.store
             .mark_read(room.id, c.user_id, seq)
             .await
             .map_err(store_err("room"))?;
         Ok(Response::new(pb::MarkReadResponse {}))
-    }
-}
-
-/// The room service's tunables as flags (shared by `room` and `chat`).
-#[derive(Clone, Debug, clap::Args)]
-pub struct RoomArgs {
-    /// Messages one user may send per --send-window-secs (0: unlimited).
-    #[arg(long, env = "CHAT_SEND_LIMIT", default_value_t = 100)]
-    pub send_limit: u32,
-
-    /// The send rate-limit window in seconds.
-    #[arg(long, env = "CHAT_SEND_WINDOW_SECS", default_value_t = 10)]
-    pub send_window_secs: u64,
-
-    /// Recent events per room kept in the ephemeral store (Redis in the
-    /// distributed mode) to serve resumes and backfills (0: no cache).
-    #[arg(long, env = "CHAT_RECENT_CACHE", default_value_t = DEFAULT_RECENT_CACHE)]
-    pub recent_cache: usize,
-}
-
-impl RoomArgs {
-    pub fn config(&self) -> RoomConfig {
-        RoomConfig {
-            send_limit: self.send_limit,
-            send_window: Duration::from_secs(self.send_window_secs),
-            recent_cache: self.recent_cache,
-        }
     }
 }

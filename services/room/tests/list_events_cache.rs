@@ -1,10 +1,12 @@
 //! `ListEvents` with the recent-event cache: the same answers as the store,
-//! whatever the cache holds (see the module docs of `chat_room::service`).
+//! whatever the cache holds (see the docs of chat-room's `recent` module).
 //!
 //! Each test runs the service on a real SQLite store, the in-process bus
 //! and ephemeral store, and calls the gRPC methods directly. Writes go
 //! through a service with the cache on; a second service on the same store
 //! with the cache off gives the reference answer.
+
+mod common;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,11 +18,11 @@ use chat_ephemeral::{Ephemeral, EphemeralError, MemoryEphemeral, RateDecision};
 use chat_proto::v1 as pb;
 use chat_proto::v1::room_service_server::RoomService;
 use chat_room::{RoomConfig, RoomSvc};
-use chat_store::{NewUser, Store};
+use chat_store::Store;
+use common::as_user as req;
 use prost::Message as _;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::Request;
 
 struct World {
     _dir: tempfile::TempDir,
@@ -90,18 +92,7 @@ impl World {
 
     /// A new user and an access token of theirs.
     async fn user(&self, name: &str) -> String {
-        let id = UserId::new();
-        self.store
-            .create_user(&NewUser {
-                id,
-                username: name.into(),
-                display_name: name.into(),
-                password_hash: "not a hash".into(),
-                created_at: 0,
-            })
-            .await
-            .unwrap();
-        self.issuer.issue(id, SessionId::new()).unwrap()
+        common::user(&*self.store, &self.issuer, name).await
     }
 
     /// A public room of `owner`'s that `others` joined.
@@ -132,13 +123,6 @@ impl World {
         }
         room.id
     }
-}
-
-fn req<T>(token: &str, msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 fn room_id(id: &str) -> RoomId {

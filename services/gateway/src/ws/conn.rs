@@ -13,7 +13,7 @@ use super::session::{Session, SessionDeps};
 use super::shared::{ConnShared, Outbound};
 use crate::wire::{encode, error_frame, ServerFrame};
 use crate::Gateway;
-use chat_auth::Caller;
+use chat_authn::Caller;
 use chat_core::ApiError;
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;

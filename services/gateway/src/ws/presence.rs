@@ -2,7 +2,7 @@
 //! online in each of their rooms, their last one offline.
 
 use crate::room_api::RoomApi;
-use chat_auth::Caller;
+use chat_authn::Caller;
 use chat_bus::Publisher;
 use chat_proto::v1 as pb;
 

@@ -21,7 +21,7 @@ use super::shared::{ConnShared, Outbound};
 use crate::room_api::{RoomApi, Who};
 use crate::wire::{encode, EventView, ServerFrame};
 use axum::extract::ws::Utf8Bytes;
-use chat_auth::Caller;
+use chat_authn::Caller;
 use chat_core::{ApiError, RoomId, Seq};
 use chat_proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap};

@@ -5,7 +5,7 @@
 use super::close::Close;
 use super::frames::Batch;
 use super::out::Out;
-use chat_auth::Caller;
+use chat_authn::Caller;
 use chat_proto::v1 as pb;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

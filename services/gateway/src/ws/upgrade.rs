@@ -14,7 +14,7 @@ use crate::Gateway;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chat_auth::Caller;
+use chat_authn::Caller;
 use chat_core::ApiError;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -143,7 +143,7 @@ async fn header_auth(gw: &Gateway, headers: &HeaderMap) -> Result<Option<Caller>
     let Some(h) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let token = h.to_str().ok().and_then(chat_auth::token::strip_bearer);
+    let token = h.to_str().ok().and_then(chat_authn::strip_bearer);
     match token {
         None => Err(ApiError::unauthorized("malformed authorization header")),
         Some(t) => gw.inner.verifier.verify(t).await.map(Some),

@@ -1,0 +1,55 @@
+//! The room service's tunables: [`RoomConfig`], and [`RoomArgs`], the flags
+//! that set them (shared by `room` and `chat`).
+
+use std::time::Duration;
+
+/// How the room service behaves; see [`RoomArgs`] for each knob.
+#[derive(Clone, Debug)]
+pub struct RoomConfig {
+    /// Messages one user may send per `send_window` (0 = unlimited).
+    pub send_limit: u32,
+    pub send_window: Duration,
+    /// Events of each room kept in the recent-event cache (0 = no cache;
+    /// see the docs of the `recent` module).
+    pub recent_cache: usize,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            send_limit: 100,
+            send_window: Duration::from_secs(10),
+            recent_cache: DEFAULT_RECENT_CACHE,
+        }
+    }
+}
+
+/// Events per room in the recent-event cache, by default.
+pub const DEFAULT_RECENT_CACHE: usize = 256;
+
+/// The room service's tunables as flags (shared by `room` and `chat`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct RoomArgs {
+    /// Messages one user may send per --send-window-secs (0: unlimited).
+    #[arg(long, env = "CHAT_SEND_LIMIT", default_value_t = 100)]
+    pub send_limit: u32,
+
+    /// The send rate-limit window in seconds.
+    #[arg(long, env = "CHAT_SEND_WINDOW_SECS", default_value_t = 10)]
+    pub send_window_secs: u64,
+
+    /// Recent events per room kept in the ephemeral store (Redis in the
+    /// distributed mode) to serve resumes and backfills (0: no cache).
+    #[arg(long, env = "CHAT_RECENT_CACHE", default_value_t = DEFAULT_RECENT_CACHE)]
+    pub recent_cache: usize,
+}
+
+impl RoomArgs {
+    pub fn config(&self) -> RoomConfig {
+        RoomConfig {
+            send_limit: self.send_limit,
+            send_window: Duration::from_secs(self.send_window_secs),
+            recent_cache: self.recent_cache,
+        }
+    }
+}
