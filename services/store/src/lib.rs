@@ -21,6 +21,7 @@ pub mod error;
 pub mod model;
 pub mod postgres;
 mod sql;
+mod sql_store;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -73,7 +73,7 @@ use sqlx::{ConnectOptions, Connection, Executor, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::backend::Backend;
-use crate::sql::log::NewEvent;
+use crate::sql::event::NewEvent;
 use crate::sql::rooms::{mark_read_sql, public_rooms_sql};
 use crate::sql::rows::db_err;
 use crate::sql::sessions::rotating_token_sql;

@@ -22,6 +22,7 @@
 //! statements through [`AsExecutor`]. [`Stmt`] puts these together as
 //! `sqlx::query` does.
 
+pub(crate) mod event;
 pub(crate) mod log;
 pub(crate) mod rooms;
 pub(crate) mod rows;

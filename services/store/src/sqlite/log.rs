@@ -6,7 +6,7 @@ use chat_core::Seq;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Sqlite;
 
-use crate::sql::log::NewEvent;
+use crate::sql::event::NewEvent;
 use crate::sql::rows::{event_cols, Columns};
 use crate::sql::stmt;
 use crate::{Result, StoreError};
