@@ -227,7 +227,8 @@ pub struct GatewayArgs {
     /// WebSocket subscribes this gateway checks with room at once; the
     /// others wait their turn (up to the RPC deadline, then `unavailable`).
     /// A connect storm then queues here instead of flooding room with calls
-    /// that time out, are cancelled and are retried.
+    /// that time out, are cancelled and are retried. A subscribe holds its
+    /// turn for the access check only, not for its catch-up.
     #[arg(long, env = "CHAT_SUBSCRIBE_CONCURRENCY", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub subscribe_concurrency: u32,

@@ -59,6 +59,10 @@ struct FakeState {
     list_fails: Option<ApiError>,
     /// When set, `member_last_seq` fails with it.
     member_fails: Option<ApiError>,
+    /// When set, each `list_events` waits for a permit of it first.
+    list_gate: Option<Arc<Semaphore>>,
+    /// `list_events` calls so far.
+    list_calls: usize,
 }
 
 impl FakeRoom {
@@ -113,6 +117,17 @@ impl FakeRoom {
     fn join(&self, room: RoomId) {
         self.state().members.push(room);
     }
+
+    /// Makes every `list_events` wait until the returned gate gets permits.
+    fn gate_list_events(&self) -> Arc<Semaphore> {
+        let gate = Arc::new(Semaphore::new(0));
+        self.state().list_gate = Some(gate.clone());
+        gate
+    }
+
+    fn list_calls(&self) -> usize {
+        self.state().list_calls
+    }
 }
 
 #[async_trait::async_trait]
@@ -139,6 +154,17 @@ impl RoomRpc for FakeRoom {
         after: Seq,
         limit: u32,
     ) -> Result<EventsPage, ApiError> {
+        let gate = {
+            let mut st = self.state();
+            st.list_calls += 1;
+            st.list_gate.clone()
+        };
+        if let Some(gate) = gate {
+            gate.acquire()
+                .await
+                .expect("the gate is never closed")
+                .forget();
+        }
         let st = self.state();
         if let Some(e) = &st.list_fails {
             return Err(e.clone());
@@ -244,6 +270,13 @@ impl Harness {
     }
 
     async fn with_max_pending(max_pending: usize) -> Self {
+        let room = Arc::new(FakeRoom::default());
+        Self::build(max_pending, room, Arc::new(Semaphore::new(4))).await
+    }
+
+    /// A session on `room` whose subscribes take turns from `subscribes`
+    /// (another session may share both).
+    async fn build(max_pending: usize, room: Arc<FakeRoom>, subscribes: Arc<Semaphore>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (client, accepted) = within("connecting", async {
@@ -263,7 +296,6 @@ impl Harness {
         let out = Arc::new(Out::new(Arc::new(server), max_pending));
         let conn = Arc::new(ConnShared::new(caller, tx, out, CancellationToken::new()));
 
-        let room = Arc::new(FakeRoom::default());
         let api = RoomApi::new(room.clone());
         let bus = Arc::new(MemoryBus::default());
         let subjects = Subjects::new(format!("test-{}", uuid::Uuid::new_v4()));
@@ -282,7 +314,7 @@ impl Harness {
             SessionDeps {
                 api,
                 hubs: hubs.clone(),
-                subscribes: Arc::new(Semaphore::new(4)),
+                subscribes,
                 rpc_timeout: WAIT,
             },
         );
@@ -828,4 +860,42 @@ async fn an_event_published_while_subscribing_is_held_for_the_task_until_the_roo
     );
     assert_eq!(h.session.cursor(room), Some(4));
     assert!(h.rx.try_recv().is_err(), "nothing more handed over");
+}
+
+#[tokio::test]
+async fn a_long_catch_up_does_not_hold_up_the_other_subscribes() {
+    // One turn for the whole gateway: if a catch-up held it, every other
+    // subscribe would wait for the whole log to be read.
+    let room = Arc::new(FakeRoom::default());
+    let turns = Arc::new(Semaphore::new(1));
+    let mut a = Harness::build(1 << 20, room.clone(), turns.clone()).await;
+    let mut b = Harness::build(1 << 20, room.clone(), turns).await;
+    let long = room.room(500);
+    let gate = room.gate_list_events();
+
+    let catching_up = tokio::spawn(async move {
+        let r = a.session.subscribe(long, Some(0)).await;
+        (a, r)
+    });
+    within("a's catch-up to start reading the log", async {
+        while room.list_calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    let last = within(
+        "a live subscribe while another connection catches up",
+        b.session.subscribe(long, None),
+    )
+    .await
+    .expect("the live subscribe gets its turn");
+    assert_eq!(last, 500);
+
+    gate.add_permits(1_000);
+    let (a, r) = within("the catch-up to end", catching_up)
+        .await
+        .expect("the catch-up task does not panic");
+    assert_eq!(r.expect("the catch-up succeeds"), 500);
+    assert_eq!(a.session.cursor(long), Some(500));
 }

@@ -130,10 +130,10 @@ impl Session {
         };
         self.out().lock().set_cursor(room, pending);
         let guard = self.deps.hubs.subscribe(room, self.conn.clone()).await?;
-        // Held through the access check and the backfill.
+        // Held through the access check only: a long catch-up must not
+        // hold up every other subscribe on this gateway.
         let turn = self.deps.subscribes.clone();
-        let _permit = match tokio::time::timeout(self.deps.rpc_timeout, turn.acquire_owned()).await
-        {
+        let permit = match tokio::time::timeout(self.deps.rpc_timeout, turn.acquire_owned()).await {
             Ok(Ok(p)) => p,
             _ => {
                 return Err(ApiError::unavailable(
@@ -143,6 +143,7 @@ impl Session {
         };
         let caller = self.conn.caller;
         let last = self.deps.api.rpc().member_last_seq(&caller, room).await?;
+        drop(permit);
         let cursor = since.map_or(last, |s| s.min(last));
         self.out().lock().set_cursor(
             room,
