@@ -387,7 +387,7 @@ async fn sql_metacharacters_round_trip_unchanged_and_break_nothing() {
         "%",
         "_",
         "\\",
-        "é 🦀 \u{202e}rtl",
+        "é 🦀 שלום עולם",
     ];
     for (i, s) in nasty.iter().enumerate() {
         let r = app
