@@ -239,9 +239,7 @@ impl RoomService for RoomSvc {
         self.access.caller(&req).await?;
         let r = req.into_inner();
         let limit = validate::limit(r.limit)?;
-        if r.q.chars().count() > validate::ROOM_NAME_MAX {
-            return Err(ApiError::invalid("q", "must be at most 100 characters").into());
-        }
+        validate::search_query(&r.q)?;
         let after = parse_cursor(&r.cursor, RoomId::parse)?;
         let rooms = self.store.list_public_rooms(&r.q, after, limit + 1).await?;
         let (rooms, next_cursor) = page(rooms, limit, |r| r.id.to_string());

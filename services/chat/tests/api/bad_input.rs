@@ -387,7 +387,7 @@ async fn sql_metacharacters_round_trip_unchanged_and_break_nothing() {
         "%",
         "_",
         "\\",
-        "é 🦀 \u{202e}rtl",
+        "é 🦀 שלום עולם",
     ];
     for (i, s) in nasty.iter().enumerate() {
         let r = app
@@ -450,4 +450,267 @@ async fn sql_metacharacters_round_trip_unchanged_and_break_nothing() {
         r.expect(200)["items"].as_array().unwrap().len(),
         nasty.len()
     );
+}
+
+/// A refusal of `field`: 400 `invalid_request`, the message naming it.
+#[track_caller]
+fn assert_refused(r: &crate::helpers::Resp, field: &str) {
+    r.expect_error(400, "invalid_request");
+    assert!(
+        r.message().starts_with(&format!("{field}: ")),
+        "the message names {field}: {}",
+        r.text
+    );
+}
+
+/// The same for a WebSocket error frame.
+#[track_caller]
+fn assert_refused_frame(f: &Value, field: &str) {
+    assert_eq!(f["type"], "error", "{f}");
+    assert_eq!(f["code"], "invalid_request", "{f}");
+    assert!(
+        f["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("{field}: "))),
+        "the message names {field}: {f}"
+    );
+}
+
+#[tokio::test]
+async fn a_nul_in_a_message_body_is_refused_over_rest_and_websocket() {
+    let app = spawn_app().await;
+    let (alice, room) = baseline(&app).await;
+    for body in ["a\u{0}b", "\u{0}", "trailing\u{0}"] {
+        let r = app.post_message(&alice.access, &room, body, &cmid()).await;
+        assert_refused(&r, "body");
+        let r = app
+            .patch(
+                &format!("/api/v1/rooms/{room}/messages/1"),
+                &alice.access,
+                json!({ "body": body }),
+            )
+            .await;
+        assert_refused(&r, "body");
+    }
+    let mut ws = app.ws(&alice).await;
+    let f = ws.send_and_wait(&room, &cmid(), "a\u{0}b").await;
+    assert_refused_frame(&f, "body");
+    assert!(ws.ping_barrier().await.is_empty(), "the socket stays open");
+    assert_unchanged(&app, &alice, &room).await;
+}
+
+#[tokio::test]
+async fn a_nul_in_a_client_msg_id_is_refused_over_rest_and_websocket() {
+    let app = spawn_app().await;
+    let (alice, room) = baseline(&app).await;
+    let r = app.post_message(&alice.access, &room, "x", "c\u{0}1").await;
+    assert_refused(&r, "client_msg_id");
+    let mut ws = app.ws(&alice).await;
+    let f = ws.send_and_wait(&room, "c\u{0}2", "x").await;
+    assert_refused_frame(&f, "client_msg_id");
+    assert_unchanged(&app, &alice, &room).await;
+}
+
+#[tokio::test]
+async fn a_nul_in_a_room_name_or_topic_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let (alice, room) = baseline(&app).await;
+    let before = app
+        .get(&format!("/api/v1/rooms/{room}"), &alice.access)
+        .await;
+    let before = before.expect(200).clone();
+    for (field, body) in [
+        ("name", json!({"name": "a\u{0}b", "visibility": "public"})),
+        ("topic", json!({"name": "ok", "topic": "a\u{0}b"})),
+    ] {
+        let r = app.post("/api/v1/rooms", &alice.access, body).await;
+        assert_refused(&r, field);
+    }
+    for (field, body) in [
+        ("name", json!({"name": "a\u{0}b"})),
+        ("topic", json!({"topic": "a\u{0}b"})),
+        ("topic", json!({"topic": "\u{0}"})),
+    ] {
+        let r = app
+            .patch(&format!("/api/v1/rooms/{room}"), &alice.access, body)
+            .await;
+        assert_refused(&r, field);
+    }
+    let after = app
+        .get(&format!("/api/v1/rooms/{room}"), &alice.access)
+        .await;
+    assert_eq!(after.expect(200), &before, "the room is unchanged");
+    assert_unchanged(&app, &alice, &room).await;
+}
+
+#[tokio::test]
+async fn a_nul_in_a_display_name_is_refused_at_signup_and_on_update() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let username = crate::helpers::unique("bob");
+    let r = app
+        .signup_raw(
+            json!({"username": username, "password": "pass-word-1", "display_name": "B\u{0}b"}),
+        )
+        .await;
+    assert_refused(&r, "display_name");
+    let r = app
+        .patch(
+            "/api/v1/users/me",
+            &alice.access,
+            json!({"display_name": "a\u{0}"}),
+        )
+        .await;
+    assert_refused(&r, "display_name");
+    let me = app.get("/api/v1/users/me", &alice.access).await;
+    assert_eq!(me.expect(200)["display_name"], alice.username.as_str());
+    // The refused signup stored nothing: the name is still free.
+    let r = app
+        .signup_raw(json!({"username": username, "password": "pass-word-1"}))
+        .await;
+    r.expect(201);
+}
+
+#[tokio::test]
+async fn a_nul_in_a_username_at_signup_is_refused() {
+    let app = spawn_app().await;
+    let username = crate::helpers::unique("carol");
+    for bad in [
+        format!("{username}\u{0}"),
+        format!("\u{0}{username}"),
+        "ca\u{0}rol".to_owned(),
+    ] {
+        let r = app
+            .signup_raw(json!({"username": bad, "password": "pass-word-1"}))
+            .await;
+        assert_refused(&r, "username");
+    }
+    let r = app
+        .signup_raw(json!({"username": username, "password": "pass-word-1"}))
+        .await;
+    r.expect(201);
+}
+
+#[tokio::test]
+async fn a_nul_in_a_search_query_is_refused() {
+    let app = spawn_app().await;
+    let (alice, room) = baseline(&app).await;
+    for q in ["%00", "a%00b", "%00%25"] {
+        let r = app
+            .get(&format!("/api/v1/rooms?q={q}"), &alice.access)
+            .await;
+        assert_refused(&r, "q");
+    }
+    assert_unchanged(&app, &alice, &room).await;
+}
+
+/// Invisible characters and bidi controls that make one name look like
+/// another, or reorder the text around it.
+const SPOOFERS: [&str; 14] = [
+    "\u{202A}", "\u{202B}", "\u{202C}", "\u{202D}", "\u{202E}", "\u{2066}", "\u{2067}", "\u{2068}",
+    "\u{2069}", "\u{200E}", "\u{200F}", "\u{061C}", "\u{200B}", "\u{FEFF}",
+];
+
+#[tokio::test]
+async fn bidi_controls_and_zero_width_characters_are_refused_in_names() {
+    let app = spawn_app().await;
+    let (alice, room) = baseline(&app).await;
+    let before = app
+        .get(&format!("/api/v1/rooms/{room}"), &alice.access)
+        .await;
+    let before = before.expect(200).clone();
+    let spoofers = SPOOFERS
+        .iter()
+        .copied()
+        .chain(["\u{200C}", "\u{200D}", "\u{2060}"]);
+    for c in spoofers {
+        let name = format!("adm{c}in");
+        let r = app
+            .signup_raw(json!({"username": name, "password": "pass-word-1"}))
+            .await;
+        assert_refused(&r, "username");
+        let r = app
+            .signup_raw(json!({
+                "username": crate::helpers::unique("dave"),
+                "password": "pass-word-1",
+                "display_name": name,
+            }))
+            .await;
+        assert_refused(&r, "display_name");
+        let r = app
+            .patch(
+                "/api/v1/users/me",
+                &alice.access,
+                json!({"display_name": name}),
+            )
+            .await;
+        assert_refused(&r, "display_name");
+        let r = app
+            .post(
+                "/api/v1/rooms",
+                &alice.access,
+                json!({"name": name, "visibility": "public"}),
+            )
+            .await;
+        assert_refused(&r, "name");
+        let r = app
+            .patch(
+                &format!("/api/v1/rooms/{room}"),
+                &alice.access,
+                json!({"name": name}),
+            )
+            .await;
+        assert_refused(&r, "name");
+    }
+    let me = app.get("/api/v1/users/me", &alice.access).await;
+    assert_eq!(me.expect(200)["display_name"], alice.username.as_str());
+    let after = app
+        .get(&format!("/api/v1/rooms/{room}"), &alice.access)
+        .await;
+    assert_eq!(after.expect(200), &before, "the room is unchanged");
+    assert_unchanged(&app, &alice, &room).await;
+}
+
+#[tokio::test]
+async fn bodies_and_topics_keep_line_breaks_rtl_text_and_joiners_but_not_overrides() {
+    let app = spawn_app().await;
+    let (alice, room) = baseline(&app).await;
+    let path = format!("/api/v1/rooms/{room}");
+    // Free text: newlines, tabs, right-to-left text with its marks, emoji
+    // joined with ZWJ and Persian with ZWNJ are all kept as sent.
+    let kept = [
+        "two\nlines\tand a tab",
+        "שלום \u{200F}(hello)",
+        "family: 👨\u{200D}👩\u{200D}👧",
+        "می\u{200C}خواهم",
+    ];
+    for (i, s) in kept.iter().enumerate() {
+        let m = app.post_message(&alice.access, &room, s, &cmid()).await;
+        assert_eq!(m.expect(201)["body"], *s);
+        let r = app.patch(&path, &alice.access, json!({"topic": s})).await;
+        assert_eq!(r.expect(200)["topic"], *s, "topic #{i}");
+    }
+    let topic = kept[kept.len() - 1];
+    // Other control characters, and the bidi embeddings, overrides and
+    // isolates that leak into the text around them, are refused.
+    let refused = [
+        "a\rb",
+        "bell\u{7}",
+        "esc\u{1b}[31m",
+        "del\u{7f}",
+        "c1\u{85}",
+        "\u{202E}txt.exe",
+        "\u{2066}x",
+        "x\u{2069}",
+    ];
+    for s in refused {
+        let r = app.post_message(&alice.access, &room, s, &cmid()).await;
+        assert_refused(&r, "body");
+        let r = app.patch(&path, &alice.access, json!({"topic": s})).await;
+        assert_refused(&r, "topic");
+    }
+    let r = app.get(&path, &alice.access).await;
+    assert_eq!(r.expect(200)["topic"], topic, "the topic is unchanged");
+    let (seqs, _, _) = app.history(&alice, &room, "").await;
+    assert_eq!(seqs.len(), 1 + kept.len(), "no refused message was stored");
 }
