@@ -39,6 +39,9 @@ pub struct Config {
     #[command(flatten)]
     pub gateway: chat_gateway::GatewayArgs,
 
+    #[command(flatten)]
+    pub http: chat_core::config::HttpArgs,
+
     /// Bus subject prefix.
     #[arg(long, env = "CHAT_SUBJECT_PREFIX", default_value = "chat")]
     pub subject_prefix: String,

@@ -34,6 +34,7 @@ pub struct App {
     gateway: Gateway,
     shutdown: CancellationToken,
     drain: Duration,
+    limits: chat_core::serve::HttpLimits,
 }
 
 impl App {
@@ -135,6 +136,9 @@ impl App {
             gateway,
             shutdown,
             drain: Duration::from_secs(cfg.shutdown_timeout_secs),
+            limits: cfg
+                .http
+                .limits(Duration::from_secs(cfg.shutdown_timeout_secs)),
         })
     }
 
@@ -178,7 +182,7 @@ impl App {
             })
         };
         let shutdown = self.shutdown.clone();
-        chat_core::serve::http(self.http, self.router, shutdown)
+        chat_core::serve::http(self.http, self.router, self.limits, shutdown)
             .await
             .context("HTTP server failed")?;
         tracing::info!(

@@ -58,3 +58,61 @@ pub struct ListenArgs {
     #[arg(long, env = "CHAT_HTTP_ADDR")]
     pub http_addr: SocketAddr,
 }
+
+/// Limits of the client-facing HTTP listener (`chat`, `gateway`): every
+/// stage of a connection has a deadline and the number of connections a
+/// cap, so silent or slow clients cannot exhaust the process's files.
+#[derive(Clone, Debug, clap::Args)]
+pub struct HttpArgs {
+    /// Milliseconds from accepting a TCP connection to its first byte; a
+    /// connection that sends nothing is closed after it.
+    #[arg(long, env = "CHAT_FIRST_BYTE_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_byte_timeout_ms: u64,
+
+    /// Milliseconds to receive a request's whole head (request line and
+    /// headers); on HTTP/1.1 this also bounds the wait for the next request
+    /// on a kept-alive connection. The connection is closed after it.
+    #[arg(long, env = "CHAT_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+
+    /// Milliseconds a kept-alive connection may stay open with no request
+    /// in flight (HTTP/2; HTTP/1.1 is closed sooner, at
+    /// --header-timeout-ms).
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+
+    /// Milliseconds to receive a request's whole body, from the end of its
+    /// head; a slower body fails the request with 400.
+    #[arg(long, env = "CHAT_BODY_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
+
+    /// HTTP connections served at once (WebSockets count until upgraded);
+    /// past it `/healthz` is still answered and any other request gets 503.
+    /// Default: the process's file limit minus 256.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+}
+
+impl HttpArgs {
+    /// The limits, with `drain` as the shutdown deadline.
+    pub fn limits(&self, drain: std::time::Duration) -> crate::serve::HttpLimits {
+        use std::time::Duration;
+        crate::serve::HttpLimits {
+            first_byte: Duration::from_millis(self.first_byte_timeout_ms),
+            header: Duration::from_millis(self.header_timeout_ms),
+            idle: Duration::from_millis(self.idle_timeout_ms),
+            body: Duration::from_millis(self.body_timeout_ms),
+            max_connections: self
+                .max_connections
+                .map_or_else(crate::serve::default_max_connections, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
+            drain,
+        }
+    }
+}

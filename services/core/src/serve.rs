@@ -1,6 +1,15 @@
 //! Serving helpers shared by every binary: gRPC and HTTP on a bound
-//! listener until a token is cancelled, with graceful shutdown.
+//! listener until a token is cancelled, with graceful shutdown under a
+//! deadline. The HTTP side bounds every stage of a connection (first
+//! byte, head, body, keep-alive idle) and the number of connections, so
+//! that silent or slow clients cannot hold the process's descriptors.
 
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,84 +34,346 @@ pub async fn grpc(
         .await
 }
 
+/// How long each stage of an HTTP connection may take, and how many
+/// connections one listener holds at once. Every stage is bounded, so a
+/// client that connects and sends nothing (or a byte a minute) costs a
+/// file descriptor for a bounded time only.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// From accept to the first byte of the first request.
+    pub first_byte: Duration,
+    /// From the first byte to the end of a request's head (hyper's header
+    /// read timeout). On HTTP/1.1 hyper starts it again as soon as a
+    /// response is written, so it also bounds the keep-alive wait.
+    pub header: Duration,
+    /// A keep-alive connection with no request in flight is closed after
+    /// this long (HTTP/2; HTTP/1.1 is closed sooner by `header`).
+    pub idle: Duration,
+    /// From a request's head to the end of its body.
+    pub body: Duration,
+    /// Connections served at once; past it a connection gets the refusal
+    /// of [`over_capacity`] (or is closed when the reserve is full too).
+    pub max_connections: usize,
+    /// After `stop`, how long in-flight requests may take before their
+    /// connections are dropped.
+    pub drain: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            first_byte: Duration::from_secs(10),
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            body: Duration::from_secs(30),
+            max_connections: default_max_connections(),
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// File descriptors kept for everything but client connections: the
+/// store, gRPC channels, log files and the over-capacity reserve.
+pub const FD_RESERVE: u64 = 256;
+
+/// Connections past the cap that are still read (to answer `/healthz`
+/// and to refuse the rest with 503) at once; beyond it they are closed
+/// at once.
+pub const OVER_CAP_RESERVE: usize = 64;
+
+/// How long a connection past the cap may take to send its request.
+pub const OVER_CAP_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The process's soft file limit minus [`FD_RESERVE`]: the default cap on
+/// connections, so that `accept` never fails for want of a descriptor.
+pub fn default_max_connections() -> usize {
+    let soft = rlimit::Resource::NOFILE
+        .get()
+        .map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft.saturating_sub(FD_RESERVE).clamp(16, 1 << 20)).unwrap_or(1 << 20)
+}
+
 /// Serves an axum router until `stop` is cancelled; in-flight requests
-/// finish first.
+/// finish first, for at most `limits.drain`.
 ///
 /// HTTP/1.1 (with upgrades) and HTTP/2 with prior knowledge, each served
 /// straight on the accepted `TcpStream`, so that a WebSocket upgrade hands
 /// its handler the socket itself (`hyper::upgrade::Upgraded` downcasts to
 /// `TokioIo<TcpStream>`): the gateway writes shared, pre-framed bytes to
-/// it from the room hubs.
+/// it from the room hubs. An upgraded connection leaves this loop's
+/// accounting: its handler owns it, and holds its [`ConnSlot`].
 pub async fn http(
     listener: TcpListener,
     router: axum::Router,
+    limits: HttpLimits,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt as _;
 
+    let body_deadline = limits.body;
     let service = hyper_util::service::TowerToHyperService::new(router.into_service().map_request(
-        |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+        move |req: axum::http::Request<hyper::body::Incoming>| {
+            req.map(|b| axum::body::Body::new(DeadlineBody::new(b, body_deadline)))
+        },
     ));
-    // Connections still open when `stop` comes are asked to finish what
-    // they are doing and close; upgraded ones (WebSockets) are their
-    // handlers' to close.
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let reserve = Arc::new(tokio::sync::Semaphore::new(OVER_CAP_RESERVE));
+    // Cancelled when the drain deadline has passed: what is still open then
+    // is dropped.
+    let force = CancellationToken::new();
     let conns = tokio_util::task::TaskTracker::new();
+    let mut accept_errors = 0u32;
     loop {
         let tcp = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, _)) => {
+                    accept_errors = 0;
+                    tcp
+                }
                 Err(error) => {
-                    // Out of file descriptors and the like: wait, don't spin.
+                    // Out of file descriptors and the like: back off (up
+                    // to a second), don't spin.
+                    accept_errors = accept_errors.saturating_add(1);
                     tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+                    let pause = Duration::from_millis(10 << accept_errors.min(7));
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(pause) => continue,
+                    }
                 }
             },
         };
         let _ = tcp.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned().map(|p| ConnSlot {
+            _permit: Arc::new(p),
+        }) else {
+            match reserve.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    conns.spawn(async move {
+                        over_capacity(tcp).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => drop(tcp),
+            }
+            continue;
+        };
         let service = service.clone();
-        let stop = stop.clone();
+        let (http1, http2) = (http1.clone(), http2.clone());
+        let (stop, force) = (stop.clone(), force.clone());
+        let limits = limits.clone();
         conns.spawn(async move {
             // HTTP/2 with prior knowledge opens with "PRI * HTTP/2.0".
             let mut head = [0u8; 3];
-            let h2 = matches!(tcp.peek(&mut head).await, Ok(3)) && &head == b"PRI";
+            let peeked = tokio::select! {
+                () = stop.cancelled() => return,
+                r = tokio::time::timeout(limits.first_byte, tcp.peek(&mut head)) => r,
+            };
+            let h2 = match peeked {
+                Ok(Ok(n)) if n > 0 => n == 3 && &head == b"PRI",
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::debug!("no request within the first-byte timeout");
+                    return;
+                }
+            };
             let io = TokioIo::new(tcp);
-            // Runs a hyper connection until it ends, or asks it to finish
-            // what it is doing when `stop` comes. (hyper has no trait for
+            let activity = Activity::new();
+            let service = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |mut req: axum::http::Request<_>| {
+                    req.extensions_mut().insert(slot.clone());
+                    let guard = activity.begin();
+                    let fut = hyper::service::Service::call(&service, req);
+                    async move {
+                        let r = fut.await;
+                        drop(guard);
+                        r
+                    }
+                })
+            };
+            // Runs a hyper connection until it ends; asks it to finish
+            // what it is doing when it has been idle too long or `stop`
+            // comes, and drops it at `force`. (hyper has no trait for
             // graceful_shutdown shared by both connection types.)
-            macro_rules! until_stopped {
+            macro_rules! bounded {
                 ($conn:expr) => {{
                     let mut conn = std::pin::pin!($conn);
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        () = stop.cancelled() => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
+                    let mut closing = false;
+                    loop {
+                        tokio::select! {
+                            r = conn.as_mut() => break Some(r),
+                            () = stop.cancelled(), if !closing => {
+                                closing = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                            () = activity.idle_for(limits.idle), if !closing => {
+                                closing = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                            () = force.cancelled() => break None,
                         }
                     }
                 }};
             }
             let result = if h2 {
-                until_stopped!(
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, service)
-                )
+                bounded!(http2.serve_connection(io, service))
             } else {
-                until_stopped!(hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .with_upgrades())
+                bounded!(http1.serve_connection(io, service).with_upgrades())
             };
-            if let Err(error) = result {
-                tracing::debug!(%error, "HTTP connection ended with an error");
+            match result {
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "HTTP connection ended with an error")
+                }
+                None => tracing::debug!("HTTP connection dropped at the shutdown deadline"),
+                Some(Ok(())) => {}
             }
         });
     }
     drop(listener);
     conns.close();
-    conns.wait().await;
+    if tokio::time::timeout(limits.drain, conns.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = conns.len(),
+            "HTTP connections still busy at the shutdown deadline; dropping them"
+        );
+        force.cancel();
+        conns.wait().await;
+    }
     Ok(())
+}
+
+/// A connection's place under the cap, in each of its requests'
+/// extensions: a WebSocket handler keeps it for as long as the upgraded
+/// socket lives, so WebSockets count against `--max-connections` too.
+#[derive(Clone, Debug)]
+pub struct ConnSlot {
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A connection past the cap: read one HTTP/1.1 request within
+/// [`OVER_CAP_DEADLINE`]; `/healthz` is answered (the process is alive,
+/// which is what a load balancer asks), anything else gets 503
+/// `unavailable`, and the connection is closed.
+async fn over_capacity(tcp: tokio::net::TcpStream) {
+    use axum::response::IntoResponse as _;
+    let service = hyper::service::service_fn(|req: axum::http::Request<hyper::body::Incoming>| {
+        let resp = if req.uri().path() == "/healthz" {
+            "ok".into_response()
+        } else {
+            crate::ApiError::unavailable("the server is at its connection limit; retry later")
+                .into_response()
+        };
+        std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(OVER_CAP_DEADLINE)
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+    let _ = tokio::time::timeout(OVER_CAP_DEADLINE * 2, conn).await;
+}
+
+/// Requests in flight on one connection and when the last one ended: what
+/// the idle timeout looks at.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_end: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: 0.into(),
+            last_end: std::sync::Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves once no request has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let since = *self.last_end.lock().unwrap_or_else(|p| p.into_inner());
+            tokio::time::sleep_until(since + idle).await;
+            let now_since = *self.last_end.lock().unwrap_or_else(|p| p.into_inner());
+            if self.in_flight.load(Ordering::Relaxed) == 0 && now_since == since {
+                return;
+            }
+            if self.in_flight.load(Ordering::Relaxed) > 0 {
+                // Busy: look again in a while.
+                tokio::time::sleep(idle.min(Duration::from_secs(1))).await;
+            }
+        }
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last_end.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request body that fails once its deadline (set when the head was
+/// read) has passed: a client that drips its body a byte at a time holds
+/// its connection for that long at most.
+struct DeadlineBody {
+    inner: hyper::body::Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: hyper::body::Incoming, limit: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("the request body timed out".into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Binds `addr`, naming it in the error.
@@ -149,7 +420,12 @@ impl GrpcProcess {
         self,
         stop: CancellationToken,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let http = tokio::spawn(self::http(self.http, self.health, stop.clone()));
+        let http = tokio::spawn(self::http(
+            self.http,
+            self.health,
+            HttpLimits::default(),
+            stop.clone(),
+        ));
         grpc(self.grpc, self.routes, stop).await?;
         http.await??;
         Ok(())

@@ -45,6 +45,9 @@ pub struct Config {
     #[command(flatten)]
     pub gateway: GatewayArgs,
 
+    #[command(flatten)]
+    pub http: chat_core::config::HttpArgs,
+
     /// Seconds to wait for connections to close on shutdown.
     #[arg(long, env = "CHAT_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -75,6 +78,7 @@ pub struct App {
     gateway: Gateway,
     shutdown: CancellationToken,
     drain: Duration,
+    limits: chat_core::serve::HttpLimits,
 }
 
 impl App {
@@ -144,6 +148,9 @@ impl App {
             gateway,
             shutdown,
             drain: Duration::from_secs(cfg.shutdown_timeout_secs),
+            limits: cfg
+                .http
+                .limits(Duration::from_secs(cfg.shutdown_timeout_secs)),
         })
     }
 
@@ -154,7 +161,13 @@ impl App {
     /// Serves until the shutdown token; then finishes in-flight requests and
     /// closes WebSockets with 1012.
     pub async fn run(self) -> anyhow::Result<()> {
-        chat_core::serve::http(self.http, self.gateway.router(), self.shutdown.clone()).await?;
+        chat_core::serve::http(
+            self.http,
+            self.gateway.router(),
+            self.limits,
+            self.shutdown.clone(),
+        )
+        .await?;
         self.gateway.drain(self.drain).await;
         Ok(())
     }

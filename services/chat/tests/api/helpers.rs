@@ -149,7 +149,23 @@ async fn start(dir: Arc<tempfile::TempDir>, tweak: Tweak) -> TestApp {
 pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
     let mut cfg = test_config(Path::new("."));
     tweak(&mut cfg);
-    let (a, r, g) = (&cfg.auth, &cfg.room, &cfg.gateway);
+    let (a, r, g, h) = (&cfg.auth, &cfg.room, &cfg.gateway, &cfg.http);
+    let mut gateway_args = vec![
+        format!("--ws-queue={}", g.ws_queue),
+        format!("--ws-buffer-bytes={}", g.ws_buffer_bytes),
+        format!("--max-frame-bytes={}", g.max_frame_bytes),
+        format!("--ws-frames-per-sec={}", g.ws_frames_per_sec),
+        format!("--subscribe-concurrency={}", g.subscribe_concurrency),
+        format!("--ws-allowed-origins={}", g.ws_allowed_origins.join(",")),
+        format!("--first-byte-timeout-ms={}", h.first_byte_timeout_ms),
+        format!("--header-timeout-ms={}", h.header_timeout_ms),
+        format!("--idle-timeout-ms={}", h.idle_timeout_ms),
+        format!("--body-timeout-ms={}", h.body_timeout_ms),
+        format!("--shutdown-timeout-secs={}", cfg.shutdown_timeout_secs),
+    ];
+    if let Some(n) = h.max_connections {
+        gateway_args.push(format!("--max-connections={n}"));
+    }
     ClusterOptions {
         auth_args: vec![
             format!("--access-token-ttl={}", a.access_token_ttl_secs),
@@ -161,14 +177,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
             format!("--send-limit={}", r.send_limit),
             format!("--send-window-secs={}", r.send_window_secs),
         ],
-        gateway_args: vec![
-            format!("--ws-queue={}", g.ws_queue),
-            format!("--ws-buffer-bytes={}", g.ws_buffer_bytes),
-            format!("--max-frame-bytes={}", g.max_frame_bytes),
-            format!("--ws-frames-per-sec={}", g.ws_frames_per_sec),
-            format!("--subscribe-concurrency={}", g.subscribe_concurrency),
-            format!("--ws-allowed-origins={}", g.ws_allowed_origins.join(",")),
-        ],
+        gateway_args,
         ..ClusterOptions::default()
     }
 }

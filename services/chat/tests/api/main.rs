@@ -6,6 +6,7 @@ mod bad_input;
 #[path = "../common/cluster.rs"]
 mod cluster;
 mod durability;
+mod edge;
 mod helpers;
 mod messages;
 mod rooms;

@@ -39,8 +39,11 @@ pub async fn upgrade(State(gw): State<Gateway>, mut req: Request) -> Response {
         None
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The socket keeps its place under the connection cap while it lives.
+    let slot = req.extensions_mut().remove::<chat_core::serve::ConnSlot>();
     let tracker = gw.inner.tracker.clone();
     tracker.spawn(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(error) => {
