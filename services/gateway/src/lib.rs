@@ -56,6 +56,9 @@ pub struct GatewayConfig {
     pub subscribe_concurrency: usize,
     /// Browser origins allowed to open a WebSocket; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// A user's typing notices reach a room at most once per this long;
+    /// zero relays every one.
+    pub typing_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -73,6 +76,7 @@ impl Default for GatewayConfig {
             fanout_linger_factor: ws::hub::Linger::DEFAULT_FACTOR,
             subscribe_concurrency: 64,
             allowed_origins: Vec::new(),
+            typing_interval: Duration::from_secs(2),
         }
     }
 }
@@ -241,6 +245,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "CHAT_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub ws_allowed_origins: Vec<String>,
 
+    /// A user's `typing` notices reach a room at most once per this many
+    /// milliseconds (across sockets and gateways); the others are answered
+    /// but not relayed. 0 relays every one.
+    #[arg(long, env = "CHAT_TYPING_INTERVAL_MS", default_value_t = 2000)]
+    pub typing_interval_ms: u64,
+
     /// Deadline of each call to auth and room, in milliseconds.
     #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
@@ -259,6 +269,7 @@ impl GatewayArgs {
             fanout_linger: Duration::from_millis(self.fanout_linger_ms),
             fanout_linger_factor: self.fanout_linger_factor,
             subscribe_concurrency: self.subscribe_concurrency as usize,
+            typing_interval: Duration::from_millis(self.typing_interval_ms),
             allowed_origins: self
                 .ws_allowed_origins
                 .iter()

@@ -453,6 +453,52 @@ async fn typing_is_relayed_live_to_other_subscribers() {
 }
 
 #[tokio::test]
+async fn typing_reaches_a_room_once_per_interval_per_user() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+    let mut a = app.ws(&alice).await;
+    let mut a2 = app.ws(&alice).await;
+    let mut b = app.ws(&bob).await;
+    a.subscribe(&room, None).await;
+    a2.subscribe(&room, None).await;
+    b.subscribe(&room, None).await;
+    // A keystroke each, from two tabs: every one is answered...
+    for i in 0..10 {
+        let ws = if i % 2 == 0 { &mut a } else { &mut a2 };
+        let r = ws.new_ref();
+        ws.send_json(json!({"type": "typing", "room_id": room, "ref": r}))
+            .await;
+        assert_eq!(ws.reply_to(&r).await["type"], "ok");
+    }
+    // ...but bob is told once in the interval (2 s by default).
+    let mut notices = 0;
+    let quiet = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(f) = tokio::time::timeout_at(quiet, b.recv_json()).await {
+        if f["type"] == "typing" {
+            assert_eq!(f["user_id"], alice.id.as_str());
+            notices += 1;
+        }
+    }
+    assert_eq!(
+        notices, 1,
+        "one typing notice per user per room per interval"
+    );
+
+    // The next interval relays the next one.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.send_json(json!({"type": "typing", "room_id": room}))
+        .await;
+    let f = b
+        .recv_until("the next interval's typing notice", |f| {
+            f["type"] == "typing"
+        })
+        .await;
+    assert_eq!(f["user_id"], alice.id.as_str());
+}
+
+#[tokio::test]
 async fn ping_is_answered_with_pong() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;

@@ -9,11 +9,13 @@ use super::session::Session;
 use crate::wire::{encode, error_frame, ServerFrame};
 use axum::extract::ws::Utf8Bytes;
 use chat_bus::Publisher;
-use chat_core::{ApiError, ErrorCode, RoomId, Seq};
+use chat_core::{ApiError, ErrorCode, RoomId, Seq, UserId};
+use chat_ephemeral::{Ephemeral, RateDecision};
 use chat_proto::v1 as pb;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// Client frames.
 #[derive(Deserialize)]
@@ -73,6 +75,10 @@ type Answer = Result<Option<Utf8Bytes>, Failed>;
 pub struct Commands<'a> {
     pub session: &'a mut Session,
     pub publisher: &'a Publisher,
+    /// Where the typing throttle counts (shared by every gateway).
+    pub ephemeral: &'a dyn Ephemeral,
+    /// A user's typing reaches a room at most once per this long.
+    pub typing_interval: Duration,
 }
 
 impl Commands<'_> {
@@ -184,13 +190,32 @@ impl Commands<'_> {
         if !self.session.is_subscribed(room) {
             return Err(ApiError::invalid("room_id", "subscribe to the room first").into());
         }
-        let typing = pb::bus_event::Kind::Typing(pb::Typing {
-            room_id: room.to_string(),
-            user_id: self.session.caller().user_id.to_string(),
-        });
-        // Best effort: a lost typing notice is not worth an error.
-        let _ = self.publisher.to_room(room, typing).await;
+        let user = self.session.caller().user_id;
+        if self.relay_typing(user, room).await {
+            let typing = pb::bus_event::Kind::Typing(pb::Typing {
+                room_id: room.to_string(),
+                user_id: user.to_string(),
+            });
+            // Best effort: a lost typing notice is not worth an error.
+            let _ = self.publisher.to_room(room, typing).await;
+        }
         Ok(r.map(|r| encode(&ServerFrame::Ok { r#ref: Some(r) })))
+    }
+
+    /// Whether this typing notice goes to the room: the first of each
+    /// interval per user and room does (clients send one per keystroke,
+    /// and every notice is a frame to every member). When the counter
+    /// cannot be reached the notice is dropped: typing is best effort, and
+    /// an outage must not lift the limit.
+    async fn relay_typing(&self, user: UserId, room: RoomId) -> bool {
+        if self.typing_interval.is_zero() {
+            return true;
+        }
+        let key = format!("typing:{user}:{room}");
+        matches!(
+            self.ephemeral.hit(&key, 1, self.typing_interval).await,
+            Ok(RateDecision::Allowed)
+        )
     }
 
     async fn read(&mut self, room_id: &str, seq: Seq, r: Option<&Value>) -> Answer {

@@ -158,9 +158,12 @@ impl Conn {
                 if self.over_rate() {
                     return Err(Close::RATE_LIMITED.into());
                 }
+                let inner = &self.gw.inner;
                 let mut commands = Commands {
                     session: &mut self.session,
-                    publisher: &self.gw.inner.publisher,
+                    publisher: &inner.publisher,
+                    ephemeral: inner.ephemeral.as_ref(),
+                    typing_interval: inner.cfg.typing_interval,
                 };
                 Box::pin(commands.handle(t.as_str())).await
             }

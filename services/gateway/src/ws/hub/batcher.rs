@@ -4,6 +4,7 @@
 
 use crate::ws::frames::{self, Batch};
 use chat_core::RoomId;
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -44,6 +45,8 @@ pub(super) struct Batcher {
     linger: Duration,
     pub(super) pending: frames::Builder,
     last_flush: Instant,
+    /// Users with a typing notice in `pending`: one per user per batch.
+    typing: HashSet<String>,
 }
 
 impl Batcher {
@@ -52,6 +55,7 @@ impl Batcher {
             policy,
             linger: Duration::ZERO,
             pending: frames::Builder::new(room),
+            typing: HashSet::new(),
             last_flush: Instant::now()
                 .checked_sub(policy.max)
                 .unwrap_or_else(Instant::now),
@@ -71,8 +75,15 @@ impl Batcher {
         (!self.pending.is_empty()).then(|| self.last_flush + self.linger)
     }
 
+    /// Whether a typing notice of `user` may join the pending batch (none
+    /// of theirs is in it yet).
+    pub(super) fn first_typing_of(&mut self, user: &str) -> bool {
+        self.typing.insert(user.to_owned())
+    }
+
     pub(super) fn take(&mut self) -> Option<Batch> {
         self.last_flush = Instant::now();
+        self.typing.clear();
         (!self.pending.is_empty()).then(|| self.pending.take())
     }
 
@@ -166,6 +177,20 @@ mod tests {
         }
         b.pending.event(BATCH_MAX as Seq, b"{}");
         assert!(b.flush_now());
+    }
+
+    #[test]
+    fn a_batch_holds_one_typing_notice_per_user() {
+        let mut b = Batcher::new(RoomId::new(), linger(Duration::from_secs(60)));
+        assert!(b.first_typing_of("alice"));
+        assert!(!b.first_typing_of("alice"), "a second one joins nothing");
+        assert!(b.first_typing_of("bob"));
+        b.pending.live(b"{}");
+        b.take();
+        assert!(
+            b.first_typing_of("alice"),
+            "the next batch may hold one again"
+        );
     }
 
     #[test]

@@ -219,6 +219,9 @@ impl Pump {
                 self.last = Some(e.seq);
                 self.push_event(&e);
             }
+            Some(pb::bus_event::Kind::Typing(t)) if !self.batch.first_typing_of(&t.user_id) => {
+                // The batch already tells everyone this user is typing.
+            }
             Some(other) => {
                 let crowded = self.hub.upgrade().is_some_and(|h| h.crowded());
                 if let Some(json) = render_notice(other, crowded) {
