@@ -99,6 +99,8 @@ pub(crate) struct Inner {
     pub conns: ws::registry::Registry,
     /// RoomService for the WebSocket side.
     pub api: room_api::RoomApi,
+    /// Presence announcements, bounded and tracked.
+    pub presence: ws::presence::Presence,
     /// Typed bus events (typing, presence).
     pub publisher: chat_bus::Publisher,
     /// Permits for subscribes' calls to room (`subscribe_concurrency`).
@@ -127,6 +129,7 @@ impl Gateway {
             cfg.internal_secret.clone(),
             cfg.rpc_timeout,
         )));
+        let publisher = chat_bus::Publisher::new(bus.clone(), subjects.clone());
         Self {
             inner: Arc::new(Inner {
                 metrics: metrics.clone(),
@@ -141,7 +144,14 @@ impl Gateway {
                     },
                 )),
                 conns: ws::registry::Registry::new(bus.clone(), subjects.clone()),
-                publisher: chat_bus::Publisher::new(bus.clone(), subjects.clone()),
+                presence: ws::presence::Presence::new(
+                    api.clone(),
+                    publisher.clone(),
+                    tracker.clone(),
+                    shutdown.clone(),
+                    ws::presence::MAX_ANNOUNCING,
+                ),
+                publisher,
                 api,
                 subscribes: Arc::new(tokio::sync::Semaphore::new(
                     cfg.subscribe_concurrency.max(1),

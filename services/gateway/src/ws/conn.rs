@@ -8,7 +8,6 @@
 use super::close::{Close, End};
 use super::commands::Commands;
 use super::io::Io;
-use super::presence;
 use super::session::{Session, SessionDeps};
 use super::shared::{ConnShared, Outbound};
 use crate::wire::{encode, error_frame, ServerFrame};
@@ -38,7 +37,9 @@ pub async fn run(gw: Gateway, io: Io, caller: Caller) {
     };
     inner.metrics.connections.inc();
     match inner.ephemeral.connection_opened(caller.user_id).await {
-        Ok(1) => presence::announce(inner.api.clone(), inner.publisher.clone(), caller, true),
+        Ok(1) => {
+            inner.presence.announce(caller, true);
+        }
         Ok(_) => {}
         Err(error) => tracing::warn!(parent: &span, %error, "presence unavailable"),
     }
@@ -100,7 +101,9 @@ pub async fn run(gw: Gateway, io: Io, caller: Caller) {
     drop(conn);
     inner.metrics.connections.dec();
     match inner.ephemeral.connection_closed(caller.user_id).await {
-        Ok(0) => presence::announce(inner.api.clone(), inner.publisher.clone(), caller, false),
+        Ok(0) => {
+            inner.presence.announce(caller, false);
+        }
         Ok(_) => {}
         Err(error) => tracing::warn!(parent: &span, %error, "presence unavailable"),
     }

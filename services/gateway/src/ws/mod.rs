@@ -26,7 +26,7 @@ pub mod frames;
 pub mod hub;
 mod io;
 pub mod out;
-mod presence;
+pub mod presence;
 pub mod registry;
 pub mod session;
 pub mod shared;
