@@ -9,6 +9,14 @@ pub struct RoomConfig {
     /// Messages one user may send per `send_window` (0 = unlimited).
     pub send_limit: u32,
     pub send_window: Duration,
+    /// Joins, leaves, adds and removals one user may make per
+    /// `membership_window` (0 = unlimited).
+    pub membership_limit: u32,
+    pub membership_window: Duration,
+    /// Rooms and DMs one user may create per `create_window` (0 =
+    /// unlimited).
+    pub create_limit: u32,
+    pub create_window: Duration,
     /// Events of each room kept in the recent-event cache (0 = no cache;
     /// see the docs of the `recent` module).
     pub recent_cache: usize,
@@ -19,6 +27,10 @@ impl Default for RoomConfig {
         Self {
             send_limit: 100,
             send_window: Duration::from_secs(10),
+            membership_limit: 60,
+            membership_window: Duration::from_secs(60),
+            create_limit: 20,
+            create_window: Duration::from_secs(60),
             recent_cache: DEFAULT_RECENT_CACHE,
         }
     }
@@ -38,6 +50,25 @@ pub struct RoomArgs {
     #[arg(long, env = "CHAT_SEND_WINDOW_SECS", default_value_t = 10)]
     pub send_window_secs: u64,
 
+    /// Joins, leaves, member adds and removals one user may make per
+    /// --membership-window-secs (0: unlimited). Each is a frame to every
+    /// member of the room.
+    #[arg(long, env = "CHAT_MEMBERSHIP_LIMIT", default_value_t = 60)]
+    pub membership_limit: u32,
+
+    /// The membership rate-limit window in seconds.
+    #[arg(long, env = "CHAT_MEMBERSHIP_WINDOW_SECS", default_value_t = 60)]
+    pub membership_window_secs: u64,
+
+    /// Rooms and DMs one user may create per --create-window-secs (0:
+    /// unlimited).
+    #[arg(long, env = "CHAT_CREATE_LIMIT", default_value_t = 20)]
+    pub create_limit: u32,
+
+    /// The room-creation rate-limit window in seconds.
+    #[arg(long, env = "CHAT_CREATE_WINDOW_SECS", default_value_t = 60)]
+    pub create_window_secs: u64,
+
     /// Recent events per room kept in the ephemeral store (Redis in the
     /// distributed mode) to serve resumes and backfills (0: no cache).
     #[arg(long, env = "CHAT_RECENT_CACHE", default_value_t = DEFAULT_RECENT_CACHE)]
@@ -49,6 +80,10 @@ impl RoomArgs {
         RoomConfig {
             send_limit: self.send_limit,
             send_window: Duration::from_secs(self.send_window_secs),
+            membership_limit: self.membership_limit,
+            membership_window: Duration::from_secs(self.membership_window_secs),
+            create_limit: self.create_limit,
+            create_window: Duration::from_secs(self.create_window_secs),
             recent_cache: self.recent_cache,
         }
     }

@@ -1,43 +1,48 @@
-//! The send rate limit: messages one user may post per window, counted in
-//! the ephemeral store so that every room replica shares the count.
+//! Per-user rate limits: messages sent, membership changes, rooms created.
+//! Counted in the ephemeral store so that every room replica shares the
+//! count.
 
-use crate::RoomConfig;
 use chat_core::{ApiError, UserId};
 use chat_ephemeral::{Ephemeral, RateDecision};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// [`RoomConfig::send_limit`] messages per [`RoomConfig::send_window`].
-pub(crate) struct SendLimit {
+/// `limit` calls of one kind per user per `window` (0 = unlimited).
+pub(crate) struct UserLimit {
     ephemeral: Arc<dyn Ephemeral>,
+    /// The kind of call, the counter's key prefix.
+    kind: &'static str,
     limit: u32,
     window: Duration,
 }
 
-impl SendLimit {
-    pub(crate) fn new(ephemeral: Arc<dyn Ephemeral>, cfg: &RoomConfig) -> Self {
+impl UserLimit {
+    pub(crate) fn new(
+        ephemeral: Arc<dyn Ephemeral>,
+        kind: &'static str,
+        limit: u32,
+        window: Duration,
+    ) -> Self {
         Self {
             ephemeral,
-            limit: cfg.send_limit,
-            window: cfg.send_window,
+            kind,
+            limit,
+            window,
         }
     }
 
-    /// Counts one message of `user`'s: `rate_limited` past the limit. An
-    /// unreachable limiter lets the message through.
+    /// Counts one call of `user`'s: `rate_limited` past the limit. An
+    /// unreachable limiter lets the call through.
     pub(crate) async fn check(&self, user: UserId) -> Result<(), ApiError> {
         if self.limit == 0 {
             return Ok(());
         }
-        match self
-            .ephemeral
-            .hit(&format!("send:{user}"), self.limit, self.window)
-            .await
-        {
+        let key = format!("{}:{user}", self.kind);
+        match self.ephemeral.hit(&key, self.limit, self.window).await {
             Ok(RateDecision::Limited(d)) => Err(ApiError::rate_limited(d.as_secs().max(1))),
             Ok(RateDecision::Allowed) => Ok(()),
             Err(error) => {
-                tracing::warn!(%error, "rate limiter unreachable; allowing");
+                tracing::warn!(%error, limit = self.kind, "rate limiter unreachable; allowing");
                 Ok(())
             }
         }

@@ -6,7 +6,7 @@
 
 use crate::access::Access;
 use crate::convert;
-use crate::limits::SendLimit;
+use crate::limits::UserLimit;
 use crate::recent::RecentCache;
 use crate::RoomConfig;
 use chat_authn::Verifier;
@@ -28,7 +28,11 @@ pub struct RoomSvc {
     publisher: Publisher,
     ephemeral: Arc<dyn Ephemeral>,
     access: Access,
-    send_limit: SendLimit,
+    send_limit: UserLimit,
+    /// Joins, leaves, adds and removals a user makes.
+    membership_limit: UserLimit,
+    /// Rooms (and DMs) a user creates.
+    create_limit: UserLimit,
     recent: RecentCache,
 }
 
@@ -45,7 +49,19 @@ impl RoomSvc {
     ) -> Self {
         Self {
             access: Access::new(store.clone(), verifier),
-            send_limit: SendLimit::new(ephemeral.clone(), &cfg),
+            send_limit: UserLimit::new(ephemeral.clone(), "send", cfg.send_limit, cfg.send_window),
+            membership_limit: UserLimit::new(
+                ephemeral.clone(),
+                "membership",
+                cfg.membership_limit,
+                cfg.membership_window,
+            ),
+            create_limit: UserLimit::new(
+                ephemeral.clone(),
+                "create",
+                cfg.create_limit,
+                cfg.create_window,
+            ),
             recent: RecentCache::new(store.clone(), ephemeral.clone(), &cfg),
             store,
             publisher: Publisher::new(bus, subjects),
@@ -141,6 +157,7 @@ impl RoomService for RoomSvc {
     #[tracing::instrument(skip_all)]
     async fn create_room(&self, req: Request<pb::CreateRoomRequest>) -> Rpc<pb::Room> {
         let c = self.access.caller(&req).await?;
+        self.create_limit.check(c.user_id).await?;
         let r = req.into_inner();
         validate::room_name(&r.name)?;
         validate::topic(&r.topic)?;
@@ -279,6 +296,7 @@ impl RoomService for RoomSvc {
     #[tracing::instrument(skip_all)]
     async fn join_room(&self, req: Request<pb::JoinRoomRequest>) -> Rpc<pb::Member> {
         let c = self.access.caller(&req).await?;
+        self.membership_limit.check(c.user_id).await?;
         let (room, m) = self.access.room(&req.get_ref().room_id, c.user_id).await?;
         let m = match m {
             Some(m) => m,
@@ -302,6 +320,7 @@ impl RoomService for RoomSvc {
 
     async fn leave_room(&self, req: Request<pb::LeaveRoomRequest>) -> Rpc<pb::LeaveRoomResponse> {
         let c = self.access.caller(&req).await?;
+        self.membership_limit.check(c.user_id).await?;
         let (room, _) = self
             .access
             .member(&req.get_ref().room_id, c.user_id)
@@ -341,6 +360,7 @@ impl RoomService for RoomSvc {
     #[tracing::instrument(skip_all)]
     async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Rpc<pb::Member> {
         let c = self.access.caller(&req).await?;
+        self.membership_limit.check(c.user_id).await?;
         let r = req.into_inner();
         let (room, me) = self.access.member(&r.room_id, c.user_id).await?;
         if room.kind == RoomKind::Dm {
@@ -372,6 +392,7 @@ impl RoomService for RoomSvc {
         req: Request<pb::RemoveMemberRequest>,
     ) -> Rpc<pb::RemoveMemberResponse> {
         let c = self.access.caller(&req).await?;
+        self.membership_limit.check(c.user_id).await?;
         let r = req.into_inner();
         let (room, me) = self
             .access
@@ -397,6 +418,7 @@ impl RoomService for RoomSvc {
     #[tracing::instrument(skip_all)]
     async fn open_dm(&self, req: Request<pb::OpenDmRequest>) -> Rpc<pb::Room> {
         let c = self.access.caller(&req).await?;
+        self.create_limit.check(c.user_id).await?;
         let other = UserId::parse(&req.get_ref().user_id)?;
         if other == c.user_id {
             return Err(ApiError::invalid("user_id", "cannot open a DM with yourself").into());

@@ -77,6 +77,8 @@ pub fn test_config(dir: &Path) -> Config {
     cfg.auth.argon2_memory_kib = 256;
     cfg.auth.argon2_iterations = 1;
     cfg.room.send_limit = 0;
+    cfg.room.membership_limit = 0;
+    cfg.room.create_limit = 0;
     cfg.shutdown_timeout_secs = 5;
     cfg
 }
@@ -176,6 +178,10 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         room_args: vec![
             format!("--send-limit={}", r.send_limit),
             format!("--send-window-secs={}", r.send_window_secs),
+            format!("--membership-limit={}", r.membership_limit),
+            format!("--membership-window-secs={}", r.membership_window_secs),
+            format!("--create-limit={}", r.create_limit),
+            format!("--create-window-secs={}", r.create_window_secs),
         ],
         gateway_args,
         ..ClusterOptions::default()

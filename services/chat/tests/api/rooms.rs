@@ -479,3 +479,78 @@ async fn a_dm_is_the_same_room_both_ways() {
         .await;
     assert!(matches!(r.status.as_u16(), 400 | 404), "{}", r.text);
 }
+
+#[tokio::test]
+async fn joining_and_leaving_faster_than_the_limit_is_rate_limited() {
+    // Each join or leave is a frame to every member: a loop of them from one
+    // free account would flood a room.
+    let app = crate::helpers::spawn_app_with(|cfg| {
+        cfg.room.membership_limit = 4;
+        cfg.room.membership_window_secs = 60;
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let mallory = app.signup("mallory").await;
+    let room = app.create_room(&alice, "public").await;
+    for _ in 0..2 {
+        app.post(
+            &format!("/api/v1/rooms/{room}/join"),
+            &mallory.access,
+            json!({}),
+        )
+        .await
+        .expect(200);
+        app.post(
+            &format!("/api/v1/rooms/{room}/leave"),
+            &mallory.access,
+            json!({}),
+        )
+        .await
+        .expect(204);
+    }
+    let r = app
+        .post(
+            &format!("/api/v1/rooms/{room}/join"),
+            &mallory.access,
+            json!({}),
+        )
+        .await;
+    r.expect_error(429, "rate_limited");
+    assert!(
+        r.headers.get("retry-after").is_some(),
+        "a Retry-After header"
+    );
+    // Nothing changed: mallory is not a member.
+    let members = members(&app, &alice, &room).await;
+    assert!(
+        members.iter().all(|m| m["user_id"] != mallory.id.as_str()),
+        "{members:?}"
+    );
+    // Another user is not held up by mallory's limit.
+    let bob = app.signup("bob").await;
+    app.join(&bob, &room).await;
+}
+
+#[tokio::test]
+async fn creating_rooms_faster_than_the_limit_is_rate_limited() {
+    let app = crate::helpers::spawn_app_with(|cfg| {
+        cfg.room.create_limit = 2;
+        cfg.room.create_window_secs = 60;
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    app.create_room(&alice, "public").await;
+    app.create_room(&alice, "private").await;
+    app.post(
+        "/api/v1/rooms",
+        &alice.access,
+        json!({"name": "one too many", "visibility": "public"}),
+    )
+    .await
+    .expect_error(429, "rate_limited");
+    // A DM is a room too.
+    app.post("/api/v1/dms", &alice.access, json!({"user_id": bob.id}))
+        .await
+        .expect_error(429, "rate_limited");
+}
