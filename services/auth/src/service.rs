@@ -1,7 +1,7 @@
 //! `chat.v1.AuthService`.
 
 use crate::keys::{PublicKey, SigningKey};
-use crate::password::{self, HashCost};
+use crate::password::{self, HashCost, Hasher, Verified};
 use crate::token::{Caller, Issuer, Verifier};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -15,7 +15,6 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
 
 /// Tunables of the auth service.
@@ -26,6 +25,10 @@ pub struct AuthConfig {
     /// Failed logins per username per window before 429.
     pub login_max_failures: u32,
     pub login_window: Duration,
+    /// Password hashes and verifies running at once.
+    pub hash_concurrency: usize,
+    /// Hashes waiting for a slot; beyond them a request is refused at once.
+    pub hash_queue: usize,
     /// Lets gateways call on a connected user's behalf (see [`Verifier`]).
     pub internal_secret: Option<String>,
 }
@@ -37,6 +40,8 @@ impl Default for AuthConfig {
             hash_cost: HashCost::default(),
             login_max_failures: 10,
             login_window: Duration::from_secs(300),
+            hash_concurrency: password::default_concurrency(),
+            hash_queue: 4 * password::default_concurrency(),
             internal_secret: None,
         }
     }
@@ -50,9 +55,8 @@ pub struct AuthSvc {
     public: PublicKey,
     verifier: Verifier,
     cfg: AuthConfig,
-    /// A hash to verify against when the user does not exist, so that an
-    /// unknown username takes as long as a wrong password.
-    dummy_hash: OnceCell<String>,
+    /// Every argon2 hash and verify, bounded (see [`Hasher`]).
+    hasher: Hasher,
 }
 
 impl AuthSvc {
@@ -76,8 +80,8 @@ impl AuthSvc {
             store,
             ephemeral,
             publisher: Publisher::new(bus, subjects),
+            hasher: Hasher::new(cfg.hash_cost, cfg.hash_concurrency, cfg.hash_queue),
             cfg,
-            dummy_hash: OnceCell::new(),
         }
     }
 
@@ -160,19 +164,50 @@ impl AuthSvc {
         self.verifier.verify_request(req).await
     }
 
-    async fn check_password(&self, password: &str, phc: Option<String>) -> Result<bool, ApiError> {
-        match phc {
-            Some(phc) => password::verify(password.to_owned(), phc).await,
-            None => {
-                let cost = self.cfg.hash_cost;
-                let dummy = self
-                    .dummy_hash
-                    .get_or_try_init(|| password::hash("not a password".into(), cost))
-                    .await?
-                    .clone();
-                password::verify(password.to_owned(), dummy).await?;
-                Ok(false)
+    /// Fails with 429 while the account has too many failed password
+    /// checks (logins and current-password checks count alike).
+    async fn password_limit(&self, key: &str) -> Result<(), ApiError> {
+        match self
+            .ephemeral
+            .over_limit(key, self.cfg.login_max_failures)
+            .await
+        {
+            Ok(Some(d)) => Err(ApiError::rate_limited(d.as_secs().max(1))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed password check: `error`, or 429 once it is one too
+    /// many.
+    async fn password_failed(&self, key: &str, error: ApiError) -> ApiError {
+        match self
+            .ephemeral
+            .hit(key, self.cfg.login_max_failures, self.cfg.login_window)
+            .await
+        {
+            Ok(RateDecision::Limited(d)) => ApiError::rate_limited(d.as_secs().max(1)),
+            _ => error,
+        }
+    }
+
+    /// Replaces a hash made with older parameters once the password is
+    /// known to be right, so every stored hash costs what the dummy does
+    /// and a login's timing does not tell who exists. Best effort: a busy
+    /// hasher or a failed write leaves the old hash, still valid.
+    async fn rehash_if_stale(&self, user: UserId, password: String, v: Verified) {
+        if !v.stale {
+            return;
+        }
+        let hash = match self.hasher.hash(password).await {
+            Ok(h) => h,
+            Err(error) => {
+                tracing::debug!(%error, "cannot rehash a stale password hash now");
+                return;
             }
+        };
+        match self.store.set_password_hash(user, &hash).await {
+            Ok(()) => tracing::debug!(user_id = %user, "rehashed a stale password hash"),
+            Err(error) => tracing::warn!(%error, user_id = %user, "cannot store a rehash"),
         }
     }
 
@@ -200,6 +235,12 @@ pub fn user_pb(u: &chat_store::User) -> pb::User {
         display_name: u.display_name.clone(),
         created_at: time::rfc3339(u.created_at),
     }
+}
+
+/// The login-failure counter of an account, shared by logins and
+/// current-password checks.
+fn password_limit_key(username: &str) -> String {
+    format!("login-fail:{}", username.to_lowercase())
 }
 
 fn new_refresh_token() -> String {
@@ -232,7 +273,7 @@ impl AuthService for AuthSvc {
             }
             None => r.username.clone(),
         };
-        let password_hash = password::hash(r.password, self.cfg.hash_cost).await?;
+        let password_hash = self.hasher.hash(r.password).await?;
         let user = self
             .store
             .create_user(&NewUser {
@@ -258,7 +299,7 @@ impl AuthService for AuthSvc {
     ) -> Result<Response<pb::AuthResponse>, Status> {
         let ua = user_agent(&req);
         let r = req.into_inner();
-        let limit_key = format!("login-fail:{}", r.username.to_lowercase());
+        let limit_key = password_limit_key(&r.username);
         let bad = || ApiError::unauthorized("unknown username or wrong password");
         if validate::username(&r.username).is_err()
             || r.password.is_empty()
@@ -268,38 +309,22 @@ impl AuthService for AuthSvc {
         }
         // Only failures count; once there are too many, even the right
         // password waits for the window to pass.
-        if let Ok(Some(d)) = self
-            .ephemeral
-            .over_limit(&limit_key, self.cfg.login_max_failures)
-            .await
-        {
-            return Err(ApiError::rate_limited(d.as_secs().max(1)).into());
-        }
+        self.password_limit(&limit_key).await?;
         let found = self.store.user_by_username(&r.username).await?;
-        let ok = self
-            .check_password(&r.password, found.as_ref().map(|u| u.password_hash.clone()))
+        let v = self
+            .hasher
+            .verify(
+                r.password.clone(),
+                found.as_ref().map(|u| u.password_hash.clone()),
+            )
             .await?;
-        match (ok, found) {
-            (true, Some(u)) => {
+        match found {
+            Some(u) if v.ok => {
                 let _ = self.ephemeral.reset(&limit_key).await;
+                self.rehash_if_stale(u.user.id, r.password, v).await;
                 Ok(Response::new(self.issue_session(u.user, ua).await?))
             }
-            _ => {
-                match self
-                    .ephemeral
-                    .hit(
-                        &limit_key,
-                        self.cfg.login_max_failures,
-                        self.cfg.login_window,
-                    )
-                    .await
-                {
-                    Ok(RateDecision::Limited(d)) => {
-                        Err(ApiError::rate_limited(d.as_secs().max(1)).into())
-                    }
-                    _ => Err(bad().into()),
-                }
-            }
+            _ => Err(self.password_failed(&limit_key, bad()).await.into()),
         }
     }
 
@@ -431,12 +456,14 @@ impl AuthService for AuthSvc {
         let u = self.live_user(c.user_id).await?;
         if r.current_password.len() > 1024
             || !self
-                .check_password(&r.current_password, Some(u.password_hash))
+                .hasher
+                .verify(r.current_password, Some(u.password_hash))
                 .await?
+                .ok
         {
             return Err(ApiError::forbidden("current_password is wrong").into());
         }
-        let hash = password::hash(r.new_password, self.cfg.hash_cost).await?;
+        let hash = self.hasher.hash(r.new_password).await?;
         self.store.set_password_hash(c.user_id, &hash).await?;
         let revoked = self
             .store
@@ -456,8 +483,10 @@ impl AuthService for AuthSvc {
         let u = self.live_user(c.user_id).await?;
         if r.password.len() > 1024
             || !self
-                .check_password(&r.password, Some(u.password_hash))
+                .hasher
+                .verify(r.password, Some(u.password_hash))
                 .await?
+                .ok
         {
             return Err(ApiError::forbidden("password is wrong").into());
         }
@@ -519,9 +548,20 @@ pub struct AuthArgs {
     #[arg(long, env = "CHAT_ARGON2_ITERATIONS", default_value_t = 2)]
     pub argon2_iterations: u32,
 
-    /// Failed logins per username in 5 minutes before 429.
+    /// Failed logins per username in 5 minutes before 429 (wrong current
+    /// passwords on a password change or account deletion count too).
     #[arg(long, env = "CHAT_LOGIN_MAX_FAILURES", default_value_t = 10)]
     pub login_max_failures: u32,
+
+    /// Password hashes and verifies run at once, each holding argon2's
+    /// memory (--argon2-memory-kib); default: the number of cores.
+    #[arg(long, env = "CHAT_HASH_CONCURRENCY", default_value_t = password::default_concurrency())]
+    pub hash_concurrency: usize,
+
+    /// Signups and logins that may wait for a hashing slot; beyond them
+    /// the server answers 429 at once. Default: 4 x --hash-concurrency.
+    #[arg(long, env = "CHAT_HASH_QUEUE")]
+    pub hash_queue: Option<usize>,
 }
 
 impl AuthArgs {
@@ -535,6 +575,8 @@ impl AuthArgs {
             },
             login_max_failures: self.login_max_failures,
             login_window: Duration::from_secs(300),
+            hash_concurrency: self.hash_concurrency.max(1),
+            hash_queue: self.hash_queue.unwrap_or(4 * self.hash_concurrency.max(1)),
             internal_secret,
         }
     }

@@ -150,13 +150,18 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
     let mut cfg = test_config(Path::new("."));
     tweak(&mut cfg);
     let (a, r, g) = (&cfg.auth, &cfg.room, &cfg.gateway);
+    let mut auth_args = vec![
+        format!("--access-token-ttl={}", a.access_token_ttl_secs),
+        format!("--argon2-memory-kib={}", a.argon2_memory_kib),
+        format!("--argon2-iterations={}", a.argon2_iterations),
+        format!("--login-max-failures={}", a.login_max_failures),
+        format!("--hash-concurrency={}", a.hash_concurrency),
+    ];
+    if let Some(q) = a.hash_queue {
+        auth_args.push(format!("--hash-queue={q}"));
+    }
     ClusterOptions {
-        auth_args: vec![
-            format!("--access-token-ttl={}", a.access_token_ttl_secs),
-            format!("--argon2-memory-kib={}", a.argon2_memory_kib),
-            format!("--argon2-iterations={}", a.argon2_iterations),
-            format!("--login-max-failures={}", a.login_max_failures),
-        ],
+        auth_args,
         room_args: vec![
             format!("--send-limit={}", r.send_limit),
             format!("--send-window-secs={}", r.send_window_secs),

@@ -1,0 +1,64 @@
+//! Hostile and unlucky clients of the auth endpoints (issue #9): a flood of
+//! logins meets a bounded hashing pool and a fast refusal instead of eating
+//! the server's memory.
+
+use crate::helpers::{spawn_app_with, unique, within, PASSWORD};
+use std::time::Instant;
+
+#[tokio::test]
+async fn a_login_flood_beyond_the_hashing_queue_is_refused_at_once() {
+    let app = spawn_app_with(|cfg| {
+        cfg.auth.hash_concurrency = 1;
+        cfg.auth.hash_queue = Some(2);
+        // Costly enough that the flood overlaps.
+        cfg.auth.argon2_memory_kib = 4 * 1024;
+    })
+    .await;
+    let alice = app.signup("alice").await;
+
+    let flood = (0..16).map(|_| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            let r = app.login(&unique("nobody"), "some password").await;
+            (r, started.elapsed())
+        }
+    });
+    let answers = within("the login flood", futures_util::future::join_all(flood)).await;
+
+    let (mut refused, mut failed) = (Vec::new(), Vec::new());
+    for (r, took) in &answers {
+        match r.status.as_u16() {
+            429 => {
+                r.expect_error(429, "rate_limited");
+                assert!(
+                    r.headers.contains_key("retry-after"),
+                    "a refusal says when to retry"
+                );
+                refused.push(*took);
+            }
+            401 => {
+                r.expect_error(401, "unauthorized");
+                failed.push(*took);
+            }
+            s => panic!("a login in the flood answered {s}: {}", r.text),
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "beyond 1 + 2 at once, logins are refused"
+    );
+    assert!(
+        failed.len() >= 3,
+        "the admitted ones are answered: {failed:?}"
+    );
+    let slowest_refusal = refused.iter().max().expect("a refusal");
+    let slowest_answer = failed.iter().max().expect("an answer");
+    assert!(
+        slowest_refusal < slowest_answer,
+        "refusals do not wait for hashing: {refused:?} vs {failed:?}"
+    );
+
+    // The server is still there for real users.
+    app.login(&alice.username, PASSWORD).await.expect(200);
+}
