@@ -190,6 +190,30 @@ impl AuthSvc {
         }
     }
 
+    /// Checks the signed-in user's password before a change that needs it
+    /// (password change, account deletion), limited like logins: with a
+    /// stolen access token, guessing the password is no cheaper here.
+    async fn check_current_password(
+        &self,
+        u: &chat_store::UserAuth,
+        password: &str,
+        field: &str,
+    ) -> Result<(), ApiError> {
+        let key = password_limit_key(&u.user.username);
+        self.password_limit(&key).await?;
+        if password.len() <= 1024 {
+            let v = self
+                .hasher
+                .verify(password.to_owned(), Some(u.password_hash.clone()))
+                .await?;
+            if v.ok {
+                return Ok(());
+            }
+        }
+        let wrong = ApiError::forbidden(format!("{field} is wrong"));
+        Err(self.password_failed(&key, wrong).await)
+    }
+
     /// Replaces a hash made with older parameters once the password is
     /// known to be right, so every stored hash costs what the dummy does
     /// and a login's timing does not tell who exists. Best effort: a busy
@@ -454,15 +478,8 @@ impl AuthService for AuthSvc {
         let r = req.into_inner();
         validate::password("new_password", &r.new_password)?;
         let u = self.live_user(c.user_id).await?;
-        if r.current_password.len() > 1024
-            || !self
-                .hasher
-                .verify(r.current_password, Some(u.password_hash))
-                .await?
-                .ok
-        {
-            return Err(ApiError::forbidden("current_password is wrong").into());
-        }
+        self.check_current_password(&u, &r.current_password, "current_password")
+            .await?;
         let hash = self.hasher.hash(r.new_password).await?;
         self.store.set_password_hash(c.user_id, &hash).await?;
         let revoked = self
@@ -481,15 +498,8 @@ impl AuthService for AuthSvc {
         let c = self.caller(&req).await?;
         let r = req.into_inner();
         let u = self.live_user(c.user_id).await?;
-        if r.password.len() > 1024
-            || !self
-                .hasher
-                .verify(r.password, Some(u.password_hash))
-                .await?
-                .ok
-        {
-            return Err(ApiError::forbidden("password is wrong").into());
-        }
+        self.check_current_password(&u, &r.password, "password")
+            .await?;
         let revoked = self.store.delete_user(c.user_id, time::now_ms()).await?;
         self.announce_revoked(c.user_id, &revoked).await;
         tracing::info!(user_id = %c.user_id, "user deleted");

@@ -1,9 +1,15 @@
 //! Hostile and unlucky clients of the auth endpoints (issue #9): a flood of
 //! logins meets a bounded hashing pool and a fast refusal instead of eating
-//! the server's memory.
+//! the server's memory, and wrong current passwords are limited like logins.
 
-use crate::helpers::{spawn_app_with, unique, within, PASSWORD};
+use crate::helpers::{spawn_app_with, unique, within, TestApp, PASSWORD};
+use reqwest::Method;
+use serde_json::json;
 use std::time::Instant;
+
+async fn me(app: &TestApp, token: &str) -> u16 {
+    app.get("/api/v1/users/me", token).await.status.as_u16()
+}
 
 #[tokio::test]
 async fn a_login_flood_beyond_the_hashing_queue_is_refused_at_once() {
@@ -61,4 +67,37 @@ async fn a_login_flood_beyond_the_hashing_queue_is_refused_at_once() {
 
     // The server is still there for real users.
     app.login(&alice.username, PASSWORD).await.expect(200);
+}
+
+#[tokio::test]
+async fn wrong_current_passwords_are_rate_limited_like_logins() {
+    let app = spawn_app_with(|cfg| cfg.auth.login_max_failures = 3).await;
+    let alice = app.signup("alice").await;
+    let change = |current: &'static str| {
+        app.put(
+            "/api/v1/users/me/password",
+            &alice.access,
+            json!({"current_password": current, "new_password": "a much better passphrase"}),
+        )
+    };
+    for _ in 0..3 {
+        change("wrong guess").await.expect_error(403, "forbidden");
+    }
+    let r = change("wrong guess").await;
+    r.expect_error(429, "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+    // Guessing through the account deletion is limited by the same count,
+    // and so is logging in.
+    app.request(
+        Method::DELETE,
+        "/api/v1/users/me",
+        Some(&alice.access),
+        Some(json!({"password": "another guess"})),
+    )
+    .await
+    .expect_error(429, "rate_limited");
+    app.login(&alice.username, PASSWORD)
+        .await
+        .expect_error(429, "rate_limited");
+    assert_eq!(me(&app, &alice.access).await, 200, "nothing was changed");
 }
