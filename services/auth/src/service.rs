@@ -12,7 +12,7 @@ use chat_proto::v1 as pb;
 use chat_proto::v1::auth_service_server::AuthService;
 use chat_store::{NewSession, NewUser, RotateOutcome, Store, StoreError};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -29,6 +29,8 @@ pub struct AuthConfig {
     pub hash_concurrency: usize,
     /// Hashes waiting for a slot; beyond them a request is refused at once.
     pub hash_queue: usize,
+    /// How long a spent refresh token still gets the pair it was rotated to.
+    pub refresh_grace: Duration,
     /// Lets gateways call on a connected user's behalf (see [`Verifier`]).
     pub internal_secret: Option<String>,
 }
@@ -42,6 +44,7 @@ impl Default for AuthConfig {
             login_window: Duration::from_secs(300),
             hash_concurrency: password::default_concurrency(),
             hash_queue: 4 * password::default_concurrency(),
+            refresh_grace: Duration::from_secs(10),
             internal_secret: None,
         }
     }
@@ -279,6 +282,32 @@ fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// The key that seals a refresh token's successor: derived from the spent
+/// token itself (which the store never sees; it keeps a SHA-256 of it under
+/// another label), so only a holder of that token can open it, and only
+/// through a refresh within the grace. Each key seals exactly one value.
+fn seal_key(spent: &str) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(b"chat refresh successor seal\0");
+    h.update(spent.as_bytes());
+    h.finalize().into()
+}
+
+/// Seals `next` (a 43-character token) for the holder of `spent`.
+fn seal(spent: &str, next: &str) -> Vec<u8> {
+    let key = seal_key(spent);
+    next.bytes().zip(key).map(|(b, k)| b ^ k).collect()
+}
+
+/// Opens what [`seal`] made; `None` if it is not a token.
+fn unseal(spent: &str, sealed: &[u8]) -> Option<String> {
+    if sealed.len() > 64 {
+        return None;
+    }
+    let key = seal_key(spent);
+    String::from_utf8(sealed.iter().zip(key).map(|(b, k)| b ^ k).collect()).ok()
+}
+
 #[tonic::async_trait]
 impl AuthService for AuthSvc {
     #[tracing::instrument(skip_all)]
@@ -368,11 +397,21 @@ impl AuthService for AuthSvc {
             .rotate_refresh_token(
                 &hash_token(&r.refresh_token),
                 &hash_token(&next),
+                &seal(&r.refresh_token, &next),
                 time::now_ms(),
+                self.cfg.refresh_grace.as_millis() as i64,
             )
             .await?;
         match outcome {
             RotateOutcome::Rotated(session) => {
+                let user = self.live_user(session.user_id).await?;
+                Ok(Response::new(self.respond(user.user, session.id, next)?))
+            }
+            RotateOutcome::Replayed { session, sealed } => {
+                // A second tab or a retry raced the rotation: it gets the
+                // refresh token already issued, so both hold a live one.
+                let next = unseal(&r.refresh_token, &sealed).ok_or_else(bad)?;
+                tracing::debug!(session_id = %session.id, "refresh replayed within the grace");
                 let user = self.live_user(session.user_id).await?;
                 Ok(Response::new(self.respond(user.user, session.id, next)?))
             }
@@ -572,6 +611,12 @@ pub struct AuthArgs {
     /// the server answers 429 at once. Default: 4 x --hash-concurrency.
     #[arg(long, env = "CHAT_HASH_QUEUE")]
     pub hash_queue: Option<usize>,
+
+    /// Seconds during which a spent refresh token presented again (a second
+    /// tab, a retry) gets the refresh token it was rotated to instead of
+    /// revoking the session; 0 turns the grace off.
+    #[arg(long, env = "CHAT_REFRESH_GRACE_SECS", default_value_t = 10)]
+    pub refresh_grace_secs: u64,
 }
 
 impl AuthArgs {
@@ -587,7 +632,25 @@ impl AuthArgs {
             login_window: Duration::from_secs(300),
             hash_concurrency: self.hash_concurrency.max(1),
             hash_queue: self.hash_queue.unwrap_or(4 * self.hash_concurrency.max(1)),
+            refresh_grace: Duration::from_secs(self.refresh_grace_secs),
             internal_secret,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_spent_token_opens_its_sealed_successor() {
+        let (spent, next) = (new_refresh_token(), new_refresh_token());
+        let sealed = seal(&spent, &next);
+        assert_ne!(sealed, next.as_bytes(), "not stored in the clear");
+        assert_eq!(unseal(&spent, &sealed).as_deref(), Some(next.as_str()));
+        assert_ne!(
+            unseal(&new_refresh_token(), &sealed).as_deref(),
+            Some(next.as_str())
+        );
     }
 }

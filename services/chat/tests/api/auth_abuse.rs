@@ -1,14 +1,25 @@
 //! Hostile and unlucky clients of the auth endpoints (issue #9): a flood of
 //! logins meets a bounded hashing pool and a fast refusal instead of eating
-//! the server's memory, and wrong current passwords are limited like logins.
+//! the server's memory, wrong current passwords are limited like logins,
+//! and two refreshes with one token (two tabs, a retry) keep the session.
 
 use crate::helpers::{spawn_app_with, unique, within, TestApp, PASSWORD};
 use reqwest::Method;
-use serde_json::json;
-use std::time::Instant;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 async fn me(app: &TestApp, token: &str) -> u16 {
     app.get("/api/v1/users/me", token).await.status.as_u16()
+}
+
+fn tokens(b: &Value) -> (String, String) {
+    (
+        b["access_token"].as_str().expect("access_token").to_owned(),
+        b["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_owned(),
+    )
 }
 
 #[tokio::test]
@@ -100,4 +111,47 @@ async fn wrong_current_passwords_are_rate_limited_like_logins() {
         .await
         .expect_error(429, "rate_limited");
     assert_eq!(me(&app, &alice.access).await, 200, "nothing was changed");
+}
+
+#[tokio::test]
+async fn two_refreshes_with_one_token_at_once_keep_the_session() {
+    let app = spawn_app_with(|_| {}).await;
+    let alice = app.signup("alice").await;
+
+    let (a, b) = within("two refreshes", async {
+        tokio::join!(app.refresh(&alice.refresh), app.refresh(&alice.refresh))
+    })
+    .await;
+    let (access_a, refresh_a) = tokens(a.expect(200));
+    let (access_b, refresh_b) = tokens(b.expect(200));
+    assert_eq!(refresh_a, refresh_b, "both callers hold the one new token");
+    assert_ne!(refresh_a, alice.refresh);
+    assert_eq!(me(&app, &access_a).await, 200);
+    assert_eq!(me(&app, &access_b).await, 200);
+
+    // The session lives on: its new token rotates, and so does the next.
+    let r = app.refresh(&refresh_a).await;
+    let (access_c, refresh_c) = tokens(r.expect(200));
+    assert_eq!(me(&app, &access_c).await, 200);
+    let r = app.refresh(&refresh_c).await;
+    let (access_d, _) = tokens(r.expect(200));
+    assert_eq!(me(&app, &access_d).await, 200);
+}
+
+#[tokio::test]
+async fn a_refresh_token_reused_after_the_grace_revokes_the_session() {
+    let app = spawn_app_with(|cfg| cfg.auth.refresh_grace_secs = 1).await;
+    let alice = app.signup("alice").await;
+
+    let r = app.refresh(&alice.refresh).await;
+    let (access2, refresh2) = tokens(r.expect(200));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    app.refresh(&alice.refresh)
+        .await
+        .expect_error(401, "unauthorized");
+    app.refresh(&refresh2)
+        .await
+        .expect_error(401, "unauthorized");
+    assert_eq!(me(&app, &access2).await, 401, "the whole session ends");
 }

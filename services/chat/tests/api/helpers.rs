@@ -156,6 +156,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         format!("--argon2-iterations={}", a.argon2_iterations),
         format!("--login-max-failures={}", a.login_max_failures),
         format!("--hash-concurrency={}", a.hash_concurrency),
+        format!("--refresh-grace-secs={}", a.refresh_grace_secs),
     ];
     if let Some(q) = a.hash_queue {
         auth_args.push(format!("--hash-queue={q}"));
