@@ -602,13 +602,14 @@ pub struct AuthArgs {
     #[arg(long, env = "CHAT_LOGIN_MAX_FAILURES", default_value_t = 10)]
     pub login_max_failures: u32,
 
-    /// Password hashes and verifies run at once, each holding argon2's
-    /// memory (--argon2-memory-kib); default: the number of cores.
+    /// Password hashes and verifies that may run at once, each holding
+    /// argon2's memory (--argon2-memory-kib); default: the number of cores.
     #[arg(long, env = "CHAT_HASH_CONCURRENCY", default_value_t = password::default_concurrency())]
     pub hash_concurrency: usize,
 
-    /// Signups and logins that may wait for a hashing slot; beyond them
-    /// the server answers 429 at once. Default: 4 x --hash-concurrency.
+    /// Password hashes and verifies (signups, logins, password checks)
+    /// that may wait for a slot; beyond them the answer is 429 at once.
+    /// Default: 4 x --hash-concurrency.
     #[arg(long, env = "CHAT_HASH_QUEUE")]
     pub hash_queue: Option<usize>,
 
