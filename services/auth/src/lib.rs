@@ -1,5 +1,6 @@
 //! The auth service: accounts with argon2id password hashes, sessions as
-//! refresh-token families (rotated on use, reuse revokes the family), and
+//! refresh-token families (rotated on use; reuse revokes the family, except
+//! a second use within a short grace, which gets the same successor), and
 //! short-lived EdDSA access tokens that every other service verifies locally
 //! with the public key ([`Verifier`], from `chat-authn`), so the hot path
 //! never calls auth.

@@ -1,10 +1,24 @@
-//! argon2id hashing, always off the async runtime (`spawn_blocking`).
+//! argon2id hashing as a bounded resource.
+//!
+//! Each hash or verify holds argon2's memory (19 MiB by default) on a
+//! blocking thread, and tokio's blocking pool grows to 512 threads: a flood
+//! of logins once took the all-in-one to 10 GiB. So every hash goes through
+//! a [`Hasher`]: at most `concurrency` run at once, at most `queue` more
+//! wait for a slot, and anything beyond is refused at once (429 with
+//! Retry-After), before it allocates anything. Memory stays under about
+//! `concurrency` x the argon2 memory cost.
 
 use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+    rand_core::{OsRng, RngCore},
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
 use argon2::{Algorithm, Argon2, Params, Version};
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::Engine;
 use chat_core::ApiError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// Cost parameters. The defaults are OWASP's argon2id minimum (19 MiB, t=2).
 #[derive(Clone, Copy, Debug)]
@@ -22,58 +36,267 @@ impl Default for HashCost {
     }
 }
 
+/// The default number of hashes at once: one per core.
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn hasher(cost: HashCost) -> Result<Argon2<'static>, ApiError> {
     let params = Params::new(cost.memory_kib, cost.iterations, 1, None)
         .map_err(|e| ApiError::internal(&std::io::Error::other(e.to_string())))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
-/// Hashes a password into a PHC string.
-pub async fn hash(password: String, cost: HashCost) -> Result<String, ApiError> {
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _g = span.enter();
-        let salt = SaltString::generate(&mut OsRng);
-        hasher(cost)?
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::internal(&std::io::Error::other(e.to_string())))
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?
+/// The outcome of checking a password against a stored hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub ok: bool,
+    /// The stored hash was made with other parameters than the current
+    /// ones: worth replacing once the password is known to be right.
+    pub stale: bool,
 }
 
-/// Checks a password against a PHC string (its own parameters apply).
-pub async fn verify(password: String, phc: String) -> Result<bool, ApiError> {
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _g = span.enter();
-        let Ok(parsed) = PasswordHash::new(&phc) else {
-            tracing::error!("stored password hash is not a PHC string");
-            return Ok(false);
+/// Runs argon2 on the blocking pool, a bounded number at a time.
+pub struct Hasher {
+    cost: HashCost,
+    slots: Arc<Semaphore>,
+    /// Hashes running or waiting for a slot.
+    admitted: Arc<AtomicUsize>,
+    max_admitted: usize,
+    /// What an unknown username is verified against: a PHC string with the
+    /// current parameters (and a random salt and output that no password
+    /// matches), so its verify costs what a real user's does.
+    dummy: String,
+}
+
+impl Hasher {
+    /// `concurrency` hashes at once (at least one), `queue` more waiting.
+    pub fn new(cost: HashCost, concurrency: usize, queue: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        Self {
+            cost,
+            slots: Arc::new(Semaphore::new(concurrency)),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            max_admitted: concurrency + queue,
+            dummy: dummy_phc(cost),
+        }
+    }
+
+    /// Hashes a password into a PHC string with the current parameters.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let cost = self.cost;
+        self.run(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            hasher(cost)?
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| ApiError::internal(&std::io::Error::other(e.to_string())))
+        })
+        .await?
+    }
+
+    /// Checks a password against a stored PHC string (its own parameters
+    /// apply), or, for a user who does not exist (`None`), against the
+    /// dummy hash: same cost, never a match.
+    pub async fn verify(
+        &self,
+        password: String,
+        phc: Option<String>,
+    ) -> Result<Verified, ApiError> {
+        let exists = phc.is_some();
+        let phc = phc.unwrap_or_else(|| self.dummy.clone());
+        let cost = self.cost;
+        self.run(move || {
+            let Ok(parsed) = PasswordHash::new(&phc) else {
+                tracing::error!("stored password hash is not a PHC string");
+                return Verified {
+                    ok: false,
+                    stale: false,
+                };
+            };
+            let ok = Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok();
+            Verified {
+                ok: ok && exists,
+                stale: is_stale(&parsed, cost),
+            }
+        })
+        .await
+    }
+
+    /// Runs `f` on the blocking pool once a slot is free, or refuses at
+    /// once when the queue is full. The slot goes with `f`, so a caller
+    /// that gives up does not free it before argon2's memory is.
+    async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let Some(admitted) = Admitted::enter(&self.admitted, self.max_admitted) else {
+            tracing::debug!("password hashing is saturated; refused");
+            return Err(ApiError::rate_limited(1));
         };
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _g = span.enter();
+            let _held = (slot, admitted);
+            f()
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))
+    }
+}
+
+/// One hash counted against the hasher's bound until dropped.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Admitted {
+    fn enter(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admitted(count.clone()))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether `parsed` was made otherwise than argon2id v19 at `cost`.
+fn is_stale(parsed: &PasswordHash<'_>, cost: HashCost) -> bool {
+    let Ok(params) = Params::try_from(parsed) else {
+        return true;
+    };
+    parsed.algorithm.as_str() != Algorithm::Argon2id.ident().as_str()
+        || parsed.version != Some(Version::V0x13.into())
+        || params.m_cost() != cost.memory_kib
+        || params.t_cost() != cost.iterations
+        || params.p_cost() != 1
+}
+
+/// A PHC string with `cost`'s parameters, a random salt and a random
+/// output: verifying against it runs argon2 in full and never matches.
+fn dummy_phc(cost: HashCost) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    let mut output = [0u8; 32];
+    OsRng.fill_bytes(&mut output);
+    format!(
+        "$argon2id$v=19$m={},t={},p=1${}${}",
+        cost.memory_kib,
+        cost.iterations,
+        salt.as_str(),
+        STANDARD_NO_PAD.encode(output)
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    const CHEAP: HashCost = HashCost {
+        memory_kib: 1024,
+        iterations: 1,
+    };
 
     #[tokio::test]
     async fn a_hash_verifies_its_password_only() {
-        let cost = HashCost {
-            memory_kib: 1024,
-            iterations: 1,
-        };
-        let h = hash("correct horse".into(), cost).await.unwrap();
-        assert!(h.starts_with("$argon2id$"));
-        assert!(verify("correct horse".into(), h.clone()).await.unwrap());
-        assert!(!verify("wrong horse".into(), h).await.unwrap());
-        assert!(!verify("x".into(), "garbage".into()).await.unwrap());
+        let h = Hasher::new(CHEAP, 2, 2);
+        let phc = h.hash("correct horse".into()).await.unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        let right = h.verify("correct horse".into(), Some(phc.clone()));
+        assert_eq!(
+            right.await.unwrap(),
+            Verified {
+                ok: true,
+                stale: false
+            }
+        );
+        let wrong = h.verify("wrong horse".into(), Some(phc)).await.unwrap();
+        assert!(!wrong.ok);
+        let garbage = h.verify("x".into(), Some("garbage".into()));
+        assert!(!garbage.await.unwrap().ok);
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_costs_what_a_current_hash_costs() {
+        let h = Hasher::new(CHEAP, 1, 0);
+        let parsed = PasswordHash::new(&h.dummy).expect("the dummy is a PHC string");
+        assert!(!is_stale(&parsed, CHEAP), "{}", h.dummy);
+        let v = h.verify("not a password".into(), None).await.unwrap();
+        assert_eq!(
+            v,
+            Verified {
+                ok: false,
+                stale: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hash_with_other_parameters_is_stale() {
+        let old = Hasher::new(CHEAP, 1, 0);
+        let phc = old.hash("pw".into()).await.unwrap();
+        let new = Hasher::new(
+            HashCost {
+                memory_kib: 2048,
+                iterations: 1,
+            },
+            1,
+            0,
+        );
+        let v = new.verify("pw".into(), Some(phc)).await.unwrap();
+        assert_eq!(
+            v,
+            Verified {
+                ok: true,
+                stale: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn beyond_the_slots_and_the_queue_hashes_are_refused_at_once() {
+        let h = Arc::new(Hasher::new(
+            HashCost {
+                memory_kib: 8 * 1024,
+                iterations: 2,
+            },
+            1,
+            1,
+        ));
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let h = h.clone();
+                tokio::spawn(async move { h.hash("pw".into()).await })
+            })
+            .collect();
+        let mut refused = 0;
+        for c in calls {
+            let r = tokio::time::timeout(Duration::from_secs(30), c)
+                .await
+                .expect("no hash hangs")
+                .unwrap();
+            if let Err(e) = r {
+                assert_eq!(e.code, chat_core::ErrorCode::RateLimited);
+                assert_eq!(e.retry_after, Some(1));
+                refused += 1;
+            }
+        }
+        assert!(refused >= 2, "1 running + 1 waiting; refused {refused}");
+        assert_eq!(h.admitted.load(Ordering::Acquire), 0, "every slot is back");
+        h.hash("pw".into()).await.expect("a free hasher hashes");
     }
 }

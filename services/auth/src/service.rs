@@ -1,7 +1,7 @@
 //! `chat.v1.AuthService`.
 
 use crate::keys::{PublicKey, SigningKey};
-use crate::password::{self, HashCost};
+use crate::password::{self, HashCost, Hasher, Verified};
 use crate::token::{Caller, Issuer, Verifier};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -12,10 +12,9 @@ use chat_proto::v1 as pb;
 use chat_proto::v1::auth_service_server::AuthService;
 use chat_store::{NewSession, NewUser, RotateOutcome, Store, StoreError};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
 
 /// Tunables of the auth service.
@@ -26,6 +25,12 @@ pub struct AuthConfig {
     /// Failed logins per username per window before 429.
     pub login_max_failures: u32,
     pub login_window: Duration,
+    /// Password hashes and verifies running at once.
+    pub hash_concurrency: usize,
+    /// Hashes waiting for a slot; beyond them a request is refused at once.
+    pub hash_queue: usize,
+    /// How long a spent refresh token still gets the pair it was rotated to.
+    pub refresh_grace: Duration,
     /// Lets gateways call on a connected user's behalf (see [`Verifier`]).
     pub internal_secret: Option<String>,
 }
@@ -37,6 +42,9 @@ impl Default for AuthConfig {
             hash_cost: HashCost::default(),
             login_max_failures: 10,
             login_window: Duration::from_secs(300),
+            hash_concurrency: password::default_concurrency(),
+            hash_queue: 4 * password::default_concurrency(),
+            refresh_grace: Duration::from_secs(10),
             internal_secret: None,
         }
     }
@@ -50,9 +58,8 @@ pub struct AuthSvc {
     public: PublicKey,
     verifier: Verifier,
     cfg: AuthConfig,
-    /// A hash to verify against when the user does not exist, so that an
-    /// unknown username takes as long as a wrong password.
-    dummy_hash: OnceCell<String>,
+    /// Every argon2 hash and verify, bounded (see [`Hasher`]).
+    hasher: Hasher,
 }
 
 impl AuthSvc {
@@ -76,8 +83,8 @@ impl AuthSvc {
             store,
             ephemeral,
             publisher: Publisher::new(bus, subjects),
+            hasher: Hasher::new(cfg.hash_cost, cfg.hash_concurrency, cfg.hash_queue),
             cfg,
-            dummy_hash: OnceCell::new(),
         }
     }
 
@@ -160,19 +167,74 @@ impl AuthSvc {
         self.verifier.verify_request(req).await
     }
 
-    async fn check_password(&self, password: &str, phc: Option<String>) -> Result<bool, ApiError> {
-        match phc {
-            Some(phc) => password::verify(password.to_owned(), phc).await,
-            None => {
-                let cost = self.cfg.hash_cost;
-                let dummy = self
-                    .dummy_hash
-                    .get_or_try_init(|| password::hash("not a password".into(), cost))
-                    .await?
-                    .clone();
-                password::verify(password.to_owned(), dummy).await?;
-                Ok(false)
+    /// Fails with 429 while the account has too many failed password
+    /// checks (logins and current-password checks count alike).
+    async fn password_limit(&self, key: &str) -> Result<(), ApiError> {
+        match self
+            .ephemeral
+            .over_limit(key, self.cfg.login_max_failures)
+            .await
+        {
+            Ok(Some(d)) => Err(ApiError::rate_limited(d.as_secs().max(1))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed password check: `error`, or 429 once it is one too
+    /// many.
+    async fn password_failed(&self, key: &str, error: ApiError) -> ApiError {
+        match self
+            .ephemeral
+            .hit(key, self.cfg.login_max_failures, self.cfg.login_window)
+            .await
+        {
+            Ok(RateDecision::Limited(d)) => ApiError::rate_limited(d.as_secs().max(1)),
+            _ => error,
+        }
+    }
+
+    /// Checks the signed-in user's password before a change that needs it
+    /// (password change, account deletion), limited like logins: with a
+    /// stolen access token, guessing the password is no cheaper here.
+    async fn check_current_password(
+        &self,
+        u: &chat_store::UserAuth,
+        password: &str,
+        field: &str,
+    ) -> Result<(), ApiError> {
+        let key = password_limit_key(&u.user.username);
+        self.password_limit(&key).await?;
+        if password.len() <= 1024 {
+            let v = self
+                .hasher
+                .verify(password.to_owned(), Some(u.password_hash.clone()))
+                .await?;
+            if v.ok {
+                return Ok(());
             }
+        }
+        let wrong = ApiError::forbidden(format!("{field} is wrong"));
+        Err(self.password_failed(&key, wrong).await)
+    }
+
+    /// Replaces a hash made with older parameters once the password is
+    /// known to be right, so every stored hash costs what the dummy does
+    /// and a login's timing does not tell who exists. Best effort: a busy
+    /// hasher or a failed write leaves the old hash, still valid.
+    async fn rehash_if_stale(&self, user: UserId, password: String, v: Verified) {
+        if !v.stale {
+            return;
+        }
+        let hash = match self.hasher.hash(password).await {
+            Ok(h) => h,
+            Err(error) => {
+                tracing::debug!(%error, "cannot rehash a stale password hash now");
+                return;
+            }
+        };
+        match self.store.set_password_hash(user, &hash).await {
+            Ok(()) => tracing::debug!(user_id = %user, "rehashed a stale password hash"),
+            Err(error) => tracing::warn!(%error, user_id = %user, "cannot store a rehash"),
         }
     }
 
@@ -202,6 +264,12 @@ pub fn user_pb(u: &chat_store::User) -> pb::User {
     }
 }
 
+/// The login-failure counter of an account, shared by logins and
+/// current-password checks.
+fn password_limit_key(username: &str) -> String {
+    format!("login-fail:{}", username.to_lowercase())
+}
+
 fn new_refresh_token() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
@@ -212,6 +280,32 @@ fn new_refresh_token() -> String {
 /// values, so a fast hash is enough (nothing to brute-force).
 fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// The key that seals a refresh token's successor: derived from the spent
+/// token itself (which the store never sees; it keeps a SHA-256 of it under
+/// another label), so only a holder of that token can open it, and only
+/// through a refresh within the grace. Each key seals exactly one value.
+fn seal_key(spent: &str) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(b"chat refresh successor seal\0");
+    h.update(spent.as_bytes());
+    h.finalize().into()
+}
+
+/// Seals `next` (a 43-character token) for the holder of `spent`.
+fn seal(spent: &str, next: &str) -> Vec<u8> {
+    let key = seal_key(spent);
+    next.bytes().zip(key).map(|(b, k)| b ^ k).collect()
+}
+
+/// Opens what [`seal`] made; `None` if it is not a token.
+fn unseal(spent: &str, sealed: &[u8]) -> Option<String> {
+    if sealed.len() > 64 {
+        return None;
+    }
+    let key = seal_key(spent);
+    String::from_utf8(sealed.iter().zip(key).map(|(b, k)| b ^ k).collect()).ok()
 }
 
 #[tonic::async_trait]
@@ -232,7 +326,7 @@ impl AuthService for AuthSvc {
             }
             None => r.username.clone(),
         };
-        let password_hash = password::hash(r.password, self.cfg.hash_cost).await?;
+        let password_hash = self.hasher.hash(r.password).await?;
         let user = self
             .store
             .create_user(&NewUser {
@@ -258,7 +352,7 @@ impl AuthService for AuthSvc {
     ) -> Result<Response<pb::AuthResponse>, Status> {
         let ua = user_agent(&req);
         let r = req.into_inner();
-        let limit_key = format!("login-fail:{}", r.username.to_lowercase());
+        let limit_key = password_limit_key(&r.username);
         let bad = || ApiError::unauthorized("unknown username or wrong password");
         if validate::username(&r.username).is_err()
             || r.password.is_empty()
@@ -268,38 +362,22 @@ impl AuthService for AuthSvc {
         }
         // Only failures count; once there are too many, even the right
         // password waits for the window to pass.
-        if let Ok(Some(d)) = self
-            .ephemeral
-            .over_limit(&limit_key, self.cfg.login_max_failures)
-            .await
-        {
-            return Err(ApiError::rate_limited(d.as_secs().max(1)).into());
-        }
+        self.password_limit(&limit_key).await?;
         let found = self.store.user_by_username(&r.username).await?;
-        let ok = self
-            .check_password(&r.password, found.as_ref().map(|u| u.password_hash.clone()))
+        let v = self
+            .hasher
+            .verify(
+                r.password.clone(),
+                found.as_ref().map(|u| u.password_hash.clone()),
+            )
             .await?;
-        match (ok, found) {
-            (true, Some(u)) => {
+        match found {
+            Some(u) if v.ok => {
                 let _ = self.ephemeral.reset(&limit_key).await;
+                self.rehash_if_stale(u.user.id, r.password, v).await;
                 Ok(Response::new(self.issue_session(u.user, ua).await?))
             }
-            _ => {
-                match self
-                    .ephemeral
-                    .hit(
-                        &limit_key,
-                        self.cfg.login_max_failures,
-                        self.cfg.login_window,
-                    )
-                    .await
-                {
-                    Ok(RateDecision::Limited(d)) => {
-                        Err(ApiError::rate_limited(d.as_secs().max(1)).into())
-                    }
-                    _ => Err(bad().into()),
-                }
-            }
+            _ => Err(self.password_failed(&limit_key, bad()).await.into()),
         }
     }
 
@@ -319,11 +397,21 @@ impl AuthService for AuthSvc {
             .rotate_refresh_token(
                 &hash_token(&r.refresh_token),
                 &hash_token(&next),
+                &seal(&r.refresh_token, &next),
                 time::now_ms(),
+                self.cfg.refresh_grace.as_millis() as i64,
             )
             .await?;
         match outcome {
             RotateOutcome::Rotated(session) => {
+                let user = self.live_user(session.user_id).await?;
+                Ok(Response::new(self.respond(user.user, session.id, next)?))
+            }
+            RotateOutcome::Replayed { session, sealed } => {
+                // A second tab or a retry raced the rotation: it gets the
+                // refresh token already issued, so both hold a live one.
+                let next = unseal(&r.refresh_token, &sealed).ok_or_else(bad)?;
+                tracing::debug!(session_id = %session.id, "refresh replayed within the grace");
                 let user = self.live_user(session.user_id).await?;
                 Ok(Response::new(self.respond(user.user, session.id, next)?))
             }
@@ -429,14 +517,9 @@ impl AuthService for AuthSvc {
         let r = req.into_inner();
         validate::password("new_password", &r.new_password)?;
         let u = self.live_user(c.user_id).await?;
-        if r.current_password.len() > 1024
-            || !self
-                .check_password(&r.current_password, Some(u.password_hash))
-                .await?
-        {
-            return Err(ApiError::forbidden("current_password is wrong").into());
-        }
-        let hash = password::hash(r.new_password, self.cfg.hash_cost).await?;
+        self.check_current_password(&u, &r.current_password, "current_password")
+            .await?;
+        let hash = self.hasher.hash(r.new_password).await?;
         self.store.set_password_hash(c.user_id, &hash).await?;
         let revoked = self
             .store
@@ -454,13 +537,8 @@ impl AuthService for AuthSvc {
         let c = self.caller(&req).await?;
         let r = req.into_inner();
         let u = self.live_user(c.user_id).await?;
-        if r.password.len() > 1024
-            || !self
-                .check_password(&r.password, Some(u.password_hash))
-                .await?
-        {
-            return Err(ApiError::forbidden("password is wrong").into());
-        }
+        self.check_current_password(&u, &r.password, "password")
+            .await?;
         let revoked = self.store.delete_user(c.user_id, time::now_ms()).await?;
         self.announce_revoked(c.user_id, &revoked).await;
         tracing::info!(user_id = %c.user_id, "user deleted");
@@ -519,9 +597,27 @@ pub struct AuthArgs {
     #[arg(long, env = "CHAT_ARGON2_ITERATIONS", default_value_t = 2)]
     pub argon2_iterations: u32,
 
-    /// Failed logins per username in 5 minutes before 429.
+    /// Failed logins per username in 5 minutes before 429 (wrong current
+    /// passwords on a password change or account deletion count too).
     #[arg(long, env = "CHAT_LOGIN_MAX_FAILURES", default_value_t = 10)]
     pub login_max_failures: u32,
+
+    /// Password hashes and verifies that may run at once, each holding
+    /// argon2's memory (--argon2-memory-kib); default: the number of cores.
+    #[arg(long, env = "CHAT_HASH_CONCURRENCY", default_value_t = password::default_concurrency())]
+    pub hash_concurrency: usize,
+
+    /// Password hashes and verifies (signups, logins, password checks)
+    /// that may wait for a slot; beyond them the answer is 429 at once.
+    /// Default: 4 x --hash-concurrency.
+    #[arg(long, env = "CHAT_HASH_QUEUE")]
+    pub hash_queue: Option<usize>,
+
+    /// Seconds during which a spent refresh token presented again (a second
+    /// tab, a retry) gets the refresh token it was rotated to instead of
+    /// revoking the session; 0 turns the grace off.
+    #[arg(long, env = "CHAT_REFRESH_GRACE_SECS", default_value_t = 10)]
+    pub refresh_grace_secs: u64,
 }
 
 impl AuthArgs {
@@ -535,7 +631,27 @@ impl AuthArgs {
             },
             login_max_failures: self.login_max_failures,
             login_window: Duration::from_secs(300),
+            hash_concurrency: self.hash_concurrency.max(1),
+            hash_queue: self.hash_queue.unwrap_or(4 * self.hash_concurrency.max(1)),
+            refresh_grace: Duration::from_secs(self.refresh_grace_secs),
             internal_secret,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_spent_token_opens_its_sealed_successor() {
+        let (spent, next) = (new_refresh_token(), new_refresh_token());
+        let sealed = seal(&spent, &next);
+        assert_ne!(sealed, next.as_bytes(), "not stored in the clear");
+        assert_eq!(unseal(&spent, &sealed).as_deref(), Some(next.as_str()));
+        assert_ne!(
+            unseal(&new_refresh_token(), &sealed).as_deref(),
+            Some(next.as_str())
+        );
     }
 }

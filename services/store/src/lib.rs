@@ -73,13 +73,18 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a session whose first refresh token has hash `token_hash`.
     async fn create_session(&self, session: &NewSession, token_hash: &[u8]) -> Result<()>;
     /// Spends the refresh token with hash `old_hash` and issues `new_hash` in
-    /// the same session, atomically. A token spent before revokes the whole
-    /// session (`Reused`).
+    /// the same session, atomically, keeping `new_sealed` (the new token,
+    /// sealed by the caller; opaque here) with the spent one. A token spent
+    /// less than `grace_ms` ago whose successor is still live gets that
+    /// successor's sealed token back (`Replayed`: two tabs, a retry after a
+    /// timeout); any other spent token revokes the whole session (`Reused`).
     async fn rotate_refresh_token(
         &self,
         old_hash: &[u8],
         new_hash: &[u8],
+        new_sealed: &[u8],
         now: i64,
+        grace_ms: i64,
     ) -> Result<RotateOutcome>;
     async fn session(&self, id: SessionId) -> Result<Option<Session>>;
     /// The user's live sessions, newest first.

@@ -48,6 +48,9 @@ pub struct Session {
 pub enum RotateOutcome {
     /// The token was live: it is spent now and the new one issued.
     Rotated(Session),
+    /// The token was spent within the grace window and its successor is
+    /// still live: here is that successor again, as the caller sealed it.
+    Replayed { session: Session, sealed: Vec<u8> },
     /// The token had been spent before: the session is revoked now.
     Reused(SessionId),
     /// The token's session was already revoked.

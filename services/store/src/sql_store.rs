@@ -59,9 +59,11 @@ impl<B: Backend> Store for B {
         &self,
         old_hash: &[u8],
         new_hash: &[u8],
+        new_sealed: &[u8],
         now: i64,
+        grace_ms: i64,
     ) -> Result<RotateOutcome> {
-        sessions::rotate_refresh_token(self, old_hash, new_hash, now).await
+        sessions::rotate_refresh_token(self, old_hash, new_hash, new_sealed, now, grace_ms).await
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>> {

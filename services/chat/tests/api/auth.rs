@@ -152,7 +152,9 @@ async fn repeated_login_failures_are_rate_limited_with_retry_after() {
 
 #[tokio::test]
 async fn refresh_rotates_the_pair_and_reusing_a_spent_token_revokes_the_session() {
-    let app = spawn_app().await;
+    // No grace: a second use right away counts as reuse (within the grace
+    // it would get the same new pair: `auth_abuse`).
+    let app = spawn_app_with(|cfg| cfg.auth.refresh_grace_secs = 0).await;
     let alice = app.signup("alice").await;
 
     let r = app.refresh(&alice.refresh).await;

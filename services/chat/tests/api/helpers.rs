@@ -159,6 +159,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         format!("--ws-frames-per-sec={}", g.ws_frames_per_sec),
         format!("--subscribe-concurrency={}", g.subscribe_concurrency),
         format!("--ws-allowed-origins={}", g.ws_allowed_origins.join(",")),
+        format!("--typing-interval-ms={}", g.typing_interval_ms),
         format!("--first-byte-timeout-ms={}", h.first_byte_timeout_ms),
         format!("--header-timeout-ms={}", h.header_timeout_ms),
         format!("--idle-timeout-ms={}", h.idle_timeout_ms),
@@ -168,13 +169,19 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
     if let Some(n) = h.max_connections {
         gateway_args.push(format!("--max-connections={n}"));
     }
+    let mut auth_args = vec![
+        format!("--access-token-ttl={}", a.access_token_ttl_secs),
+        format!("--argon2-memory-kib={}", a.argon2_memory_kib),
+        format!("--argon2-iterations={}", a.argon2_iterations),
+        format!("--login-max-failures={}", a.login_max_failures),
+        format!("--hash-concurrency={}", a.hash_concurrency),
+        format!("--refresh-grace-secs={}", a.refresh_grace_secs),
+    ];
+    if let Some(q) = a.hash_queue {
+        auth_args.push(format!("--hash-queue={q}"));
+    }
     ClusterOptions {
-        auth_args: vec![
-            format!("--access-token-ttl={}", a.access_token_ttl_secs),
-            format!("--argon2-memory-kib={}", a.argon2_memory_kib),
-            format!("--argon2-iterations={}", a.argon2_iterations),
-            format!("--login-max-failures={}", a.login_max_failures),
-        ],
+        auth_args,
         room_args: vec![
             format!("--send-limit={}", r.send_limit),
             format!("--send-window-secs={}", r.send_window_secs),

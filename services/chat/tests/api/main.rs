@@ -2,6 +2,7 @@
 //! drives a real server (see `helpers`) through the client contract only.
 
 mod auth;
+mod auth_abuse;
 mod bad_input;
 #[path = "../common/cluster.rs"]
 mod cluster;

@@ -66,10 +66,10 @@ pub(crate) trait Dialect:
     /// until the transaction ends.
     const LIVE_USER: &'static str;
 
-    /// The refresh token `$1` being rotated: its `session_id` and `spent_at`,
-    /// the session's `revoked_at` and the user's `deleted_at`, locked against
-    /// a concurrent rotation where writers run in parallel
-    /// ([`sessions::rotating_token_sql`]).
+    /// The refresh token `$1` being rotated: its `session_id`, `spent_at`,
+    /// `next_hash` and `next_sealed`, the session's `revoked_at` and the
+    /// user's `deleted_at`, locked against a concurrent rotation where
+    /// writers run in parallel ([`sessions::rotating_token_sql`]).
     const ROTATING_TOKEN: &'static str;
 
     /// `$1` is a live room. Run before a member is added; a dialect whose

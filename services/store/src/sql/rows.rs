@@ -93,6 +93,7 @@ pub(crate) trait Columns {
     fn opt_text(&self, col: &str) -> Result<Option<String>>;
     fn str(&self, col: &str) -> Result<&str>;
     fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>>;
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>>;
 
     /// A non-NULL id column, as the id type it holds.
     fn id<T: From<Uuid>>(&self, col: &str) -> Result<T> {
@@ -109,6 +110,7 @@ where
     bool: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     for<'r> &'r str: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
 {
     fn int(&self, col: &str) -> Result<i64> {
         get(self, col)
@@ -137,6 +139,10 @@ where
     fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
         let id: Option<<R::Database as Dialect>::Uuid> = get(self, col)?;
         Ok(id.map(Into::into))
+    }
+
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>> {
+        get(self, col)
     }
 }
 

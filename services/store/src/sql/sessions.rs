@@ -15,7 +15,8 @@ use crate::{NewSession, Result, RotateOutcome, Session, StoreError};
 macro_rules! rotating_token_sql {
     ($lock:literal) => {
         concat!(
-            "SELECT t.session_id, t.spent_at, s.revoked_at, u.deleted_at \
+            "SELECT t.session_id, t.spent_at, t.next_hash, t.next_sealed, \
+             s.revoked_at, u.deleted_at \
              FROM refresh_tokens t \
              JOIN sessions s ON s.id = t.session_id \
              JOIN users u ON u.id = s.user_id \
@@ -58,12 +59,16 @@ pub(crate) async fn create<B: Backend>(
 }
 
 /// Spends `old_hash` and issues `new_hash` in its session, in one
-/// transaction; a spent token coming back revokes the session.
+/// transaction; a spent token coming back within `grace_ms` gets its live
+/// successor again, any later (or whose successor is spent) revokes the
+/// session.
 pub(crate) async fn rotate_refresh_token<B: Backend>(
     store: &B,
     old_hash: &[u8],
     new_hash: &[u8],
+    new_sealed: &[u8],
     now: i64,
+    grace_ms: i64,
 ) -> Result<RotateOutcome> {
     let mut tx = store.write_tx().await?;
     let row = stmt::<B::Db>(B::Db::ROTATING_TOKEN)
@@ -83,7 +88,35 @@ pub(crate) async fn rotate_refresh_token<B: Backend>(
     if revoked_at.is_some() || user_deleted_at.is_some() {
         return Ok(RotateOutcome::Revoked);
     }
-    if spent_at.is_some() {
+    if let Some(spent_at) = spent_at {
+        let in_grace = grace_ms > 0 && spent_at > now - grace_ms;
+        if let (true, Some(next_hash), Some(sealed)) = (
+            in_grace,
+            row.opt_bytes("next_hash")?,
+            row.opt_bytes("next_sealed")?,
+        ) {
+            // The rotation it raced with has just happened: answer with the
+            // same successor, as long as nobody has spent that one either.
+            let next = stmt::<B::Db>("SELECT spent_at FROM refresh_tokens WHERE token_hash = $1")
+                .bind(next_hash.as_slice())
+                .fetch_optional(tx.executor())
+                .await?;
+            if let Some(next) = next {
+                if next.opt_int("spent_at")?.is_none() {
+                    let session = stmt::<B::Db>(concat!(
+                        "SELECT ",
+                        session_cols!(),
+                        " FROM sessions WHERE id = $1"
+                    ))
+                    .bind_id(session_id.0)
+                    .fetch_one(tx.executor())
+                    .await?;
+                    let session = rows::session(&session)?;
+                    tx.commit().await.map_err(db_err)?;
+                    return Ok(RotateOutcome::Replayed { session, sealed });
+                }
+            }
+        }
         // A spent token came back: someone holds a copy. End the session
         // for both holders.
         stmt::<B::Db>("UPDATE sessions SET revoked_at = $1 WHERE id = $2")
@@ -96,11 +129,27 @@ pub(crate) async fn rotate_refresh_token<B: Backend>(
         return Ok(RotateOutcome::Reused(session_id));
     }
 
-    stmt::<B::Db>("UPDATE refresh_tokens SET spent_at = $1 WHERE token_hash = $2")
-        .bind(now)
-        .bind(old_hash)
-        .execute(tx.executor())
-        .await?;
+    // Sealed successors are needed only within their grace window; the
+    // session's older ones go now, so a stolen spent token plus a copy of
+    // the database cannot open the live one later.
+    stmt::<B::Db>(
+        "UPDATE refresh_tokens SET next_sealed = NULL \
+         WHERE session_id = $1 AND next_sealed IS NOT NULL AND spent_at <= $2",
+    )
+    .bind_id(session_id.0)
+    .bind(now - grace_ms)
+    .execute(tx.executor())
+    .await?;
+    stmt::<B::Db>(
+        "UPDATE refresh_tokens SET spent_at = $1, next_hash = $2, next_sealed = $3 \
+         WHERE token_hash = $4",
+    )
+    .bind(now)
+    .bind(new_hash)
+    .bind(new_sealed)
+    .bind(old_hash)
+    .execute(tx.executor())
+    .await?;
     stmt::<B::Db>(
         "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
     )

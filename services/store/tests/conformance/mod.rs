@@ -34,6 +34,7 @@ macro_rules! for_each_case {
             deleted_users_free_their_name_and_lose_their_sessions,
             refresh_rotation_spends_the_old_token_and_issues_a_new_one,
             reusing_a_spent_refresh_token_revokes_the_session,
+            a_spent_refresh_token_within_the_grace_gets_its_successor_again,
             revoked_sessions_refuse_rotation_and_leave_the_live_list,
             concurrent_appends_get_gapless_unique_seqs,
             a_repeated_client_msg_id_returns_the_original_message,
@@ -262,7 +263,7 @@ pub async fn deleted_users_free_their_name_and_lose_their_sessions(store: Arc<dy
     );
     assert!(s.list_sessions(alice.id).await.unwrap().is_empty());
     assert_eq!(
-        s.rotate_refresh_token(&token, &hash("next"), T0 + 11)
+        s.rotate_refresh_token(&token, &hash("next"), b"sealed", T0 + 11, 0)
             .await
             .unwrap(),
         RotateOutcome::Revoked
@@ -318,7 +319,10 @@ pub async fn refresh_rotation_spends_the_old_token_and_issues_a_new_one(store: A
     assert_eq!((created.created_at, created.last_used_at), (T0, T0));
     assert_eq!(created.revoked_at, None);
 
-    let RotateOutcome::Rotated(after) = s.rotate_refresh_token(&h1, &h2, T0 + 5).await.unwrap()
+    let RotateOutcome::Rotated(after) = s
+        .rotate_refresh_token(&h1, &h2, b"sealed", T0 + 5, 0)
+        .await
+        .unwrap()
     else {
         panic!("first rotation must succeed");
     };
@@ -326,10 +330,13 @@ pub async fn refresh_rotation_spends_the_old_token_and_issues_a_new_one(store: A
     assert_eq!(after.last_used_at, T0 + 5);
     assert_eq!(after.revoked_at, None);
 
-    let second = s.rotate_refresh_token(&h2, &h3, T0 + 6).await.unwrap();
+    let second = s
+        .rotate_refresh_token(&h2, &h3, b"sealed", T0 + 6, 0)
+        .await
+        .unwrap();
     assert!(matches!(second, RotateOutcome::Rotated(ref s) if s.id == sid));
     assert_eq!(
-        s.rotate_refresh_token(&hash("never issued"), &hash("x"), T0 + 7)
+        s.rotate_refresh_token(&hash("never issued"), &hash("x"), b"sealed", T0 + 7, 0)
             .await
             .unwrap(),
         RotateOutcome::Unknown
@@ -346,11 +353,13 @@ pub async fn reusing_a_spent_refresh_token_revokes_the_session(store: Arc<dyn St
     let other = session(s, alice.id, T0 + 1, &hash("other")).await;
 
     assert!(matches!(
-        s.rotate_refresh_token(&h1, &h2, T0 + 10).await.unwrap(),
+        s.rotate_refresh_token(&h1, &h2, b"sealed", T0 + 10, 0)
+            .await
+            .unwrap(),
         RotateOutcome::Rotated(_)
     ));
     assert_eq!(
-        s.rotate_refresh_token(&h1, &hash("thief"), T0 + 20)
+        s.rotate_refresh_token(&h1, &hash("thief"), b"sealed", T0 + 20, 0)
             .await
             .unwrap(),
         RotateOutcome::Reused(sid)
@@ -361,7 +370,7 @@ pub async fn reusing_a_spent_refresh_token_revokes_the_session(store: Arc<dyn St
     );
     // The live token of the revoked session is dead too.
     assert_eq!(
-        s.rotate_refresh_token(&h2, &hash("3"), T0 + 30)
+        s.rotate_refresh_token(&h2, &hash("3"), b"sealed", T0 + 30, 0)
             .await
             .unwrap(),
         RotateOutcome::Revoked
@@ -383,6 +392,82 @@ pub async fn reusing_a_spent_refresh_token_revokes_the_session(store: Arc<dyn St
         .await
         .unwrap()
         .contains(&sid));
+}
+
+pub async fn a_spent_refresh_token_within_the_grace_gets_its_successor_again(
+    store: Arc<dyn Store>,
+) {
+    let s = &*store;
+    let alice = user(s, "alice").await;
+    let (h1, h2, h3) = (hash("1"), hash("2"), hash("3"));
+    let sid = session(s, alice.id, T0, &h1).await;
+    let grace = 1_000;
+
+    assert!(matches!(
+        s.rotate_refresh_token(&h1, &h2, b"sealed 2", T0 + 10, grace)
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated(_)
+    ));
+    // A racing second use of the same token, within the grace: the
+    // successor already issued comes back, and nothing is revoked or issued.
+    for at in [T0 + 10, T0 + 500, T0 + 1_009] {
+        let RotateOutcome::Replayed { session, sealed } = s
+            .rotate_refresh_token(&h1, &hash("lost"), b"lost", at, grace)
+            .await
+            .unwrap()
+        else {
+            panic!(
+                "a use {} ms after the rotation is in the grace",
+                at - T0 - 10
+            );
+        };
+        assert_eq!(session.id, sid);
+        assert_eq!(session.revoked_at, None);
+        assert_eq!(sealed, b"sealed 2");
+    }
+    assert_eq!(
+        s.rotate_refresh_token(&hash("lost"), &hash("x"), b"x", T0 + 1_009, grace)
+            .await
+            .unwrap(),
+        RotateOutcome::Unknown,
+        "a replay issues no token"
+    );
+    // The successor rotates normally; once it is spent, even a use within
+    // the grace revokes the session, as does any use after it (below).
+    assert!(matches!(
+        s.rotate_refresh_token(&h2, &h3, b"sealed 3", T0 + 1_009, grace)
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated(_)
+    ));
+    assert_eq!(
+        s.rotate_refresh_token(&h1, &hash("z"), b"z", T0 + 1_009, grace)
+            .await
+            .unwrap(),
+        RotateOutcome::Reused(sid)
+    );
+    assert_eq!(
+        s.session(sid).await.unwrap().unwrap().revoked_at,
+        Some(T0 + 1_009)
+    );
+
+    // After the grace, a second use revokes at once.
+    let bob = user(s, "bob").await;
+    let (b1, b2) = (hash("b1"), hash("b2"));
+    let bid = session(s, bob.id, T0, &b1).await;
+    assert!(matches!(
+        s.rotate_refresh_token(&b1, &b2, b"sealed b2", T0 + 10, grace)
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated(_)
+    ));
+    assert_eq!(
+        s.rotate_refresh_token(&b1, &hash("late"), b"late", T0 + 1_010, grace)
+            .await
+            .unwrap(),
+        RotateOutcome::Reused(bid)
+    );
 }
 
 pub async fn revoked_sessions_refuse_rotation_and_leave_the_live_list(store: Arc<dyn Store>) {
@@ -410,7 +495,7 @@ pub async fn revoked_sessions_refuse_rotation_and_leave_the_live_list(store: Arc
     assert!(s.revoke_session(alice.id, s1, T0 + 5).await.unwrap());
     assert!(!s.revoke_session(alice.id, s1, T0 + 6).await.unwrap());
     assert_eq!(
-        s.rotate_refresh_token(&h1, &hash("x"), T0 + 7)
+        s.rotate_refresh_token(&h1, &hash("x"), b"sealed", T0 + 7, 0)
             .await
             .unwrap(),
         RotateOutcome::Revoked

@@ -1,0 +1,157 @@
+//! Hostile and unlucky clients of the auth endpoints (issue #9): a flood of
+//! logins meets a bounded hashing pool and a fast refusal instead of eating
+//! the server's memory, wrong current passwords are limited like logins,
+//! and two refreshes with one token (two tabs, a retry) keep the session.
+
+use crate::helpers::{spawn_app_with, unique, within, TestApp, PASSWORD};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+async fn me(app: &TestApp, token: &str) -> u16 {
+    app.get("/api/v1/users/me", token).await.status.as_u16()
+}
+
+fn tokens(b: &Value) -> (String, String) {
+    (
+        b["access_token"].as_str().expect("access_token").to_owned(),
+        b["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_login_flood_beyond_the_hashing_queue_is_refused_at_once() {
+    let app = spawn_app_with(|cfg| {
+        cfg.auth.hash_concurrency = 1;
+        cfg.auth.hash_queue = Some(2);
+        // Costly enough that the flood overlaps.
+        cfg.auth.argon2_memory_kib = 4 * 1024;
+    })
+    .await;
+    let alice = app.signup("alice").await;
+
+    let flood = (0..16).map(|_| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            let r = app.login(&unique("nobody"), "some password").await;
+            (r, started.elapsed())
+        }
+    });
+    let answers = within("the login flood", futures_util::future::join_all(flood)).await;
+
+    let (mut refused, mut failed) = (Vec::new(), Vec::new());
+    for (r, took) in &answers {
+        match r.status.as_u16() {
+            429 => {
+                r.expect_error(429, "rate_limited");
+                assert!(
+                    r.headers.contains_key("retry-after"),
+                    "a refusal says when to retry"
+                );
+                refused.push(*took);
+            }
+            401 => {
+                r.expect_error(401, "unauthorized");
+                failed.push(*took);
+            }
+            s => panic!("a login in the flood answered {s}: {}", r.text),
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "beyond 1 + 2 at once, logins are refused"
+    );
+    assert!(
+        failed.len() >= 3,
+        "the admitted ones are answered: {failed:?}"
+    );
+    let slowest_refusal = refused.iter().max().expect("a refusal");
+    let slowest_answer = failed.iter().max().expect("an answer");
+    assert!(
+        slowest_refusal < slowest_answer,
+        "refusals do not wait for hashing: {refused:?} vs {failed:?}"
+    );
+
+    // The server is still there for real users.
+    app.login(&alice.username, PASSWORD).await.expect(200);
+}
+
+#[tokio::test]
+async fn wrong_current_passwords_are_rate_limited_like_logins() {
+    let app = spawn_app_with(|cfg| cfg.auth.login_max_failures = 3).await;
+    let alice = app.signup("alice").await;
+    let change = |current: &'static str| {
+        app.put(
+            "/api/v1/users/me/password",
+            &alice.access,
+            json!({"current_password": current, "new_password": "a much better passphrase"}),
+        )
+    };
+    for _ in 0..3 {
+        change("wrong guess").await.expect_error(403, "forbidden");
+    }
+    let r = change("wrong guess").await;
+    r.expect_error(429, "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+    // Guessing through the account deletion is limited by the same count,
+    // and so is logging in.
+    app.request(
+        Method::DELETE,
+        "/api/v1/users/me",
+        Some(&alice.access),
+        Some(json!({"password": "another guess"})),
+    )
+    .await
+    .expect_error(429, "rate_limited");
+    app.login(&alice.username, PASSWORD)
+        .await
+        .expect_error(429, "rate_limited");
+    assert_eq!(me(&app, &alice.access).await, 200, "nothing was changed");
+}
+
+#[tokio::test]
+async fn two_refreshes_with_one_token_at_once_keep_the_session() {
+    let app = spawn_app_with(|_| {}).await;
+    let alice = app.signup("alice").await;
+
+    let (a, b) = within("two refreshes", async {
+        tokio::join!(app.refresh(&alice.refresh), app.refresh(&alice.refresh))
+    })
+    .await;
+    let (access_a, refresh_a) = tokens(a.expect(200));
+    let (access_b, refresh_b) = tokens(b.expect(200));
+    assert_eq!(refresh_a, refresh_b, "both callers hold the one new token");
+    assert_ne!(refresh_a, alice.refresh);
+    assert_eq!(me(&app, &access_a).await, 200);
+    assert_eq!(me(&app, &access_b).await, 200);
+
+    // The session lives on: its new token rotates, and so does the next.
+    let r = app.refresh(&refresh_a).await;
+    let (access_c, refresh_c) = tokens(r.expect(200));
+    assert_eq!(me(&app, &access_c).await, 200);
+    let r = app.refresh(&refresh_c).await;
+    let (access_d, _) = tokens(r.expect(200));
+    assert_eq!(me(&app, &access_d).await, 200);
+}
+
+#[tokio::test]
+async fn a_refresh_token_reused_after_the_grace_revokes_the_session() {
+    let app = spawn_app_with(|cfg| cfg.auth.refresh_grace_secs = 1).await;
+    let alice = app.signup("alice").await;
+
+    let r = app.refresh(&alice.refresh).await;
+    let (access2, refresh2) = tokens(r.expect(200));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    app.refresh(&alice.refresh)
+        .await
+        .expect_error(401, "unauthorized");
+    app.refresh(&refresh2)
+        .await
+        .expect_error(401, "unauthorized");
+    assert_eq!(me(&app, &access2).await, 401, "the whole session ends");
+}
