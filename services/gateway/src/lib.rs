@@ -59,6 +59,8 @@ pub struct GatewayConfig {
     /// A user's typing notices reach a room at most once per this long;
     /// zero relays every one.
     pub typing_interval: Duration,
+    /// WebSockets one user may hold open, across gateways (4008 past it).
+    pub max_sockets_per_user: u32,
 }
 
 impl Default for GatewayConfig {
@@ -77,6 +79,7 @@ impl Default for GatewayConfig {
             subscribe_concurrency: 64,
             allowed_origins: Vec::new(),
             typing_interval: Duration::from_secs(2),
+            max_sockets_per_user: 64,
         }
     }
 }
@@ -261,6 +264,13 @@ pub struct GatewayArgs {
     #[arg(long, env = "CHAT_TYPING_INTERVAL_MS", default_value_t = 2000)]
     pub typing_interval_ms: u64,
 
+    /// WebSockets one user may hold open at once, across every gateway
+    /// (counted in the ephemeral store); one more is closed with 4008
+    /// right after it authenticates.
+    #[arg(long, env = "CHAT_WS_MAX_PER_USER", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_max_per_user: u32,
+
     /// Deadline of each call to auth and room, in milliseconds.
     #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
@@ -280,6 +290,7 @@ impl GatewayArgs {
             fanout_linger_factor: self.fanout_linger_factor,
             subscribe_concurrency: self.subscribe_concurrency as usize,
             typing_interval: Duration::from_millis(self.typing_interval_ms),
+            max_sockets_per_user: self.ws_max_per_user,
             allowed_origins: self
                 .ws_allowed_origins
                 .iter()

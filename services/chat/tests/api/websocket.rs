@@ -499,6 +499,37 @@ async fn typing_reaches_a_room_once_per_interval_per_user() {
 }
 
 #[tokio::test]
+async fn a_user_past_the_socket_limit_is_closed_with_4008() {
+    let app = crate::helpers::spawn_app_with(|cfg| cfg.gateway.ws_max_per_user = 2).await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut first = app.ws(&alice).await;
+    let _second = app.ws(&alice).await;
+    let mut third = crate::helpers::ws_connect(&app.ws_url, &alice.access)
+        .await
+        .expect("the upgrade is accepted");
+    third.expect_close_code(4008).await;
+    // The sockets she has keep working, and others are not held up.
+    assert!(first.ping_barrier().await.is_empty());
+    let _bob = app.ws(&bob).await;
+    // A socket that closes frees its place.
+    first.close().await;
+    let mut again = None;
+    for _ in 0..50 {
+        let mut ws = crate::helpers::ws_connect(&app.ws_url, &alice.access)
+            .await
+            .expect("the upgrade is accepted");
+        let first_frame = within("the first frame", ws.next_message()).await;
+        if matches!(&first_frame, Some(Ok(Message::Text(t))) if t.contains("authenticated")) {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "a closed socket's place is given back");
+}
+
+#[tokio::test]
 async fn ping_is_answered_with_pong() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;

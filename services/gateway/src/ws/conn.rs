@@ -35,14 +35,25 @@ pub async fn run(gw: Gateway, io: Io, caller: Caller) {
         io.close(Close::RESTARTING).await;
         return;
     };
-    inner.metrics.connections.inc();
     match inner.ephemeral.connection_opened(caller.user_id).await {
+        Ok(n) if n > inner.cfg.max_sockets_per_user => {
+            // One account must not hold an unbounded share of the
+            // gateways' sockets (each is memory, a file and fan-out work).
+            if let Err(error) = inner.ephemeral.connection_closed(caller.user_id).await {
+                tracing::warn!(parent: &span, %error, "presence unavailable");
+            }
+            tracing::debug!(parent: &span, sockets = n, "too many sockets for this user");
+            io.close(Close::RATE_LIMITED.because("too many connections for this user"))
+                .await;
+            return;
+        }
         Ok(1) => {
             inner.presence.announce(caller, true);
         }
         Ok(_) => {}
         Err(error) => tracing::warn!(parent: &span, %error, "presence unavailable"),
     }
+    inner.metrics.connections.inc();
     tracing::debug!(parent: &span, "connected");
     let deps = SessionDeps {
         api: inner.api.clone(),
