@@ -61,6 +61,11 @@ pub struct GatewayConfig {
     pub typing_interval: Duration,
     /// WebSockets one user may hold open, across gateways (4008 past it).
     pub max_sockets_per_user: u32,
+    /// How often an idle WebSocket is pinged (zero: never).
+    pub ws_ping_interval: Duration,
+    /// A WebSocket that sends nothing, not even a pong, for this long is
+    /// dropped.
+    pub ws_idle_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -80,6 +85,8 @@ impl Default for GatewayConfig {
             allowed_origins: Vec::new(),
             typing_interval: Duration::from_secs(2),
             max_sockets_per_user: 64,
+            ws_ping_interval: Duration::from_secs(30),
+            ws_idle_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -271,6 +278,18 @@ pub struct GatewayArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub ws_max_per_user: u32,
 
+    /// How often the server pings each WebSocket, in milliseconds (0:
+    /// never). Clients answer pings with pongs by themselves (browsers and
+    /// WebSocket libraries do).
+    #[arg(long, env = "CHAT_WS_PING_INTERVAL_MS", default_value_t = 30_000)]
+    pub ws_ping_interval_ms: u64,
+
+    /// A WebSocket that sends nothing, not even a pong, for this many
+    /// milliseconds is dropped (checked at each ping): a dead peer or one
+    /// that holds a socket without reading.
+    #[arg(long, env = "CHAT_WS_IDLE_TIMEOUT_MS", default_value_t = 75_000)]
+    pub ws_idle_timeout_ms: u64,
+
     /// Deadline of each call to auth and room, in milliseconds.
     #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
@@ -291,6 +310,8 @@ impl GatewayArgs {
             subscribe_concurrency: self.subscribe_concurrency as usize,
             typing_interval: Duration::from_millis(self.typing_interval_ms),
             max_sockets_per_user: self.ws_max_per_user,
+            ws_ping_interval: Duration::from_millis(self.ws_ping_interval_ms),
+            ws_idle_timeout: Duration::from_millis(self.ws_idle_timeout_ms),
             allowed_origins: self
                 .ws_allowed_origins
                 .iter()

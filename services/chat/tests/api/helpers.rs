@@ -161,6 +161,8 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         format!("--ws-allowed-origins={}", g.ws_allowed_origins.join(",")),
         format!("--typing-interval-ms={}", g.typing_interval_ms),
         format!("--ws-max-per-user={}", g.ws_max_per_user),
+        format!("--ws-ping-interval-ms={}", g.ws_ping_interval_ms),
+        format!("--ws-idle-timeout-ms={}", g.ws_idle_timeout_ms),
         format!("--first-byte-timeout-ms={}", h.first_byte_timeout_ms),
         format!("--header-timeout-ms={}", h.header_timeout_ms),
         format!("--idle-timeout-ms={}", h.idle_timeout_ms),

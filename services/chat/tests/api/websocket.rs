@@ -530,6 +530,47 @@ async fn a_user_past_the_socket_limit_is_closed_with_4008() {
 }
 
 #[tokio::test]
+async fn a_socket_that_never_answers_a_ping_is_dropped_and_one_that_does_stays() {
+    let app = crate::helpers::spawn_app_with(|cfg| {
+        cfg.gateway.ws_ping_interval_ms = 200;
+        cfg.gateway.ws_idle_timeout_ms = 1_000;
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let mut lively = app.ws(&alice).await;
+    // The silent client reads nothing, so its library never answers the
+    // server's pings.
+    let mut silent = app.ws(&alice).await;
+    // The lively one reads (and so answers pings) for longer than the
+    // idle timeout, and stays open.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2_000);
+    while tokio::time::timeout_at(until, lively.next_message())
+        .await
+        .is_ok()
+    {}
+    assert!(
+        lively.ping_barrier().await.is_empty(),
+        "the lively socket is open"
+    );
+    // The silent one was dropped: what it reads now ends (pings, then EOF
+    // or a reset; no close frame: the server does not wait on a dead peer).
+    let ended = within("the silent socket to end", async {
+        loop {
+            match silent.next_message().await {
+                Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(t))) => panic!("unexpected frame {t}"),
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(
+        !matches!(ended, Some(Ok(Message::Close(_)))),
+        "dropped, not closed: {ended:?}"
+    );
+}
+
+#[tokio::test]
 async fn ping_is_answered_with_pong() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;

@@ -121,6 +121,9 @@ pub async fn run(gw: Gateway, io: Io, caller: Caller) {
     tracing::debug!(parent: &span, close = ?close.map(|c| c.code), "disconnected");
 }
 
+/// A WebSocket ping frame from the server: FIN + opcode 9, no payload.
+const PING: &[u8] = &[0x89, 0x00];
+
 struct Conn {
     gw: Gateway,
     shared: Arc<ConnShared>,
@@ -134,10 +137,30 @@ impl Conn {
     async fn serve(&mut self, io: &mut Io, rx: &mut mpsc::Receiver<Outbound>) -> End {
         let out = io.out().clone();
         let shared = self.shared.clone();
+        let (every, idle_limit) = (
+            self.gw.inner.cfg.ws_ping_interval,
+            self.gw.inner.cfg.ws_idle_timeout,
+        );
+        // The last time the client sent anything (a pong answers our pings).
+        let mut heard = tokio::time::Instant::now();
+        let ping = tokio::time::sleep(every);
+        tokio::pin!(ping);
         loop {
             tokio::select! {
                 biased;
                 () = shared.killed() => return End::Gone,
+                () = &mut ping, if !every.is_zero() => {
+                    if heard.elapsed() >= idle_limit {
+                        // Nothing, not even a pong, for that long: the peer
+                        // is gone or hostile; a close frame would not reach it.
+                        tracing::debug!("no pong: dropping an idle socket");
+                        return End::Gone;
+                    }
+                    if let Err(refused) = out.lock().write(bytes::Bytes::from_static(PING)) {
+                        return refused.into();
+                    }
+                    ping.as_mut().reset(tokio::time::Instant::now() + every);
+                }
                 () = out.woken() => {
                     tokio::select! {
                         () = shared.killed() => return End::Gone,
@@ -151,6 +174,7 @@ impl Conn {
                     if let Err(end) = Box::pin(self.session.outbound(item)).await { return end; }
                 }
                 msg = io.next() => {
+                    heard = tokio::time::Instant::now();
                     if let Err(end) = self.client_message(msg).await { return end; }
                 }
             }
