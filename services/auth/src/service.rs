@@ -22,8 +22,14 @@ use tonic::{Request, Response, Status};
 pub struct AuthConfig {
     pub access_ttl: Duration,
     pub hash_cost: HashCost,
-    /// Failed logins per username per window before 429.
+    /// Login attempts per (client address, username) per window before
+    /// 429; also wrong current passwords per user.
     pub login_max_failures: u32,
+    /// Failed logins per client address (any username) per window.
+    pub login_max_failures_per_addr: u32,
+    /// Login attempts per username from every address per window: the
+    /// ceiling for a guesser with many addresses.
+    pub login_max_attempts_per_account: u32,
     pub login_window: Duration,
     /// Password hashes and verifies running at once.
     pub hash_concurrency: usize,
@@ -41,6 +47,8 @@ impl Default for AuthConfig {
             access_ttl: Duration::from_secs(900),
             hash_cost: HashCost::default(),
             login_max_failures: 10,
+            login_max_failures_per_addr: 100,
+            login_max_attempts_per_account: 1000,
             login_window: Duration::from_secs(300),
             hash_concurrency: password::default_concurrency(),
             hash_queue: 4 * password::default_concurrency(),
@@ -180,6 +188,34 @@ impl AuthSvc {
         }
     }
 
+    /// Counts a login attempt before its password is checked (so that a
+    /// burst cannot check more guesses than the limits allow): 429 when
+    /// the address has failed too often, or this address and username (or
+    /// this username from everywhere) has been tried too often. An
+    /// unreachable counter lets the attempt through.
+    async fn login_attempt(&self, keys: &LoginKeys) -> Result<(), ApiError> {
+        let limited = |d: Duration| ApiError::rate_limited(d.as_secs().max(1));
+        if let Some(addr) = &keys.addr {
+            if let Ok(Some(d)) = self
+                .ephemeral
+                .over_limit(addr, self.cfg.login_max_failures_per_addr)
+                .await
+            {
+                return Err(limited(d));
+            }
+        }
+        let window = self.cfg.login_window;
+        for (key, limit) in [
+            (&keys.pair, self.cfg.login_max_failures),
+            (&keys.account, self.cfg.login_max_attempts_per_account),
+        ] {
+            if let Ok(RateDecision::Limited(d)) = self.ephemeral.hit(key, limit, window).await {
+                return Err(limited(d));
+            }
+        }
+        Ok(())
+    }
+
     /// Counts a failed password check: `error`, or 429 once it is one too
     /// many.
     async fn password_failed(&self, key: &str, error: ApiError) -> ApiError {
@@ -264,8 +300,29 @@ pub fn user_pb(u: &chat_store::User) -> pb::User {
     }
 }
 
-/// The login-failure counter of an account, shared by logins and
-/// current-password checks.
+/// The counters of a login: per (client address, username), per address
+/// and per username. Without an address (an in-process call that asserts
+/// none) the pair counts per username.
+struct LoginKeys {
+    pair: String,
+    addr: Option<String>,
+    account: String,
+}
+
+impl LoginKeys {
+    fn new(addr: Option<std::net::IpAddr>, username: &str) -> Self {
+        let name = username.to_lowercase();
+        let at = addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        Self {
+            pair: format!("login-pair:{at}:{name}"),
+            addr: addr.map(|a| format!("login-addr:{a}")),
+            account: format!("login-account:{name}"),
+        }
+    }
+}
+
+/// The wrong-current-password counter of an account (a signed-in user's
+/// password change or account deletion); logins wait while it is full.
 fn password_limit_key(username: &str) -> String {
     format!("login-fail:{}", username.to_lowercase())
 }
@@ -351,8 +408,8 @@ impl AuthService for AuthSvc {
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::AuthResponse>, Status> {
         let ua = user_agent(&req);
+        let addr = self.verifier.client_addr(&req);
         let r = req.into_inner();
-        let limit_key = password_limit_key(&r.username);
         let bad = || ApiError::unauthorized("unknown username or wrong password");
         if validate::username(&r.username).is_err()
             || r.password.is_empty()
@@ -360,9 +417,12 @@ impl AuthService for AuthSvc {
         {
             return Err(bad().into());
         }
-        // Only failures count; once there are too many, even the right
-        // password waits for the window to pass.
-        self.password_limit(&limit_key).await?;
+        let keys = LoginKeys::new(addr, &r.username);
+        // Wrong current passwords (an authenticated user's own) hold the
+        // account's logins too.
+        self.password_limit(&password_limit_key(&r.username))
+            .await?;
+        self.login_attempt(&keys).await?;
         let found = self.store.user_by_username(&r.username).await?;
         let v = self
             .hasher
@@ -373,11 +433,24 @@ impl AuthService for AuthSvc {
             .await?;
         match found {
             Some(u) if v.ok => {
-                let _ = self.ephemeral.reset(&limit_key).await;
+                let _ = self.ephemeral.reset(&keys.pair).await;
+                let _ = self.ephemeral.reset(&keys.account).await;
                 self.rehash_if_stale(u.user.id, r.password, v).await;
                 Ok(Response::new(self.issue_session(u.user, ua).await?))
             }
-            _ => Err(self.password_failed(&limit_key, bad()).await.into()),
+            _ => {
+                if let Some(key) = &keys.addr {
+                    let _ = self
+                        .ephemeral
+                        .hit(
+                            key,
+                            self.cfg.login_max_failures_per_addr,
+                            self.cfg.login_window,
+                        )
+                        .await;
+                }
+                Err(bad().into())
+            }
         }
     }
 
@@ -597,10 +670,27 @@ pub struct AuthArgs {
     #[arg(long, env = "CHAT_ARGON2_ITERATIONS", default_value_t = 2)]
     pub argon2_iterations: u32,
 
-    /// Failed logins per username in 5 minutes before 429 (wrong current
-    /// passwords on a password change or account deletion count too).
+    /// Login attempts per client address and username in 5 minutes before
+    /// 429 (counted before the password is checked; a success clears
+    /// them), and wrong current passwords per user on a password change or
+    /// account deletion. A guesser elsewhere does not lock the user out.
     #[arg(long, env = "CHAT_LOGIN_MAX_FAILURES", default_value_t = 10)]
     pub login_max_failures: u32,
+
+    /// Failed logins per client address, whatever the username, in 5
+    /// minutes before 429.
+    #[arg(long, env = "CHAT_LOGIN_MAX_FAILURES_PER_ADDR", default_value_t = 100)]
+    pub login_max_failures_per_addr: u32,
+
+    /// Login attempts per username from every address together in 5
+    /// minutes before 429: the ceiling for a guesser with many addresses
+    /// (a success by the user clears it).
+    #[arg(
+        long,
+        env = "CHAT_LOGIN_MAX_ATTEMPTS_PER_ACCOUNT",
+        default_value_t = 1000
+    )]
+    pub login_max_attempts_per_account: u32,
 
     /// Password hashes and verifies that may run at once, each holding
     /// argon2's memory (--argon2-memory-kib); default: the number of cores.
@@ -630,6 +720,8 @@ impl AuthArgs {
                 iterations: self.argon2_iterations,
             },
             login_max_failures: self.login_max_failures,
+            login_max_failures_per_addr: self.login_max_failures_per_addr,
+            login_max_attempts_per_account: self.login_max_attempts_per_account,
             login_window: Duration::from_secs(300),
             hash_concurrency: self.hash_concurrency.max(1),
             hash_queue: self.hash_queue.unwrap_or(4 * self.hash_concurrency.max(1)),

@@ -16,6 +16,10 @@ pub const SESSION_KEY: &str = "x-chat-session";
 /// The calling service's own name (`gateway`), when it calls for no user.
 pub const SERVICE_KEY: &str = "x-chat-service";
 
+/// The address of the client a gateway calls for (signup, login,
+/// refresh), as the gateway saw it; trusted only with the secret.
+pub const CLIENT_ADDR_KEY: &str = "x-chat-client-addr";
+
 /// The gateway's name when it calls as itself.
 pub const GATEWAY: &str = "gateway";
 
@@ -32,6 +36,13 @@ pub fn assert_user(md: &mut MetadataMap, caller: &Caller, secret: &str) {
 pub fn assert_service(md: &mut MetadataMap, service: &str, secret: &str) {
     insert(md, INTERNAL_KEY, secret);
     insert(md, SERVICE_KEY, service);
+}
+
+/// Asserts the address of the client an anonymous call is made for (auth
+/// limits logins per address).
+pub fn assert_client_addr(md: &mut MetadataMap, addr: std::net::IpAddr, secret: &str) {
+    insert(md, INTERNAL_KEY, secret);
+    insert(md, CLIENT_ADDR_KEY, &addr.to_string());
 }
 
 /// A value that cannot be metadata is left out: the call then fails

@@ -1,7 +1,7 @@
 //! Verifying access tokens (EdDSA JWTs with a `kid`) and internal
 //! assertions, locally, in any service.
 
-use crate::internal::{INTERNAL_KEY, SERVICE_KEY, SESSION_KEY, USER_KEY};
+use crate::internal::{CLIENT_ADDR_KEY, INTERNAL_KEY, SERVICE_KEY, SESSION_KEY, USER_KEY};
 use crate::keys::PublicKey;
 use chat_core::{ApiError, SessionId, UserId};
 use chat_ephemeral::Ephemeral;
@@ -85,6 +85,26 @@ impl Verifier {
     pub fn with_internal_secret(mut self, secret: &str) -> Self {
         self.internal = Some(Arc::new(Sha256::digest(secret.as_bytes()).into()));
         self
+    }
+
+    /// The address of the client `req` is for: the one a gateway asserts
+    /// (with the internal secret), else the gRPC peer's; `None` when
+    /// neither is known (an in-process call without an assertion).
+    pub fn client_addr<T>(&self, req: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+        let md = req.metadata();
+        if let (Some(presented), Some(expected)) = (md.get(INTERNAL_KEY), &self.internal) {
+            let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+            if &digest == expected.as_ref() {
+                let asserted = md
+                    .get(CLIENT_ADDR_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|s| s.parse().ok());
+                if asserted.is_some() {
+                    return asserted;
+                }
+            }
+        }
+        req.remote_addr().map(|a| a.ip())
     }
 
     /// Checks an internal assertion; `None` when the request carries none.

@@ -134,9 +134,9 @@ pub async fn http(
         let tcp = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
+                Ok((tcp, peer)) => {
                     accept_errors = 0;
-                    tcp
+                    (tcp, peer)
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off (up
@@ -151,6 +151,7 @@ pub async fn http(
                 }
             },
         };
+        let (tcp, peer) = tcp;
         let _ = tcp.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned().map(|p| ConnSlot {
             _permit: Arc::new(p),
@@ -191,6 +192,9 @@ pub async fn http(
                 let activity = activity.clone();
                 hyper::service::service_fn(move |mut req: axum::http::Request<_>| {
                     req.extensions_mut().insert(slot.clone());
+                    // The TCP peer: the client, or a proxy in front of it.
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
                     let guard = activity.begin();
                     let fut = hyper::service::Service::call(&service, req);
                     async move {

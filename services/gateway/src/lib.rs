@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod backends;
+pub mod client_addr;
 pub mod extract;
 pub mod http;
 pub mod metrics;
@@ -61,6 +62,8 @@ pub struct GatewayConfig {
     pub typing_interval: Duration,
     /// WebSockets one user may hold open, across gateways (4008 past it).
     pub max_sockets_per_user: u32,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How often an idle WebSocket is pinged (zero: never).
     pub ws_ping_interval: Duration,
     /// A WebSocket that sends nothing, not even a pong, for this long is
@@ -85,6 +88,7 @@ impl Default for GatewayConfig {
             allowed_origins: Vec::new(),
             typing_interval: Duration::from_secs(2),
             max_sockets_per_user: 64,
+            trusted_proxies: Vec::new(),
             ws_ping_interval: Duration::from_secs(30),
             ws_idle_timeout: Duration::from_secs(75),
         }
@@ -290,6 +294,16 @@ pub struct GatewayArgs {
     #[arg(long, env = "CHAT_WS_IDLE_TIMEOUT_MS", default_value_t = 75_000)]
     pub ws_idle_timeout_ms: u64,
 
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose
+    /// `X-Forwarded-For` names the client, e.g. the load balancer's
+    /// address. Auth limits logins per client address; behind a proxy that
+    /// is not listed here every client has the proxy's address. Never list
+    /// a network clients can connect from directly: they could then choose
+    /// their address.
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = client_addr::parse_trusted)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Deadline of each call to auth and room, in milliseconds.
     #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
@@ -310,6 +324,7 @@ impl GatewayArgs {
             subscribe_concurrency: self.subscribe_concurrency as usize,
             typing_interval: Duration::from_millis(self.typing_interval_ms),
             max_sockets_per_user: self.ws_max_per_user,
+            trusted_proxies: self.trusted_proxies.clone(),
             ws_ping_interval: Duration::from_millis(self.ws_ping_interval_ms),
             ws_idle_timeout: Duration::from_millis(self.ws_idle_timeout_ms),
             allowed_origins: self

@@ -155,3 +155,75 @@ async fn a_refresh_token_reused_after_the_grace_revokes_the_session() {
         .expect_error(401, "unauthorized");
     assert_eq!(me(&app, &access2).await, 401, "the whole session ends");
 }
+
+/// Logs in from the source address `from` (loopback has all of
+/// 127.0.0.0/8): (status, error code).
+async fn login_from(app: &TestApp, from: [u8; 4], username: &str, password: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a client");
+    let r = within(
+        "a login",
+        client
+            .post(format!("{}/api/v1/auth/login", app.base))
+            .json(&json!({"username": username, "password": password}))
+            .send(),
+    )
+    .await
+    .expect("the server answers");
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+    (status, code)
+}
+
+#[tokio::test]
+async fn a_guesser_elsewhere_cannot_lock_the_user_out() {
+    let app = spawn_app_with(|cfg| cfg.auth.login_max_failures = 3).await;
+    let alice = app.signup("alice").await;
+    let (mallory, home) = ([127, 0, 0, 66], [127, 0, 0, 2]);
+    for _ in 0..3 {
+        assert_eq!(
+            login_from(&app, mallory, &alice.username, "guess").await,
+            (401, "unauthorized".into())
+        );
+    }
+    assert_eq!(
+        login_from(&app, mallory, &alice.username, "guess").await,
+        (429, "rate_limited".into()),
+        "the guesser is limited"
+    );
+    assert_eq!(
+        login_from(&app, mallory, &alice.username, PASSWORD).await.0,
+        429,
+        "even with the right password, from the guesser's address"
+    );
+    assert_eq!(
+        login_from(&app, home, &alice.username, PASSWORD).await,
+        (200, String::new()),
+        "alice, from her own address, still logs in"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_guesses_checks_no_more_than_the_limit() {
+    let app = spawn_app_with(|cfg| cfg.auth.login_max_failures = 3).await;
+    let alice = app.signup("alice").await;
+    let from = [127, 0, 0, 67];
+    let answers = within(
+        "a burst of 20 guesses",
+        futures_util::future::join_all(
+            (0..20).map(|_| login_from(&app, from, &alice.username, "guess")),
+        ),
+    )
+    .await;
+    let checked = answers.iter().filter(|(s, _)| *s == 401).count();
+    let refused = answers.iter().filter(|(s, _)| *s == 429).count();
+    assert_eq!(checked + refused, 20, "{answers:?}");
+    assert!(
+        checked <= 3,
+        "at most the limit's worth of guesses is checked: {checked} of 20"
+    );
+}

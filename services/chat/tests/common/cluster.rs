@@ -343,6 +343,8 @@ impl Cluster {
                 auth_grpc.clone(),
                 "--room-url".into(),
                 room_grpcs.join(","),
+                // HAProxy, in front, names the client in X-Forwarded-For.
+                "--trusted-proxies=127.0.0.1".into(),
             ];
             args.extend(opts.gateway_args.iter().cloned());
             let mut p = proc(
@@ -499,6 +501,8 @@ frontend chat
 
 backend gateways
     balance roundrobin
+    # The client's address, for the gateways (--trusted-proxies).
+    option forwardfor
     # Liveness, not readiness: a backend every gateway depends on (room,
     # auth) being down must not take every gateway out of rotation.
     option httpchk GET /healthz

@@ -3,6 +3,7 @@
 //! handlers only reshape requests and answers.
 
 use super::{created, no_content, ok, Caller, Res};
+use crate::client_addr::ClientAddr;
 use crate::extract::{Json, UserAgent};
 use crate::Gateway;
 use axum::extract::{Path, State};
@@ -38,6 +39,7 @@ struct SignupBody {
 async fn signup(
     State(gw): State<Gateway>,
     UserAgent(ua): UserAgent,
+    client: ClientAddr,
     Json(b): Json<SignupBody>,
 ) -> Res {
     let msg = pb::SignupRequest {
@@ -45,7 +47,7 @@ async fn signup(
         password: b.password,
         display_name: b.display_name,
     };
-    created(gw.call_anonymous(msg, ua.as_deref()).await?)
+    created(gw.call_anonymous(msg, ua.as_deref(), client).await?)
 }
 
 #[derive(Deserialize)]
@@ -57,13 +59,14 @@ struct LoginBody {
 async fn login(
     State(gw): State<Gateway>,
     UserAgent(ua): UserAgent,
+    client: ClientAddr,
     Json(b): Json<LoginBody>,
 ) -> Res {
     let msg = pb::LoginRequest {
         username: b.username,
         password: b.password,
     };
-    ok(gw.call_anonymous(msg, ua.as_deref()).await?)
+    ok(gw.call_anonymous(msg, ua.as_deref(), client).await?)
 }
 
 #[derive(Deserialize)]
@@ -71,11 +74,11 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-async fn refresh(State(gw): State<Gateway>, Json(b): Json<RefreshBody>) -> Res {
+async fn refresh(State(gw): State<Gateway>, client: ClientAddr, Json(b): Json<RefreshBody>) -> Res {
     let msg = pb::RefreshRequest {
         refresh_token: b.refresh_token,
     };
-    ok(gw.call_anonymous(msg, None).await?)
+    ok(gw.call_anonymous(msg, None, client).await?)
 }
 
 async fn logout(c: Caller) -> Res {
@@ -99,7 +102,9 @@ async fn revoke_session(c: Caller, Path(id): Path<String>) -> Res {
 
 /// Auth's public keys as a JWK set, for clients that verify tokens.
 async fn public_keys(State(gw): State<Gateway>) -> Res {
-    let r = gw.call_anonymous(pb::GetPublicKeysRequest {}, None).await?;
+    let r = gw
+        .call_anonymous(pb::GetPublicKeysRequest {}, None, ClientAddr(None))
+        .await?;
     let keys: Vec<_> = r
         .keys
         .iter()

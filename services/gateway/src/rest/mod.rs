@@ -15,6 +15,7 @@ mod messages;
 mod rooms;
 
 use crate::backends::{request, retrying, As, Backends};
+use crate::client_addr::ClientAddr;
 use crate::extract::{Bearer, Json};
 use crate::Gateway;
 use axum::extract::FromRequestParts;
@@ -103,17 +104,40 @@ impl Caller {
 }
 
 impl Gateway {
-    /// Sends `msg` for nobody yet (signup, login, refresh, keys).
-    async fn call_anonymous<M: Rpc>(&self, msg: M, user_agent: Option<&str>) -> Res<M::Reply> {
-        self.send(As::Anonymous, user_agent, msg).await
+    /// Sends `msg` for nobody yet (signup, login, refresh, keys), with the
+    /// client's address (auth limits logins per address).
+    async fn call_anonymous<M: Rpc>(
+        &self,
+        msg: M,
+        user_agent: Option<&str>,
+        client: ClientAddr,
+    ) -> Res<M::Reply> {
+        self.send_from(As::Anonymous, user_agent, client, msg).await
     }
 
     /// One call with identity and deadline, made again while the backend is
     /// unavailable if [`Rpc::RETRY`] says that is safe; a failure becomes
     /// the contract's error.
     async fn send<M: Rpc>(&self, who: As<'_>, user_agent: Option<&str>, msg: M) -> Res<M::Reply> {
+        self.send_from(who, user_agent, ClientAddr(None), msg).await
+    }
+
+    async fn send_from<M: Rpc>(
+        &self,
+        who: As<'_>,
+        user_agent: Option<&str>,
+        client: ClientAddr,
+        msg: M,
+    ) -> Res<M::Reply> {
         let backends = &self.inner.backends;
-        let req = |m| request(m, who, self.inner.cfg.rpc_timeout, user_agent);
+        let secret = &self.inner.cfg.internal_secret;
+        let req = |m| {
+            let mut r = request(m, who, self.inner.cfg.rpc_timeout, user_agent);
+            if let ClientAddr(Some(addr)) = client {
+                chat_authn::internal::assert_client_addr(r.metadata_mut(), addr, secret);
+            }
+            r
+        };
         let r = if M::RETRY {
             retrying(|| M::send(backends, req(msg.clone()))).await
         } else {
