@@ -62,7 +62,9 @@ ensure_redis() {
     fi
     _port_open 127.0.0.1 6379 && return 0
     _log "starting Redis"
-    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no >/dev/null
+    # Bounded as in docker-compose.yml (docs/deploy.md, "Redis memory").
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --maxmemory 256mb --maxmemory-policy volatile-lru >/dev/null
     _wait_port 127.0.0.1 6379 15 || _missing+=("Redis did not come up on 127.0.0.1:6379")
 }
 

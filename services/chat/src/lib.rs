@@ -9,12 +9,14 @@ pub mod config;
 use anyhow::Context;
 use chat_auth::{AuthSvc, SigningKey};
 use chat_bus::Subjects;
+use chat_ephemeral::{Ephemeral, MemoryEphemeral};
 use chat_gateway::{Backends, Gateway};
 use chat_proto::v1::auth_service_server::AuthServiceServer;
 use chat_proto::v1::room_service_server::RoomServiceServer;
 use chat_room::RoomSvc;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -50,7 +52,9 @@ impl App {
             .await
             .with_context(|| format!("cannot open the store at {store_url}"))?;
         let bus = chat_bus::connect("memory").await?;
-        let ephemeral = chat_ephemeral::connect("memory", "").await?;
+        let ephemeral: Arc<dyn Ephemeral> = Arc::new(
+            MemoryEphemeral::default().with_recent_cache_bytes(cfg.room.recent_cache_bytes),
+        );
         let subjects = Subjects::new(cfg.subject_prefix.clone());
         let key_path = cfg
             .jwt_key_file

@@ -1,6 +1,8 @@
 //! The deployment files agree with the code: `docker-compose.yml` is valid,
 //! `deploy/haproxy/haproxy.cfg` is valid, and every `CHAT_*` variable the
 //! compose file hands one of our services is one that service's binary reads.
+//! Every Redis the deploy files start is bounded (`--maxmemory`) with a
+//! policy that evicts only keys with a TTL.
 //!
 //! No Docker engine is needed: only `docker-compose config` and `haproxy -c`
 //! run. Both tools must be installed (scripts/services.sh installs them); a
@@ -490,5 +492,83 @@ fn haproxy_balances_over_the_gateways_of_the_compose_file() {
         "uri /healthz",
     ] {
         assert!(cfg.contains(needle), "haproxy.cfg has no {needle:?}");
+    }
+}
+
+/// The value after `flag` in a `redis-server` command line.
+fn redis_flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).map(String::as_str)
+}
+
+/// A Redis of ours must be bounded, and evict only keys with a TTL: the
+/// revocation list has none (so it is never evicted, and no session is
+/// un-revoked), every other key has one. `noeviction` would refuse writes
+/// (revocations too) when full; `allkeys-*` could evict the revocations.
+fn assert_bounded_redis(place: &str, args: &[String]) {
+    let max = redis_flag(args, "--maxmemory")
+        .unwrap_or_else(|| panic!("{place}: redis-server without --maxmemory: {args:?}"));
+    let digits: String = max.chars().take_while(char::is_ascii_digit).collect();
+    assert!(
+        digits.parse::<u64>().is_ok_and(|n| n > 0),
+        "{place}: --maxmemory {max:?} must be a positive size"
+    );
+    let policy = redis_flag(args, "--maxmemory-policy")
+        .unwrap_or_else(|| panic!("{place}: redis-server without --maxmemory-policy: {args:?}"));
+    assert!(
+        ["volatile-lru", "volatile-lfu"].contains(&policy),
+        "{place}: --maxmemory-policy {policy} (want volatile-lru: see docs/deploy.md)"
+    );
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn every_redis_in_the_deploy_files_is_bounded_and_evicts_only_expiring_keys() {
+    let services = parse_services(&resolved_compose());
+    let mut seen = Vec::new();
+    for (name, s) in &services {
+        if name.contains("redis") || s.command.first().is_some_and(|c| c == "redis-server") {
+            assert_bounded_redis(&format!("docker-compose.yml, {name}"), &s.command);
+            seen.push(format!("docker-compose.yml, {name}"));
+        }
+    }
+
+    // Scripts and manifests that start a redis-server themselves.
+    let root = repo_root();
+    for file in files_under(&root.join("deploy"))
+        .into_iter()
+        .chain(files_under(&root.join("scripts")))
+    {
+        let Ok(content) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let joined = content.replace("\\\n", " ");
+        for line in joined.lines() {
+            let words: Vec<String> = line.split_whitespace().map(unquote).collect();
+            if words.first().is_some_and(|w| w == "redis-server") {
+                let place = file.strip_prefix(&root).unwrap_or(&file).display();
+                assert_bounded_redis(&place.to_string(), &words);
+                seen.push(place.to_string());
+            }
+        }
+    }
+    for expected in ["docker-compose.yml, redis", "scripts/services.sh"] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "no redis-server found in {expected}: {seen:?}"
+        );
     }
 }

@@ -31,6 +31,10 @@ pub type Result<T, E = EphemeralError> = std::result::Result<T, E>;
 /// default: idle rooms cost nothing.
 pub const DEFAULT_RECENT_TTL: Duration = Duration::from_secs(3600);
 
+/// The in-process store's bound on its recent-event cache, in bytes over
+/// every room, by default. (Redis is bounded by its own `maxmemory`.)
+pub const DEFAULT_RECENT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 /// The answer of a rate limiter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateDecision {

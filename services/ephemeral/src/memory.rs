@@ -1,25 +1,54 @@
 //! In-process ephemeral state for the all-in-one server.
+//!
+//! The recent-event cache is bounded in bytes over every room
+//! ([`MemoryEphemeral::with_recent_cache_bytes`]): each write counts its
+//! payloads (plus a fixed overhead per entry and per room), and past the
+//! bound the caches of the least recently written rooms go, whole, until
+//! the total is back under it. An evicted room's next resume reads the
+//! store (the cache is only trusted when it holds every event asked for).
 
-use crate::{Ephemeral, RateDecision, Result, DEFAULT_RECENT_TTL};
+use crate::{Ephemeral, RateDecision, Result, DEFAULT_RECENT_CACHE_BYTES, DEFAULT_RECENT_TTL};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chat_core::{RoomId, Seq, SessionId, UserId};
 use dashmap::DashMap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// What one cached event costs beyond its payload (map node, seq, handle):
+/// an estimate, so that tiny events count too.
+const ENTRY_OVERHEAD: usize = 64;
+/// What one room's cache costs beyond its entries.
+const ROOM_OVERHEAD: usize = 128;
 
 pub struct MemoryEphemeral {
     revoked: DashMap<SessionId, Instant>,
     counters: DashMap<String, (Instant, u32)>,
     connections: DashMap<UserId, u32>,
-    /// Each room's cached events and when they expire.
-    recent: DashMap<RoomId, Recent>,
+    /// A std mutex: every section is short and never awaits.
+    recent: Mutex<RecentRooms>,
     recent_ttl: Duration,
+}
+
+/// Every room's cached events, in the order of their last write.
+#[derive(Default)]
+struct RecentRooms {
+    rooms: HashMap<RoomId, Recent>,
+    /// Rooms by the stamp of their last write, oldest first: the order of
+    /// both expiry (the TTL restarts at each write) and eviction.
+    order: BTreeMap<u64, RoomId>,
+    next_stamp: u64,
+    /// The cost of everything cached (see [`ENTRY_OVERHEAD`]).
+    bytes: usize,
+    max_bytes: usize,
 }
 
 struct Recent {
     until: Instant,
+    stamp: u64,
+    bytes: usize,
     events: BTreeMap<Seq, Bytes>,
 }
 
@@ -29,7 +58,10 @@ impl Default for MemoryEphemeral {
             revoked: DashMap::new(),
             counters: DashMap::new(),
             connections: DashMap::new(),
-            recent: DashMap::new(),
+            recent: Mutex::new(RecentRooms {
+                max_bytes: DEFAULT_RECENT_CACHE_BYTES,
+                ..RecentRooms::default()
+            }),
             recent_ttl: DEFAULT_RECENT_TTL,
         }
     }
@@ -42,6 +74,26 @@ impl MemoryEphemeral {
         self
     }
 
+    /// The bound on the recent-event cache over every room, in bytes
+    /// (default [`DEFAULT_RECENT_CACHE_BYTES`]); past it the least recently
+    /// written rooms' caches are dropped.
+    pub fn with_recent_cache_bytes(self, max: usize) -> Self {
+        self.recent_rooms().max_bytes = max;
+        self
+    }
+
+    /// What the recent-event cache holds now, in bytes as it counts them
+    /// (payloads plus a fixed overhead per entry and per room).
+    pub fn recent_cache_bytes(&self) -> usize {
+        self.recent_rooms().bytes
+    }
+
+    fn recent_rooms(&self) -> std::sync::MutexGuard<'_, RecentRooms> {
+        // A panic cannot leave the maps half-updated in a way readers
+        // would trust wrongly (the cache is checked before use): go on.
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Drops expired entries; called now and then from writes so memory stays
     /// bounded without a background task.
     fn sweep(&self) {
@@ -49,10 +101,79 @@ impl MemoryEphemeral {
         self.revoked.retain(|_, until| *until > now);
         self.counters.retain(|_, (until, _)| *until > now);
     }
+}
 
-    fn sweep_recent(&self) {
-        let now = Instant::now();
-        self.recent.retain(|_, r| r.until > now);
+impl RecentRooms {
+    fn remove(&mut self, room: RoomId) {
+        if let Some(r) = self.rooms.remove(&room) {
+            self.order.remove(&r.stamp);
+            self.bytes -= r.bytes;
+        }
+    }
+
+    /// Drops the rooms whose cache expired: the oldest writes.
+    fn expire(&mut self, now: Instant) {
+        while let Some((_, &room)) = self.order.first_key_value() {
+            if self.rooms.get(&room).is_some_and(|r| r.until > now) {
+                break;
+            }
+            self.remove(room);
+        }
+    }
+
+    /// Drops the least recently written rooms until the total fits.
+    fn evict(&mut self) {
+        while self.bytes > self.max_bytes {
+            let Some((_, &room)) = self.order.first_key_value() else {
+                break;
+            };
+            self.remove(room);
+            tracing::debug!(room_id = %room, "recent-event cache full: room evicted");
+        }
+    }
+
+    /// Writes `events` to `room` (created if new), keeps its newest `keep`,
+    /// and makes it the most recently written room.
+    fn write(
+        &mut self,
+        room: RoomId,
+        events: &[(Seq, Bytes)],
+        keep: usize,
+        until: Instant,
+        create: bool,
+    ) {
+        if !self.rooms.contains_key(&room) {
+            if !create {
+                return;
+            }
+            self.bytes += ROOM_OVERHEAD;
+        }
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        let r = self.rooms.entry(room).or_insert(Recent {
+            until,
+            stamp,
+            bytes: ROOM_OVERHEAD,
+            events: BTreeMap::new(),
+        });
+        self.order.remove(&r.stamp);
+        self.order.insert(stamp, room);
+        r.stamp = stamp;
+        r.until = until;
+        let before = r.bytes;
+        for (seq, bytes) in events {
+            r.bytes += ENTRY_OVERHEAD + bytes.len();
+            if let Some(old) = r.events.insert(*seq, bytes.clone()) {
+                r.bytes -= ENTRY_OVERHEAD + old.len();
+            }
+        }
+        while r.events.len() > keep {
+            if let Some((_, old)) = r.events.pop_first() {
+                r.bytes -= ENTRY_OVERHEAD + old.len();
+            }
+        }
+        self.bytes = self.bytes - before + r.bytes;
+        self.evict();
     }
 }
 
@@ -136,37 +257,16 @@ impl Ephemeral for MemoryEphemeral {
     }
 
     async fn cache_events(&self, room: RoomId, events: &[(Seq, Bytes)], keep: usize) -> Result<()> {
-        if keep == 0 {
-            self.recent.remove(&room);
-            return Ok(());
-        }
         let now = Instant::now();
-        if events.is_empty() {
-            // Trim and refresh what exists; create nothing.
-            if let Some(mut r) = self.recent.get_mut(&room) {
-                if r.until > now {
-                    r.until = now + self.recent_ttl;
-                    trim(&mut r.events, keep);
-                }
-            }
+        let mut recent = self.recent_rooms();
+        recent.expire(now);
+        if keep == 0 {
+            recent.remove(room);
             return Ok(());
         }
-        if self.recent.len() % 256 == 255 {
-            self.sweep_recent();
-        }
-        // The entry's lock is held throughout: readers see all or nothing.
-        let mut r = self.recent.entry(room).or_insert_with(|| Recent {
-            until: now,
-            events: BTreeMap::new(),
-        });
-        if r.until <= now {
-            r.events.clear();
-        }
-        r.until = now + self.recent_ttl;
-        for (seq, bytes) in events {
-            r.events.insert(*seq, bytes.clone());
-        }
-        trim(&mut r.events, keep);
+        // No events: trim and refresh what exists; create nothing.
+        let create = !events.is_empty();
+        recent.write(room, events, keep, now + self.recent_ttl, create);
         Ok(())
     }
 
@@ -176,7 +276,8 @@ impl Ephemeral for MemoryEphemeral {
         after: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, Bytes)>> {
-        let Some(r) = self.recent.get(&room) else {
+        let recent = self.recent_rooms();
+        let Some(r) = recent.rooms.get(&room) else {
             return Ok(Vec::new());
         };
         if r.until <= Instant::now() {
@@ -191,13 +292,6 @@ impl Ephemeral for MemoryEphemeral {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
-    }
-}
-
-/// Keeps the newest `keep` seqs.
-fn trim(events: &mut BTreeMap<Seq, Bytes>, keep: usize) {
-    while events.len() > keep {
-        events.pop_first();
     }
 }
 
@@ -262,6 +356,70 @@ mod tests {
             .map(|(s, _)| s)
             .collect();
         assert_eq!(seqs, vec![3]);
+    }
+
+    #[tokio::test]
+    async fn the_event_cache_stays_under_its_bound_by_dropping_the_oldest_rooms() {
+        let max = 64 * 1024;
+        let e = MemoryEphemeral::default().with_recent_cache_bytes(max);
+        let rooms: Vec<RoomId> = (0..40).map(|_| RoomId::new()).collect();
+        let payload = Bytes::from(vec![b'x'; 1000]);
+        for room in &rooms {
+            for seq in 1..=4 {
+                e.cache_events(*room, &[(seq, payload.clone())], 256)
+                    .await
+                    .unwrap();
+                assert!(e.recent_cache_bytes() <= max, "{}", e.recent_cache_bytes());
+            }
+        }
+        // 40 rooms of ~4.4 KB do not fit in 64 KiB: the oldest went whole,
+        // the newest are whole.
+        let mut cached = Vec::new();
+        for room in &rooms {
+            cached.push(e.cached_events(*room, 0, 10).await.unwrap().len());
+        }
+        assert_eq!(cached[0], 0);
+        assert_eq!(cached[39], 4);
+        let first_kept = cached.iter().position(|&n| n > 0).unwrap();
+        assert!(first_kept > 20, "{cached:?}");
+        assert!(cached[first_kept..].iter().all(|&n| n == 4), "{cached:?}");
+        let per_room = ROOM_OVERHEAD + 4 * (ENTRY_OVERHEAD + 1000);
+        assert_eq!(e.recent_cache_bytes(), (40 - first_kept) * per_room);
+
+        // A write makes a room the newest: the next eviction spares it.
+        let oldest = rooms[first_kept];
+        e.cache_events(oldest, &[(5, payload.clone())], 4)
+            .await
+            .unwrap();
+        let four: Vec<(Seq, Bytes)> = (1..=4).map(|seq| (seq, payload.clone())).collect();
+        e.cache_events(RoomId::new(), &four, 4).await.unwrap();
+        assert_eq!(e.cached_events(oldest, 0, 10).await.unwrap().len(), 4);
+        assert!(e
+            .cached_events(rooms[first_kept + 1], 0, 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // Rewrites and trims are counted, not added; emptied rooms free all.
+        e.cache_events(oldest, &[(5, Bytes::from_static(b"y"))], 4)
+            .await
+            .unwrap();
+        let all: Vec<RoomId> = e.recent_rooms().rooms.keys().copied().collect();
+        for room in all {
+            e.cache_events(room, &[], 0).await.unwrap();
+        }
+        assert_eq!(e.recent_cache_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_room_larger_than_the_bound_is_not_kept() {
+        let e = MemoryEphemeral::default().with_recent_cache_bytes(1024);
+        let room = RoomId::new();
+        e.cache_events(room, &[(1, Bytes::from(vec![0; 2000]))], 10)
+            .await
+            .unwrap();
+        assert!(e.cached_events(room, 0, 10).await.unwrap().is_empty());
+        assert_eq!(e.recent_cache_bytes(), 0);
     }
 
     #[tokio::test]

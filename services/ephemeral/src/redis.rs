@@ -2,7 +2,11 @@
 //! distributed mode.
 //!
 //! Keys, all under one prefix so deployments and tests can share a server:
-//! - `{prefix}:revoked:{session_id}`: `1`, expiring with the access token;
+//! - `{prefix}:revoked`: the revocation list, one sorted set of session ids
+//!   scored by when their revocation ends (Unix ms, the access token's
+//!   expiry); ended ones are pruned at each revocation. The set itself has
+//!   no TTL, so a `volatile-*` eviction policy can never drop it (see
+//!   below);
 //! - `{prefix}:rl:{key}`: a fixed-window counter, expiring with its window;
 //! - `{prefix}:conns:{user_id}`: open connections of the user, summed over
 //!   every gateway;
@@ -10,6 +14,13 @@
 //!   scored by seq whose members are the 8-byte big-endian seq followed by
 //!   the encoded event (so equal payloads at different seqs stay distinct),
 //!   expiring [`DEFAULT_RECENT_TTL`] after the room's last cache write.
+//!
+//! Memory: Redis runs with `maxmemory` and `volatile-lru` (docs/deploy.md).
+//! Every key but the revocation list has a TTL, so under memory pressure
+//! Redis evicts the least recently used of those: mostly idle rooms' event
+//! caches (safe: a resume checks the cache before trusting it), and rate
+//! counters or presence counts that nobody touched lately. A revocation
+//! is never evicted, so memory pressure cannot un-revoke a session.
 //!
 //! Every read-modify-write is one Lua script, so it is atomic and one round
 //! trip. Commands time out (a dead Redis gives errors, not hangs); the client
@@ -75,6 +86,34 @@ end
 return redis.call('DECR', KEYS[1])
 ";
 
+/// Redis's clock in Unix ms (one clock for every process that reads or
+/// writes the revocation list).
+const NOW_MS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// Revokes `ARGV[1]` for `ARGV[2]` ms (never shortening a revocation), and
+/// prunes the revocations that ended.
+const REVOKE: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ends = now + tonumber(ARGV[2])
+local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0') or 0
+if ends > old then
+  redis.call('ZADD', KEYS[1], ends, ARGV[1])
+end
+return 1
+";
+
+/// 1 when `ARGV[1]` is revoked now, else 0.
+const IS_REVOKED: &str = r"
+local ends = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ends and tonumber(ends) > now then
+  return 1
+end
+return 0
+";
+
 /// Caches a room's events: `ARGV` = keep, TTL in ms, then (seq, member)
 /// pairs. Each seq's old member goes before the new one comes; then the
 /// oldest beyond `keep` go, and the expiry restarts. Returns the size.
@@ -99,6 +138,8 @@ pub struct RedisEphemeral {
     prefix: String,
     presence_ttl: Duration,
     recent_ttl: Duration,
+    revoke: Script,
+    is_revoked: Script,
     hit: Script,
     peek: Script,
     opened: Script,
@@ -145,6 +186,8 @@ impl RedisEphemeral {
             prefix: key_prefix.to_owned(),
             presence_ttl: DEFAULT_PRESENCE_TTL,
             recent_ttl: DEFAULT_RECENT_TTL,
+            revoke: Script::from_lua(format!("{NOW_MS}{REVOKE}")),
+            is_revoked: Script::from_lua(format!("{NOW_MS}{IS_REVOKED}")),
             hit: Script::from_lua(HIT),
             peek: Script::from_lua(PEEK),
             opened: Script::from_lua(OPENED),
@@ -171,6 +214,15 @@ impl RedisEphemeral {
         &self.client
     }
 
+    /// The revocation list: one key (see the module doc).
+    fn revoked_key(&self) -> String {
+        if self.prefix.is_empty() {
+            "revoked".to_owned()
+        } else {
+            format!("{}:revoked", self.prefix)
+        }
+    }
+
     fn key(&self, kind: &str, id: impl std::fmt::Display) -> String {
         if self.prefix.is_empty() {
             format!("{kind}:{id}")
@@ -183,25 +235,25 @@ impl RedisEphemeral {
 #[async_trait]
 impl Ephemeral for RedisEphemeral {
     async fn revoke_session(&self, id: SessionId, ttl: Duration) -> Result<()> {
-        self.client
-            .set::<(), _, _>(
-                self.key("revoked", id),
-                1,
-                Some(Expiration::PX(millis(ttl))),
-                None,
-                false,
+        let _: i64 = self
+            .revoke
+            .evalsha_with_reload(
+                &self.client,
+                self.revoked_key(),
+                vec![Value::from(id.to_string()), Value::from(millis(ttl))],
             )
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn is_session_revoked(&self, id: SessionId) -> Result<bool> {
-        let n: u32 = self
-            .client
-            .exists(self.key("revoked", id))
+        let n: i64 = self
+            .is_revoked
+            .evalsha_with_reload(&self.client, self.revoked_key(), id.to_string())
             .await
             .map_err(unavailable)?;
-        Ok(n > 0)
+        Ok(n == 1)
     }
 
     async fn hit(&self, key: &str, limit: u32, window: Duration) -> Result<RateDecision> {

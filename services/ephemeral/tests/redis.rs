@@ -55,16 +55,26 @@ async fn keys_live_under_the_prefix_with_expiries() {
 
     let c = e.client();
     let mut keys: Vec<String> = Vec::new();
-    for k in [
-        format!("{p}:revoked:{s}"),
-        format!("{p}:rl:login:x"),
-        format!("{p}:conns:{u}"),
-    ] {
+    // The revocation list is one sorted set without a TTL (a volatile-*
+    // eviction policy never drops it), scored by each revocation's end.
+    let revoked = format!("{p}:revoked");
+    let ttl: i64 = c.pttl(&revoked).await.unwrap();
+    assert_eq!(ttl, -1, "{revoked} must exist without an expiry");
+    let until: f64 = c.zscore(&revoked, s.to_string()).await.unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    assert!(
+        (until - now_ms - 60_000.0).abs() < 10_000.0,
+        "the revocation ends with its TTL: {until} vs now {now_ms}"
+    );
+    for k in [format!("{p}:rl:login:x"), format!("{p}:conns:{u}")] {
         let ttl: i64 = c.pttl(&k).await.unwrap();
         assert!(ttl > 0, "{k} must exist and expire (pttl {ttl})");
         keys.push(k);
     }
-    let conns_ttl: i64 = c.pttl(&keys[2]).await.unwrap();
+    let conns_ttl: i64 = c.pttl(&keys[1]).await.unwrap();
     assert!(
         conns_ttl > 3_600_000,
         "presence must outlive an hour: {conns_ttl}"
@@ -134,6 +144,47 @@ async fn a_rooms_event_cache_is_one_expiring_sorted_set_under_the_prefix() {
     e.cache_events(room, &[], 0).await.unwrap();
     let n: u32 = c.exists(&k).await.unwrap();
     assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn revocations_outlive_memory_pressure_and_old_caches_go() {
+    // As the deploy files run it: bounded, evicting keys with a TTL.
+    let server =
+        PrivateServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "volatile-lru"])
+            .await;
+    let e = RedisEphemeral::connect(&server.url(), &prefix())
+        .await
+        .unwrap();
+    let revoked: Vec<SessionId> = (0..100).map(|_| SessionId::new()).collect();
+    for s in &revoked {
+        e.revoke_session(*s, Duration::from_secs(600))
+            .await
+            .unwrap();
+    }
+    // ~16 MB of event caches into 4 MB.
+    let payload = Bytes::from(vec![b'x'; 4000]);
+    let rooms: Vec<RoomId> = (0..200).map(|_| RoomId::new()).collect();
+    for room in &rooms {
+        let events: Vec<(i64, Bytes)> = (1..=20).map(|seq| (seq, payload.clone())).collect();
+        // Best effort, as the room service writes it.
+        let _ = e.cache_events(*room, &events, 256).await;
+    }
+    for s in &revoked {
+        assert!(
+            e.is_session_revoked(*s).await.unwrap(),
+            "un-revoked by eviction"
+        );
+    }
+    assert!(
+        e.cached_events(rooms[0], 0, 100).await.unwrap().is_empty(),
+        "the oldest room's cache was evicted"
+    );
+    // Revocations still work after the pressure.
+    let late = SessionId::new();
+    e.revoke_session(late, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(e.is_session_revoked(late).await.unwrap());
 }
 
 #[tokio::test]
@@ -226,11 +277,17 @@ async fn connecting_to_a_silent_server_times_out() {
 /// own port, which this test may stop and start.
 struct PrivateServer {
     port: u16,
+    args: Vec<String>,
     child: Option<tokio::process::Child>,
 }
 
 impl PrivateServer {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With more `redis-server` flags.
+    async fn start_with(args: &[&str]) -> Self {
         // Below the ephemeral range (32768+): while the server is stopped,
         // no outgoing connection can take its port as a source port.
         let from = (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
@@ -238,7 +295,12 @@ impl PrivateServer {
             .map(|i| 20_000 + (from + i) % 12_000)
             .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
             .expect("a free port in 20000-31999");
-        let mut s = Self { port, child: None };
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut s = Self {
+            port,
+            args,
+            child: None,
+        };
         s.restart().await;
         s
     }
@@ -248,6 +310,7 @@ impl PrivateServer {
         let child = tokio::process::Command::new(&bin)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)

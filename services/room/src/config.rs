@@ -1,6 +1,7 @@
 //! The room service's tunables: [`RoomConfig`], and [`RoomArgs`], the flags
 //! that set them (shared by `room` and `chat`).
 
+use chat_ephemeral::DEFAULT_RECENT_CACHE_BYTES;
 use std::time::Duration;
 
 /// How the room service behaves; see [`RoomArgs`] for each knob.
@@ -73,6 +74,13 @@ pub struct RoomArgs {
     /// distributed mode) to serve resumes and backfills (0: no cache).
     #[arg(long, env = "CHAT_RECENT_CACHE", default_value_t = DEFAULT_RECENT_CACHE)]
     pub recent_cache: usize,
+
+    /// Bytes the recent-event cache may hold over every room in the
+    /// all-in-one server; past it the least recently written rooms' caches
+    /// are dropped (their resumes read the store). Redis, in the distributed
+    /// mode, is bounded by its own `maxmemory` instead (see docs/deploy.md).
+    #[arg(long, env = "CHAT_RECENT_CACHE_BYTES", default_value_t = DEFAULT_RECENT_CACHE_BYTES)]
+    pub recent_cache_bytes: usize,
 }
 
 impl RoomArgs {

@@ -8,6 +8,12 @@
 //! entry (and a deletion blanks the cached bodies of the message's edits).
 //! Cache writes are best effort: a failure is logged and forgotten.
 //!
+//! Bounds: `keep` events per room, each at most a body's size (~16 KB; no
+//! other per-event cap), and a total the ephemeral store enforces by
+//! dropping whole rooms' caches: the least recently written past
+//! `--recent-cache-bytes` in process, Redis's `maxmemory` with
+//! `volatile-lru` in the distributed mode. Either is safe, as below.
+//!
 //! The store stays the truth, and `ListEvents` trusts the cache only when
 //! it holds *every* event from `after_seq + 1` to the room's last seq (read
 //! with the membership check), with no hole. A write that failed or is still

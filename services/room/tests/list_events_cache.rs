@@ -537,6 +537,40 @@ async fn a_small_cache_serves_the_newest_events_and_the_store_the_rest() {
 }
 
 #[tokio::test]
+async fn past_its_byte_bound_the_cache_drops_the_oldest_rooms_and_resumes_use_the_store() {
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    let max = 32 * 1024;
+    let bounded_cache = Arc::new(MemoryEphemeral::default().with_recent_cache_bytes(max));
+    let bounded = w.service(bounded_cache.clone(), 256);
+    let body = "x".repeat(1000);
+    let mut rooms = Vec::new();
+    for _ in 0..12 {
+        let room = w.room(&alice, &[]).await;
+        for _ in 0..5 {
+            post(&bounded, &alice, &room, &body).await;
+            assert!(bounded_cache.recent_cache_bytes() <= max);
+        }
+        rooms.push(room);
+    }
+    let cached = |room: &String| {
+        let c = bounded_cache.clone();
+        let room = room_id(room);
+        async move { c.cached_events(room, 0, 1000).await.unwrap().len() }
+    };
+    assert_eq!(cached(&rooms[0]).await, 0, "the oldest room was evicted");
+    assert!(cached(&rooms[11]).await > 0, "the newest room is cached");
+    // Every resume, evicted or not, returns every event: from the store
+    // when the cache lacks any of them.
+    for room in [&rooms[0], &rooms[11]] {
+        let all = events(&bounded, &alice, room, 0, 0).await;
+        assert_eq!(all, events(&w.plain, &alice, room, 0, 0).await);
+        assert!(all.items.len() >= 5);
+        assert_same_as_the_store(&w, &bounded, &alice, room).await;
+    }
+}
+
+#[tokio::test]
 async fn without_a_cache_nothing_is_cached() {
     let w = World::new().await;
     let alice = w.user("alice").await;
