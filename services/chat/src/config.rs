@@ -17,6 +17,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// Serve gRPC server reflection on --grpc-addr (what grpcurl's `list`
+    /// and `describe` use). On here for developers; `false` turns it off.
+    #[arg(long, env = "CHAT_GRPC_REFLECTION", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub grpc_reflection: bool,
+
     /// Directory for the SQLite database and the token signing key.
     #[arg(long, env = "CHAT_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

@@ -2,7 +2,8 @@
 //! embedded backends (SQLite under the data dir, the in-process bus and
 //! ephemeral store). The gateway reaches auth and room through the same
 //! gRPC clients as in the distributed mode, over an in-process channel; the
-//! same services are also served on `--grpc-addr` with reflection.
+//! same services are also served on `--grpc-addr` (with reflection unless
+//! `--grpc-reflection false`).
 
 pub mod config;
 
@@ -87,6 +88,7 @@ impl App {
             tonic::service::Routes::new(AuthServiceServer::new(auth))
                 .add_service(RoomServiceServer::new(room)),
             &[chat_proto::AUTH_SERVICE, chat_proto::ROOM_SERVICE],
+            cfg.grpc_reflection,
         )?;
 
         // The gateway's channel to auth and room: HTTP/2 over in-memory pipes.

@@ -10,5 +10,6 @@ mod durability;
 mod edge;
 mod helpers;
 mod messages;
+mod reflection;
 mod rooms;
 mod websocket;
