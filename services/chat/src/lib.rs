@@ -3,7 +3,8 @@
 //! ephemeral store). The gateway reaches auth and room through the same
 //! gRPC clients as in the distributed mode, over an in-process channel; the
 //! same services are also served on `--grpc-addr` (with reflection unless
-//! `--grpc-reflection false`).
+//! `--grpc-reflection false`). `/readyz` and `/metrics` are on their own
+//! listener, `--admin-addr`.
 
 pub mod config;
 
@@ -28,8 +29,10 @@ pub use config::Config;
 /// A built server: listeners bound, store migrated, services wired.
 pub struct App {
     http: TcpListener,
+    admin: TcpListener,
     grpc: TcpListener,
     router: axum::Router,
+    admin_router: axum::Router,
     grpc_router: tonic::service::Routes,
     in_process: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>,
     gateway: Gateway,
@@ -122,6 +125,7 @@ impl App {
             shutdown.clone(),
         );
         let router = gateway.router();
+        let admin_router = gateway.admin_router();
 
         let http = TcpListener::bind(cfg.http_addr)
             .await
@@ -129,10 +133,13 @@ impl App {
         let grpc = TcpListener::bind(cfg.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.grpc_addr))?;
+        let admin = chat_core::serve::bind(cfg.admin_addr).await?;
         Ok(App {
             http,
+            admin,
             grpc,
             router,
+            admin_router,
             grpc_router,
             in_process: pipe_rx,
             gateway,
@@ -146,6 +153,13 @@ impl App {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Where `/readyz` and `/metrics` answer.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
@@ -183,6 +197,12 @@ impl App {
                     .await
             })
         };
+        let admin = tokio::spawn(chat_core::serve::http(
+            self.admin,
+            self.admin_router,
+            chat_core::serve::HttpLimits::admin(self.drain),
+            self.shutdown.clone(),
+        ));
         let shutdown = self.shutdown.clone();
         chat_core::serve::http(self.http, self.router, self.limits, shutdown)
             .await
@@ -193,6 +213,11 @@ impl App {
         );
         self.gateway.drain(self.drain).await;
         grpc_stop.cancel();
+        match admin.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "admin listener ended with an error"),
+            Err(error) => tracing::warn!(%error, "admin listener task failed"),
+        }
         for (name, task) in [("grpc", tcp_grpc), ("in-process grpc", in_process)] {
             match task.await {
                 Ok(Ok(())) => {}

@@ -70,6 +70,21 @@ impl Default for HttpLimits {
     }
 }
 
+impl HttpLimits {
+    /// Limits of an admin listener (`/readyz`, `/metrics`): its clients are
+    /// a few probes and scrapers, so it holds few connections.
+    pub fn admin(drain: Duration) -> Self {
+        Self {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            drain,
+            ..Self::default()
+        }
+    }
+}
+
+/// Connections an admin listener serves at once.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// File descriptors kept for everything but client connections: the
 /// store, gRPC channels, log files and the over-capacity reserve.
 pub const FD_RESERVE: u64 = 256;

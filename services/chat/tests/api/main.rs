@@ -1,6 +1,7 @@
 //! The `chat` server's integration tests, as one test binary: each module
 //! drives a real server (see `helpers`) through the client contract only.
 
+mod admin;
 mod auth;
 mod auth_abuse;
 mod bad_input;

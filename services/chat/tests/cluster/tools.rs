@@ -182,7 +182,8 @@ async fn the_cluster_script_starts_a_working_stack_and_stops_everything() {
         .expect("bin dir")
         .to_owned();
     let lb_port = free_port();
-    // auth, room and two gateways take 2 + 2 + 1 + 1 ports from the base.
+    // auth, room and two gateways (public and admin) take 2 each from the
+    // base.
     let base = free_ports(8);
     let script = repo_root().join("deploy/local/cluster");
     let run = |args: &[&str]| {
