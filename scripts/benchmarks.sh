@@ -40,7 +40,7 @@ start_aio() { # flags...
     stop_aio
     rm -rf "$OUT/data"
     RUST_LOG=warn "$bin/chat" --data-dir "$OUT/data" --http-addr "127.0.0.1:$port" \
-        --grpc-addr 127.0.0.1:0 --send-limit 0 --membership-limit 0 --create-limit 0 --ws-frames-per-sec 100000 \
+        --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --send-limit 0 --membership-limit 0 --create-limit 0 --ws-frames-per-sec 100000 \
         --argon2-memory-kib 256 --argon2-iterations 1 "$@" >"$OUT/chat.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 100); do

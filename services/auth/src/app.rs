@@ -1,5 +1,6 @@
 //! The `auth` process of the distributed mode: the service on Postgres,
-//! Redis and NATS, gRPC with reflection, and health endpoints.
+//! Redis and NATS, gRPC (with reflection only when `--grpc-reflection
+//! true`), and health endpoints.
 
 use crate::{AuthArgs, AuthSvc, SigningKey};
 use anyhow::Context;
@@ -57,6 +58,7 @@ impl App {
         let routes = chat_proto::with_reflection(
             tonic::service::Routes::new(AuthServiceServer::new(svc)),
             &[chat_proto::AUTH_SERVICE],
+            cfg.listen.grpc_reflection,
         )?;
         let checks = vec![
             chat_store::ready_check(store),

@@ -5,17 +5,29 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The all-in-one chat server: REST + WebSocket on --http-addr, gRPC (with
-/// reflection) on --grpc-addr, data in --data-dir.
+/// reflection) on --grpc-addr, /readyz and /metrics on --admin-addr, data in
+/// --data-dir.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "chat", version, about, long_about = None)]
 pub struct Config {
-    /// Address for the REST API and the WebSocket (`/ws`).
+    /// Address for the REST API, the WebSocket (`/ws`) and `/healthz`.
     #[arg(long, env = "CHAT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+
+    /// Address for `/readyz` and `/metrics`, for operators only: keep it off
+    /// the public network (readiness names failing dependencies).
+    #[arg(long, env = "CHAT_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
 
     /// Address for the gRPC services (AuthService, RoomService, reflection).
     #[arg(long, env = "CHAT_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
+
+    /// Serve gRPC server reflection on --grpc-addr (what grpcurl's `list`
+    /// and `describe` use). On here for developers; `false` turns it off.
+    #[arg(long, env = "CHAT_GRPC_REFLECTION", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub grpc_reflection: bool,
 
     /// Directory for the SQLite database and the token signing key.
     #[arg(long, env = "CHAT_DATA_DIR", default_value = "./data")]
@@ -58,6 +70,7 @@ impl Config {
         let mut c = Config::parse_from(["chat"]);
         c.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         c.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         c.data_dir = dir.to_path_buf();
         c
     }

@@ -2,7 +2,9 @@
 //! embedded backends (SQLite under the data dir, the in-process bus and
 //! ephemeral store). The gateway reaches auth and room through the same
 //! gRPC clients as in the distributed mode, over an in-process channel; the
-//! same services are also served on `--grpc-addr` with reflection.
+//! same services are also served on `--grpc-addr` (with reflection unless
+//! `--grpc-reflection false`). `/readyz` and `/metrics` are on their own
+//! listener, `--admin-addr`.
 
 pub mod config;
 
@@ -29,8 +31,10 @@ pub use config::Config;
 /// A built server: listeners bound, store migrated, services wired.
 pub struct App {
     http: TcpListener,
+    admin: TcpListener,
     grpc: TcpListener,
     router: axum::Router,
+    admin_router: axum::Router,
     grpc_router: tonic::service::Routes,
     in_process: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>,
     gateway: Gateway,
@@ -91,6 +95,7 @@ impl App {
             tonic::service::Routes::new(AuthServiceServer::new(auth))
                 .add_service(RoomServiceServer::new(room)),
             &[chat_proto::AUTH_SERVICE, chat_proto::ROOM_SERVICE],
+            cfg.grpc_reflection,
         )?;
 
         // The gateway's channel to auth and room: HTTP/2 over in-memory pipes.
@@ -124,6 +129,7 @@ impl App {
             shutdown.clone(),
         );
         let router = gateway.router();
+        let admin_router = gateway.admin_router();
 
         let http = TcpListener::bind(cfg.http_addr)
             .await
@@ -131,10 +137,13 @@ impl App {
         let grpc = TcpListener::bind(cfg.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.grpc_addr))?;
+        let admin = chat_core::serve::bind(cfg.admin_addr).await?;
         Ok(App {
             http,
+            admin,
             grpc,
             router,
+            admin_router,
             grpc_router,
             in_process: pipe_rx,
             gateway,
@@ -148,6 +157,13 @@ impl App {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Where `/readyz` and `/metrics` answer.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
@@ -185,6 +201,12 @@ impl App {
                     .await
             })
         };
+        let admin = tokio::spawn(chat_core::serve::http(
+            self.admin,
+            self.admin_router,
+            chat_core::serve::HttpLimits::admin(self.drain),
+            self.shutdown.clone(),
+        ));
         let shutdown = self.shutdown.clone();
         chat_core::serve::http(self.http, self.router, self.limits, shutdown)
             .await
@@ -195,6 +217,11 @@ impl App {
         );
         self.gateway.drain(self.drain).await;
         grpc_stop.cancel();
+        match admin.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "admin listener ended with an error"),
+            Err(error) => tracing::warn!(%error, "admin listener task failed"),
+        }
         for (name, task) in [("grpc", tcp_grpc), ("in-process grpc", in_process)] {
             match task.await {
                 Ok(Ok(())) => {}

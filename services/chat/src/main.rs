@@ -10,6 +10,11 @@ async fn main() -> anyhow::Result<()> {
     chat_core::telemetry::init("info");
     let shutdown = chat_core::shutdown::on_signal();
     let app = App::build(cfg, shutdown).await?;
-    tracing::info!(http = %app.http_addr(), grpc = %app.grpc_addr(), "listening");
+    tracing::info!(
+        http = %app.http_addr(),
+        admin = %app.admin_addr(),
+        grpc = %app.grpc_addr(),
+        "listening"
+    );
     app.run().await
 }

@@ -54,9 +54,16 @@ pub struct ListenArgs {
     #[arg(long, env = "CHAT_GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
 
-    /// Address for `/healthz` and `/readyz`.
+    /// Address for `/healthz` and `/readyz` (operators and probes only).
     #[arg(long, env = "CHAT_HTTP_ADDR")]
     pub http_addr: SocketAddr,
+
+    /// Serve gRPC server reflection (grpcurl's `list`, `describe`). Off by
+    /// default: it tells anyone who reaches the port every call and
+    /// message; turn it on (`true`) for debugging.
+    #[arg(long, env = "CHAT_GRPC_REFLECTION", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub grpc_reflection: bool,
 }
 
 /// Limits of the client-facing HTTP listener (`chat`, `gateway`): every

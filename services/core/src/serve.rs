@@ -24,11 +24,9 @@ pub async fn grpc(
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        // The callers are our own gateways, which cancel calls that time
-        // out: under a connect storm that is many reset streams, and h2's
-        // default (20) answers them with GOAWAY, failing every call on the
-        // connection at once.
-        .http2_max_pending_accept_reset_streams(Some(4096))
+        // h2's limit of pending reset streams (20, then GOAWAY) stays as it
+        // is: it is the guard against rapid-reset floods. A call lost to a
+        // GOAWAY is `unavailable`, which callers retry (docs/security.md).
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
@@ -71,6 +69,21 @@ impl Default for HttpLimits {
         }
     }
 }
+
+impl HttpLimits {
+    /// Limits of an admin listener (`/readyz`, `/metrics`): its clients are
+    /// a few probes and scrapers, so it holds few connections.
+    pub fn admin(drain: Duration) -> Self {
+        Self {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            drain,
+            ..Self::default()
+        }
+    }
+}
+
+/// Connections an admin listener serves at once.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// File descriptors kept for everything but client connections: the
 /// store, gRPC channels, log files and the over-capacity reserve.

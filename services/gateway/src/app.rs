@@ -17,9 +17,15 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Clone, Debug, clap::Parser)]
 #[command(name = "gateway", version, about)]
 pub struct Config {
-    /// Address for the REST API, the WebSocket and health.
+    /// Address for the REST API, the WebSocket and `/healthz` (for load
+    /// balancers).
     #[arg(long, env = "CHAT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+
+    /// Address for `/readyz` and `/metrics`, for operators only: keep it off
+    /// the public network (readiness names failing dependencies).
+    #[arg(long, env = "CHAT_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
 
     /// auth's gRPC URL(s), comma-separated; calls are balanced over them.
     #[arg(
@@ -75,6 +81,7 @@ pub fn balanced_channel(urls: &[String]) -> anyhow::Result<Channel> {
 
 pub struct App {
     http: TcpListener,
+    admin: TcpListener,
     gateway: Gateway,
     shutdown: CancellationToken,
     drain: Duration,
@@ -145,6 +152,7 @@ impl App {
         );
         Ok(App {
             http: chat_core::serve::bind(cfg.http_addr).await?,
+            admin: chat_core::serve::bind(cfg.admin_addr).await?,
             gateway,
             shutdown,
             drain: Duration::from_secs(cfg.shutdown_timeout_secs),
@@ -158,9 +166,19 @@ impl App {
         self.http.local_addr().ok()
     }
 
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+
     /// Serves until the shutdown token; then finishes in-flight requests and
     /// closes WebSockets with 1012.
     pub async fn run(self) -> anyhow::Result<()> {
+        let admin = tokio::spawn(chat_core::serve::http(
+            self.admin,
+            self.gateway.admin_router(),
+            chat_core::serve::HttpLimits::admin(self.drain),
+            self.shutdown.clone(),
+        ));
         chat_core::serve::http(
             self.http,
             self.gateway.router(),
@@ -169,6 +187,7 @@ impl App {
         )
         .await?;
         self.gateway.drain(self.drain).await;
+        admin.await.context("admin listener task")??;
         Ok(())
     }
 }

@@ -1,8 +1,11 @@
-//! The gateway's HTTP surface in one router: the REST API (`rest`)
-//! under `/api/v1`, the WebSocket upgrade at `/ws` (see [`crate::ws`]),
-//! liveness (`/healthz`), readiness (`/readyz`) and Prometheus `/metrics`.
-//! Unknown paths and methods answer in the contract's error shape; every
-//! request gets a body limit and a tracing span.
+//! The gateway's HTTP surface, in two routers. The public one: the REST
+//! API (`rest`) under `/api/v1`, the WebSocket upgrade at `/ws` (see
+//! [`crate::ws`]) and liveness (`/healthz`, what load balancers ask). The
+//! admin one, for the `--admin-addr` listener that only operators reach:
+//! readiness (`/readyz`, which names the failing dependency and its error)
+//! and Prometheus `/metrics`. Unknown paths and methods answer in the
+//! contract's error shape; every request gets a body limit and a tracing
+//! span.
 
 use crate::extract::Json;
 use crate::{rest, Gateway};
@@ -16,15 +19,35 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use tower_http::trace::TraceLayer;
 
-/// Every route the gateway serves, with its state and layers.
+/// Every route clients may reach, with its state and layers.
 pub fn router(gw: Gateway) -> Router {
     let max_body = gw.inner.cfg.max_body_bytes;
-    Router::new()
-        .nest("/api/v1", rest::routes())
-        .route("/ws", get(crate::ws::upgrade))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    layered(
+        Router::new()
+            .nest("/api/v1", rest::routes())
+            .route("/ws", get(crate::ws::upgrade))
+            .route("/healthz", get(|| async { "ok" })),
+        max_body,
+    )
+    .with_state(gw)
+}
+
+/// The operators' routes: `/readyz` and `/metrics`. They tell a client
+/// more than it should know (upstream error text, load), so they are
+/// served on their own listener, never on the public one.
+pub fn admin_router(gw: Gateway) -> Router {
+    layered(
+        Router::new()
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics)),
+        0,
+    )
+    .with_state(gw)
+}
+
+/// Error-shaped fallbacks, the body limit and the request span.
+fn layered(routes: Router<Gateway>, max_body: usize) -> Router<Gateway> {
+    routes
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -48,7 +71,6 @@ pub fn router(gw: Gateway) -> Router {
                 })
                 .on_failure(()),
         )
-        .with_state(gw)
 }
 
 /// `200` when every readiness check passes, else `unavailable` naming the

@@ -181,9 +181,14 @@ impl Gateway {
         }
     }
 
-    /// The axum router: REST, WebSocket, health.
+    /// The public axum router: REST, WebSocket, `/healthz`.
     pub fn router(&self) -> axum::Router {
         http::router(self.clone())
+    }
+
+    /// The admin router (`/readyz`, `/metrics`), for `--admin-addr`.
+    pub fn admin_router(&self) -> axum::Router {
+        http::admin_router(self.clone())
     }
 
     /// Closes every WebSocket with 1012 and waits (up to `deadline`) for the

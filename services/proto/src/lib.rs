@@ -15,11 +15,17 @@ pub const AUTH_SERVICE: &str = "chat.v1.AuthService";
 pub const ROOM_SERVICE: &str = "chat.v1.RoomService";
 
 /// Adds gRPC server reflection (v1 and v1alpha, for every grpcurl) to
-/// `routes`, advertising `services` (the ones this process serves).
+/// `routes` when `enabled` (`--grpc-reflection`), advertising `services`
+/// (the ones this process serves). Off, a reflection call is answered
+/// UNIMPLEMENTED like any unknown service.
 pub fn with_reflection(
     routes: tonic::service::Routes,
     services: &[&str],
+    enabled: bool,
 ) -> Result<tonic::service::Routes, tonic_reflection::server::Error> {
+    if !enabled {
+        return Ok(routes);
+    }
     let mut v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET);
     let mut v1alpha = tonic_reflection::server::Builder::configure()

@@ -1,5 +1,6 @@
 //! The `room` process of the distributed mode: the service on Postgres,
-//! Redis and NATS, gRPC with reflection, and health endpoints.
+//! Redis and NATS, gRPC (with reflection only when `--grpc-reflection
+//! true`), and health endpoints.
 
 use crate::{RoomArgs, RoomSvc};
 use anyhow::Context;
@@ -60,6 +61,7 @@ impl App {
         let routes = chat_proto::with_reflection(
             tonic::service::Routes::new(RoomServiceServer::new(svc)),
             &[chat_proto::ROOM_SERVICE],
+            cfg.listen.grpc_reflection,
         )?;
         let checks = vec![
             chat_store::ready_check(store),

@@ -102,6 +102,9 @@ pub struct TestApp {
     /// `ws://127.0.0.1:<port>/ws`
     pub ws_url: String,
     pub http_addr: SocketAddr,
+    /// `http://127.0.0.1:<port>` of the admin listener (`/readyz`,
+    /// `/metrics`); in cluster mode, the first gateway's.
+    pub admin: String,
     pub dir: Arc<tempfile::TempDir>,
     pub client: reqwest::Client,
     tweak: Tweak,
@@ -133,11 +136,13 @@ async fn start(dir: Arc<tempfile::TempDir>, tweak: Tweak) -> TestApp {
         .await
         .expect("the server builds");
     let http_addr = app.http_addr();
+    let admin = format!("http://{}", app.admin_addr());
     let server = tokio::spawn(app.run());
     TestApp {
         base: format!("http://{http_addr}"),
         ws_url: format!("ws://{http_addr}/ws"),
         http_addr,
+        admin,
         dir,
         client: http_client(),
         tweak,
@@ -226,6 +231,7 @@ impl TestApp {
             base: cluster.lb.clone(),
             ws_url: cluster.lb_ws(),
             http_addr,
+            admin: cluster.gateway_admin(0),
             dir,
             client: http_client(),
             tweak,
@@ -977,6 +983,8 @@ pub async fn spawn_process(data_dir: &Path) -> ServerProcess {
             .arg(format!("127.0.0.1:{http}"))
             .arg("--grpc-addr")
             .arg(format!("127.0.0.1:{grpc}"))
+            .arg("--admin-addr")
+            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
             .env("CHAT_ARGON2_MEMORY_KIB", "256")

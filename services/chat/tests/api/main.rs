@@ -1,6 +1,7 @@
 //! The `chat` server's integration tests, as one test binary: each module
 //! drives a real server (see `helpers`) through the client contract only.
 
+mod admin;
 mod auth;
 mod auth_abuse;
 mod bad_input;
@@ -10,5 +11,6 @@ mod durability;
 mod edge;
 mod helpers;
 mod messages;
+mod reflection;
 mod rooms;
 mod websocket;

@@ -30,11 +30,11 @@ fn base_options() -> Options {
     cluster_options(|_| {})
 }
 
-/// `chat_ws_connections` of one gateway.
-async fn connections_on(app: &TestApp, gateway_http: &str) -> i64 {
+/// `chat_ws_connections` of one gateway (on its admin listener).
+async fn connections_on(app: &TestApp, gateway_admin: &str) -> i64 {
     let text = app
         .client
-        .get(format!("{gateway_http}/metrics"))
+        .get(format!("{gateway_admin}/metrics"))
         .send()
         .await
         .expect("metrics")
@@ -58,7 +58,7 @@ async fn clients_through_the_load_balancer_land_on_different_gateways_and_chat()
     let gateways: Vec<String> = {
         let c = app.cluster();
         let c = c.lock().expect("lock");
-        (0..2).map(|i| c.gateway_http(i)).collect()
+        (0..2).map(|i| c.gateway_admin(i)).collect()
     };
     for g in &gateways {
         assert_eq!(connections_on(&app, g).await, 1, "one client on {g}");

@@ -10,6 +10,7 @@ mod cluster;
 #[path = "../api/helpers.rs"]
 mod helpers;
 
+mod admin;
 mod failover;
 mod gaps;
 mod tools;

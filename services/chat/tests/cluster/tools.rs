@@ -1,12 +1,16 @@
 //! The operator's and developer's tools against a real cluster: grpcurl
-//! through server reflection, and `deploy/local/cluster`.
+//! through server reflection (off unless turned on), and
+//! `deploy/local/cluster`.
 
 use crate::cluster::{free_port, free_ports, Cluster, NATS, POSTGRES, REDIS};
-use crate::helpers::{cluster_options, start_cluster_with, within_for};
+use crate::helpers::{cluster_options, start_cluster_with, within, within_for};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
@@ -31,9 +35,47 @@ fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("grpcurl printed no JSON ({e}): {s}"))
 }
 
+/// The status a reflection `list` on `url` fails with, if it does.
+async fn reflection_list(url: &str) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("a gRPC URL")
+        .connect()
+        .await
+        .expect("a gRPC connection");
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await?
+        .into_inner();
+    answers.message().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_and_room_serve_no_reflection_by_default() {
+    let cluster: Cluster = start_cluster_with(cluster_options(|_| {})).await;
+    for url in [&cluster.auth_grpc, &cluster.room_grpcs[0]] {
+        let status = within("a reflection call", reflection_list(url))
+            .await
+            .expect_err("reflection is off");
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{url}: {status:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_and_calls_every_step_through_reflection() {
-    let cluster: Cluster = start_cluster_with(cluster_options(|_| {})).await;
+    // Reflection is off by default in auth and room (see above).
+    let mut opts = cluster_options(|_| {});
+    opts.auth_args.push("--grpc-reflection=true".into());
+    opts.room_args.push("--grpc-reflection=true".into());
+    let cluster: Cluster = start_cluster_with(opts).await;
     let auth = cluster.auth_grpc.trim_start_matches("http://").to_owned();
     let room = cluster.room_grpcs[0]
         .trim_start_matches("http://")
@@ -140,7 +182,8 @@ async fn the_cluster_script_starts_a_working_stack_and_stops_everything() {
         .expect("bin dir")
         .to_owned();
     let lb_port = free_port();
-    // auth, room and two gateways take 2 + 2 + 1 + 1 ports from the base.
+    // auth, room and two gateways (public and admin) take 2 each from the
+    // base.
     let base = free_ports(8);
     let script = repo_root().join("deploy/local/cluster");
     let run = |args: &[&str]| {

@@ -194,6 +194,8 @@ pub struct Cluster {
     pub gateways: Vec<Proc>,
     pub haproxy: Proc,
     pub gateway_addrs: Vec<String>,
+    /// The gateways' admin listeners (`/readyz`, `/metrics`).
+    pub gateway_admins: Vec<String>,
     pub auth_grpc: String,
     pub room_grpcs: Vec<String>,
     pub dir: tempfile::TempDir,
@@ -334,11 +336,14 @@ impl Cluster {
 
         let mut gateways = Vec::new();
         let mut gateway_addrs = Vec::new();
+        let mut gateway_admins = Vec::new();
         for i in 0..opts.gateways {
-            let gp = free_port();
+            let (gp, ga) = (free_port(), free_port());
             let mut args = vec![
                 "--http-addr".into(),
                 format!("127.0.0.1:{gp}"),
+                "--admin-addr".into(),
+                format!("127.0.0.1:{ga}"),
                 "--auth-url".into(),
                 auth_grpc.clone(),
                 "--room-url".into(),
@@ -351,11 +356,12 @@ impl Cluster {
                 &format!("gateway-{i}"),
                 "gateway",
                 args,
-                format!("http://127.0.0.1:{gp}/readyz"),
+                format!("http://127.0.0.1:{ga}/readyz"),
             );
             p.spawn();
             gateways.push(p);
             gateway_addrs.push(format!("127.0.0.1:{gp}"));
+            gateway_admins.push(format!("127.0.0.1:{ga}"));
         }
 
         let lb_port = free_port();
@@ -367,7 +373,7 @@ impl Cluster {
             program: PathBuf::from("haproxy"),
             args: vec!["-db".into(), "-f".into(), cfg_path.display().to_string()],
             env: vec![],
-            health: format!("http://127.0.0.1:{lb_port}/readyz"),
+            health: format!("http://127.0.0.1:{lb_port}/healthz"),
             child: None,
             log: dir.path().join("haproxy.log"),
         };
@@ -396,6 +402,7 @@ impl Cluster {
             gateways,
             haproxy,
             gateway_addrs,
+            gateway_admins,
             auth_grpc,
             room_grpcs,
             dir,
@@ -413,6 +420,11 @@ impl Cluster {
 
     pub fn gateway_http(&self, i: usize) -> String {
         format!("http://{}", self.gateway_addrs[i])
+    }
+
+    /// `http://…` of a gateway's admin listener (`/readyz`, `/metrics`).
+    pub fn gateway_admin(&self, i: usize) -> String {
+        format!("http://{}", self.gateway_admins[i])
     }
 
     /// Starts a process of this cluster again (same flags) and waits for it.
