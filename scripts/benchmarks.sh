@@ -40,7 +40,7 @@ start_aio() { # flags...
     stop_aio
     rm -rf "$OUT/data"
     RUST_LOG=warn "$bin/chat" --data-dir "$OUT/data" --http-addr "127.0.0.1:$port" \
-        --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --send-limit 0 --membership-limit 0 --create-limit 0 --ws-frames-per-sec 100000 \
+        --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --send-limit 0 --membership-limit 0 --create-limit 0 --signup-limit 0 --ws-frames-per-sec 100000 \
         --argon2-memory-kib 256 --argon2-iterations 1 "$@" >"$OUT/chat.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 100); do
@@ -60,7 +60,7 @@ stop_aio() {
 cluster_env() {
     export CHAT_CLUSTER_DIR="$OUT/cluster" CHAT_BIN_DIR="$bin" CHAT_CLUSTER_BASE_PORT=17300 \
         CHAT_CLUSTER_PORT=8300 CHAT_ARGON2_MEMORY_KIB=256 CHAT_ARGON2_ITERATIONS=1 \
-        CHAT_SEND_LIMIT=0 CHAT_MEMBERSHIP_LIMIT=0 CHAT_CREATE_LIMIT=0 CHAT_WS_FRAMES_PER_SEC=100000 RUST_LOG=warn \
+        CHAT_SEND_LIMIT=0 CHAT_MEMBERSHIP_LIMIT=0 CHAT_CREATE_LIMIT=0 CHAT_SIGNUP_LIMIT=0 CHAT_WS_FRAMES_PER_SEC=100000 RUST_LOG=warn \
         CHAT_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres?schema=chat_bench&max_connections=20" \
         CHAT_SUBJECT_PREFIX=chat_bench CHAT_KEY_PREFIX=chat_bench
 }

@@ -81,7 +81,7 @@ start() {
     if [ "$name" = chat ]; then
         setsid bash -c 'ulimit -n 20000; exec "$@"' chat "$CHAT" \
             --data-dir "$CHAT_DATA" --http-addr "127.0.0.1:$port" --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 \
-            --send-limit 0 --membership-limit 0 --create-limit 0 --ws-frames-per-sec 100000 \
+            --send-limit 0 --membership-limit 0 --create-limit 0 --signup-limit 0 --ws-frames-per-sec 100000 \
             --argon2-memory-kib 256 --argon2-iterations 1 >"$log" 2>&1 &
     else
         PORT=$port setsid "$HERE/$name/start.sh" >"$log" 2>&1 &

@@ -87,10 +87,11 @@ sends at a fixed rate and checks that every connection gets every message once a
 const AFTER_HELP: &str = "\
 SERVER FLAGS A RUN NEEDS
   The all-in-one server's abuse limits must be raised or a run is throttled:
-    chat --send-limit 0 --membership-limit 0 --create-limit 0 --ws-frames-per-sec 100000 --argon2-memory-kib 256 --argon2-iterations 1
+    chat --send-limit 0 --membership-limit 0 --create-limit 0 --signup-limit 0 --ws-frames-per-sec 100000 --argon2-memory-kib 256 --argon2-iterations 1
   --send-limit 0          no per-user send limit (loadtest reuses one user for many connections)
-  --membership-limit 0, --create-limit 0
-                          no per-user join or room-creation limit (setup joins and creates fast)
+  --membership-limit 0, --create-limit 0, --signup-limit 0
+                          no per-user join or room-creation limit, no per-address signup
+                          limit (setup signs up, joins and creates fast, from one address)
   --ws-frames-per-sec N   above the per-sender rate (--rate / --senders)
   --argon2-memory-kib 256 --argon2-iterations 1   cheap signups (setup is not the bottleneck)
   --ws-queue N            outbound queue per connection (a slow one is closed with 4009)

@@ -23,6 +23,7 @@ impl Server {
         cfg.auth.argon2_memory_kib = 256;
         cfg.auth.argon2_iterations = 1;
         cfg.room.send_limit = 0;
+        cfg.auth.signup_limit = 0;
         cfg.room.membership_limit = 0;
         cfg.room.create_limit = 0;
         cfg.gateway.ws_frames_per_sec = 100_000;

@@ -31,6 +31,9 @@ pub struct AuthConfig {
     /// ceiling for a guesser with many addresses.
     pub login_max_attempts_per_account: u32,
     pub login_window: Duration,
+    /// Signups per client address per `signup_window` (0 = unlimited).
+    pub signup_limit: u32,
+    pub signup_window: Duration,
     /// Password hashes and verifies running at once.
     pub hash_concurrency: usize,
     /// Hashes waiting for a slot; beyond them a request is refused at once.
@@ -50,6 +53,8 @@ impl Default for AuthConfig {
             login_max_failures_per_addr: 100,
             login_max_attempts_per_account: 1000,
             login_window: Duration::from_secs(300),
+            signup_limit: 20,
+            signup_window: Duration::from_secs(3600),
             hash_concurrency: password::default_concurrency(),
             hash_queue: 4 * password::default_concurrency(),
             refresh_grace: Duration::from_secs(10),
@@ -184,6 +189,26 @@ impl AuthSvc {
             .await
         {
             Ok(Some(d)) => Err(ApiError::rate_limited(d.as_secs().max(1))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a signup from `addr` before its password is hashed: 429 past
+    /// `signup_limit` per `signup_window`. Without an address, or with an
+    /// unreachable counter, the signup goes through (the hasher still
+    /// bounds the cost).
+    async fn signup_attempt(&self, addr: Option<std::net::IpAddr>) -> Result<(), ApiError> {
+        let Some(addr) = addr else { return Ok(()) };
+        if self.cfg.signup_limit == 0 {
+            return Ok(());
+        }
+        let key = format!("signup:{addr}");
+        match self
+            .ephemeral
+            .hit(&key, self.cfg.signup_limit, self.cfg.signup_window)
+            .await
+        {
+            Ok(RateDecision::Limited(d)) => Err(ApiError::rate_limited(d.as_secs().max(1))),
             _ => Ok(()),
         }
     }
@@ -373,9 +398,11 @@ impl AuthService for AuthSvc {
         req: Request<pb::SignupRequest>,
     ) -> Result<Response<pb::AuthResponse>, Status> {
         let ua = user_agent(&req);
+        let addr = self.verifier.client_addr(&req);
         let r = req.into_inner();
         validate::username(&r.username)?;
         validate::password("password", &r.password)?;
+        self.signup_attempt(addr).await?;
         let display_name = match r.display_name {
             Some(d) => {
                 validate::display_name(&d)?;
@@ -692,6 +719,10 @@ pub struct AuthArgs {
     )]
     pub login_max_attempts_per_account: u32,
 
+    /// Signups per client address per hour before 429 (0: unlimited).
+    #[arg(long, env = "CHAT_SIGNUP_LIMIT", default_value_t = 20)]
+    pub signup_limit: u32,
+
     /// Password hashes and verifies that may run at once, each holding
     /// argon2's memory (--argon2-memory-kib); default: the number of cores.
     #[arg(long, env = "CHAT_HASH_CONCURRENCY", default_value_t = password::default_concurrency())]
@@ -723,6 +754,8 @@ impl AuthArgs {
             login_max_failures_per_addr: self.login_max_failures_per_addr,
             login_max_attempts_per_account: self.login_max_attempts_per_account,
             login_window: Duration::from_secs(300),
+            signup_limit: self.signup_limit,
+            signup_window: Duration::from_secs(3600),
             hash_concurrency: self.hash_concurrency.max(1),
             hash_queue: self.hash_queue.unwrap_or(4 * self.hash_concurrency.max(1)),
             refresh_grace: Duration::from_secs(self.refresh_grace_secs),

@@ -227,3 +227,40 @@ async fn a_burst_of_guesses_checks_no_more_than_the_limit() {
         "at most the limit's worth of guesses is checked: {checked} of 20"
     );
 }
+
+#[tokio::test]
+async fn signups_from_one_address_are_limited() {
+    let app = spawn_app_with(|cfg| cfg.auth.signup_limit = 3).await;
+    let signup_from = |from: [u8; 4]| {
+        let base = app.base.clone();
+        async move {
+            let client = reqwest::Client::builder()
+                .local_address(std::net::IpAddr::from(from))
+                .build()
+                .expect("a client");
+            let r = within(
+                "a signup",
+                client
+                    .post(format!("{base}/api/v1/auth/signup"))
+                    .json(&json!({"username": unique("u"), "password": PASSWORD}))
+                    .send(),
+            )
+            .await
+            .expect("the server answers");
+            r.status().as_u16()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(signup_from([127, 0, 0, 70]).await, 201);
+    }
+    assert_eq!(
+        signup_from([127, 0, 0, 70]).await,
+        429,
+        "the fourth from one address"
+    );
+    assert_eq!(
+        signup_from([127, 0, 0, 71]).await,
+        201,
+        "another address is not held up"
+    );
+}

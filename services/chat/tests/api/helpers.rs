@@ -77,6 +77,7 @@ pub fn test_config(dir: &Path) -> Config {
     cfg.auth.argon2_memory_kib = 256;
     cfg.auth.argon2_iterations = 1;
     cfg.room.send_limit = 0;
+    cfg.auth.signup_limit = 0;
     cfg.room.membership_limit = 0;
     cfg.room.create_limit = 0;
     cfg.shutdown_timeout_secs = 5;
@@ -184,6 +185,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         format!("--login-max-failures={}", a.login_max_failures),
         format!("--hash-concurrency={}", a.hash_concurrency),
         format!("--refresh-grace-secs={}", a.refresh_grace_secs),
+        format!("--signup-limit={}", a.signup_limit),
     ];
     if let Some(q) = a.hash_queue {
         auth_args.push(format!("--hash-queue={q}"));
