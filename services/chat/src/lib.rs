@@ -149,9 +149,12 @@ impl App {
             gateway,
             shutdown,
             drain: Duration::from_secs(cfg.shutdown_timeout_secs),
-            limits: cfg
-                .http
-                .limits(Duration::from_secs(cfg.shutdown_timeout_secs)),
+            limits: chat_core::serve::HttpLimits {
+                proxies: cfg.gateway.trusted_proxies.clone(),
+                ..cfg
+                    .http
+                    .limits(Duration::from_secs(cfg.shutdown_timeout_secs))
+            },
         })
     }
 

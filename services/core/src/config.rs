@@ -103,6 +103,14 @@ pub struct HttpArgs {
     #[arg(long, env = "CHAT_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
+
+    /// HTTP connections (and WebSockets) from one client address at once;
+    /// past it the same refusal as past --max-connections. 0: no limit.
+    /// The gateway's --trusted-proxies are exempt (their clients share
+    /// their address).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP",
+          default_value_t = crate::serve::DEFAULT_MAX_PER_IP as u64)]
+    pub max_connections_per_ip: u64,
 }
 
 impl HttpArgs {
@@ -119,6 +127,8 @@ impl HttpArgs {
                 .map_or_else(crate::serve::default_max_connections, |n| {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
+            max_per_ip: usize::try_from(self.max_connections_per_ip).unwrap_or(usize::MAX),
+            proxies: Vec::new(),
             drain,
         }
     }

@@ -52,6 +52,12 @@ pub struct HttpLimits {
     /// Connections served at once; past it a connection gets the refusal
     /// of [`over_capacity`] (or is closed when the reserve is full too).
     pub max_connections: usize,
+    /// Connections from one client address at once (0: no limit); past it
+    /// the same refusal. Addresses in `proxies` are exempt: every client
+    /// behind a proxy shares its address.
+    pub max_per_ip: usize,
+    /// Peers exempt from `max_per_ip` (the trusted proxies).
+    pub proxies: Vec<ipnet::IpNet>,
     /// After `stop`, how long in-flight requests may take before their
     /// connections are dropped.
     pub drain: Duration,
@@ -65,6 +71,8 @@ impl Default for HttpLimits {
             idle: Duration::from_secs(60),
             body: Duration::from_secs(30),
             max_connections: default_max_connections(),
+            max_per_ip: DEFAULT_MAX_PER_IP,
+            proxies: Vec::new(),
             drain: Duration::from_secs(10),
         }
     }
@@ -81,6 +89,10 @@ impl HttpLimits {
         }
     }
 }
+
+/// Connections from one address at once, by default: a busy NAT holds
+/// many, one client cannot hold the whole server.
+pub const DEFAULT_MAX_PER_IP: usize = 1000;
 
 /// Connections an admin listener serves at once.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -137,6 +149,7 @@ pub async fn http(
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_ip = PerIp::new(limits.max_per_ip, limits.proxies.clone());
     let reserve = Arc::new(tokio::sync::Semaphore::new(OVER_CAP_RESERVE));
     // Cancelled when the drain deadline has passed: what is still open then
     // is dropped.
@@ -166,9 +179,15 @@ pub async fn http(
         };
         let (tcp, peer) = tcp;
         let _ = tcp.set_nodelay(true);
-        let Ok(slot) = slots.clone().try_acquire_owned().map(|p| ConnSlot {
-            _permit: Arc::new(p),
-        }) else {
+        let ip_slot = per_ip.take(peer.ip());
+        let slot = match (&ip_slot, slots.clone().try_acquire_owned()) {
+            (Some(ip), Ok(p)) => Some(ConnSlot {
+                _permit: Arc::new(p),
+                _ip: ip.clone(),
+            }),
+            _ => None,
+        };
+        let Some(slot) = slot else {
             match reserve.clone().try_acquire_owned() {
                 Ok(permit) => {
                     conns.spawn(async move {
@@ -277,6 +296,62 @@ pub async fn http(
 #[derive(Clone, Debug)]
 pub struct ConnSlot {
     _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    _ip: Option<Arc<IpSlot>>,
+}
+
+/// Open connections per client address, against `max_per_ip`.
+struct PerIp {
+    max: usize,
+    exempt: Vec<ipnet::IpNet>,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl PerIp {
+    fn new(max: usize, exempt: Vec<ipnet::IpNet>) -> Self {
+        Self {
+            max,
+            exempt,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for one more connection from `ip`: `Some(None)` when `ip`
+    /// is not counted (no limit, or a trusted proxy), `None` when it is at
+    /// its limit.
+    fn take(&self, ip: std::net::IpAddr) -> Option<Option<Arc<IpSlot>>> {
+        if self.max == 0 || self.exempt.iter().any(|n| n.contains(&ip)) {
+            return Some(None);
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Some(Arc::new(IpSlot {
+            ip,
+            open: self.open.clone(),
+        })))
+    }
+}
+
+/// One connection's place under its address's limit; given back on drop.
+#[derive(Debug)]
+struct IpSlot {
+    ip: std::net::IpAddr,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A connection past the cap: read one HTTP/1.1 request within

@@ -294,3 +294,63 @@ async fn sigterm_with_a_silent_client_exits_0_at_once() {
     .expect("wait");
     assert_eq!(exit.code(), Some(0), "exit status: {exit:?}");
 }
+
+/// A TCP connection to `addr` from the source address `from` (loopback
+/// has all of 127.0.0.0/8).
+async fn connect_from(addr: SocketAddr, from: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind a loopback source address");
+    within("a TCP connect", socket.connect(addr))
+        .await
+        .expect("connect")
+}
+
+/// One `Connection: close` request from `from`: its status.
+async fn status_from(addr: SocketAddr, from: [u8; 4], path: &str) -> u16 {
+    let mut tcp = connect_from(addr, from).await;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    within("a request write", tcp.write_all(req.as_bytes()))
+        .await
+        .expect("write");
+    let (got, _) = until_closed(&mut tcp, Duration::from_secs(5)).await;
+    let head = String::from_utf8_lossy(&got);
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {head:?}"))
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    const PER_IP: usize = 3;
+    let app = spawn_app_with(|c| {
+        c.http.max_connections_per_ip = PER_IP as u64;
+        c.http.first_byte_timeout_ms = 60_000;
+    })
+    .await;
+    let addr = edge(&app);
+    let (hog, other) = ([127, 0, 0, 90], [127, 0, 0, 91]);
+    let mut silent = Vec::new();
+    for _ in 0..PER_IP {
+        silent.push(connect_from(addr, hog).await);
+    }
+    assert_eq!(
+        status_from(addr, hog, "/api/v1/users/me").await,
+        503,
+        "one more from the same address is refused"
+    );
+    assert_eq!(
+        status_from(addr, other, "/api/v1/users/me").await,
+        401,
+        "another address is served"
+    );
+    drop(silent);
+    within("the address to be served again", async {
+        while status_from(addr, hog, "/api/v1/users/me").await != 401 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}

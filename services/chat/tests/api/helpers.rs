@@ -178,6 +178,10 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
     if let Some(n) = h.max_connections {
         gateway_args.push(format!("--max-connections={n}"));
     }
+    gateway_args.push(format!(
+        "--max-connections-per-ip={}",
+        h.max_connections_per_ip
+    ));
     let mut auth_args = vec![
         format!("--access-token-ttl={}", a.access_token_ttl_secs),
         format!("--argon2-memory-kib={}", a.argon2_memory_kib),
