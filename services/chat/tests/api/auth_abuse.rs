@@ -3,7 +3,7 @@
 //! the server's memory, wrong current passwords are limited like logins,
 //! and two refreshes with one token (two tabs, a retry) keep the session.
 
-use crate::helpers::{spawn_app_with, unique, within, TestApp, PASSWORD};
+use crate::helpers::{client_from, spawn_app_with, unique, within, TestApp, PASSWORD};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -159,11 +159,7 @@ async fn a_refresh_token_reused_after_the_grace_revokes_the_session() {
 /// Logs in from the source address `from` (loopback has all of
 /// 127.0.0.0/8): (status, error code).
 async fn login_from(app: &TestApp, from: [u8; 4], username: &str, password: &str) -> (u16, String) {
-    let client = reqwest::Client::builder()
-        .local_address(std::net::IpAddr::from(from))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("a client");
+    let client = client_from(from);
     let r = within(
         "a login",
         client
@@ -234,10 +230,7 @@ async fn signups_from_one_address_are_limited() {
     let signup_from = |from: [u8; 4]| {
         let base = app.base.clone();
         async move {
-            let client = reqwest::Client::builder()
-                .local_address(std::net::IpAddr::from(from))
-                .build()
-                .expect("a client");
+            let client = client_from(from);
             let r = within(
                 "a signup",
                 client

@@ -58,6 +58,16 @@ fn init_tracing() {
     });
 }
 
+/// An HTTP client whose connections come from the source address `from`
+/// (loopback has all of 127.0.0.0/8): a client somewhere else.
+pub fn client_from(from: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A name no other test uses: `prefix` plus a uuid-derived suffix (valid as
 /// a username when `prefix` is: at most 32 of `[A-Za-z0-9_.-]`).
 pub fn unique(prefix: &str) -> String {
