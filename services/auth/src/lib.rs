@@ -6,11 +6,14 @@
 //! never calls auth.
 
 pub mod app;
+pub mod config;
 pub mod keys;
 pub mod password;
 pub mod service;
 pub mod token;
+mod tokens;
 
+pub use config::{AuthArgs, AuthConfig};
 pub use keys::SigningKey;
-pub use service::{AuthArgs, AuthConfig, AuthSvc};
+pub use service::AuthSvc;
 pub use token::{Caller, Claims, Verifier};

@@ -109,27 +109,10 @@ pub struct HttpArgs {
     /// The gateway's --trusted-proxies are exempt (their clients share
     /// their address).
     #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP",
-          default_value_t = crate::serve::DEFAULT_MAX_PER_IP as u64)]
+          default_value_t = DEFAULT_MAX_PER_IP as u64)]
     pub max_connections_per_ip: u64,
 }
 
-impl HttpArgs {
-    /// The limits, with `drain` as the shutdown deadline.
-    pub fn limits(&self, drain: std::time::Duration) -> crate::serve::HttpLimits {
-        use std::time::Duration;
-        crate::serve::HttpLimits {
-            first_byte: Duration::from_millis(self.first_byte_timeout_ms),
-            header: Duration::from_millis(self.header_timeout_ms),
-            idle: Duration::from_millis(self.idle_timeout_ms),
-            body: Duration::from_millis(self.body_timeout_ms),
-            max_connections: self
-                .max_connections
-                .map_or_else(crate::serve::default_max_connections, |n| {
-                    usize::try_from(n).unwrap_or(usize::MAX)
-                }),
-            max_per_ip: usize::try_from(self.max_connections_per_ip).unwrap_or(usize::MAX),
-            proxies: Vec::new(),
-            drain,
-        }
-    }
-}
+/// Connections from one address at once, by default: a busy NAT holds
+/// many, one client cannot hold the whole server.
+pub const DEFAULT_MAX_PER_IP: usize = 1000;

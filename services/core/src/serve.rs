@@ -90,9 +90,28 @@ impl HttpLimits {
     }
 }
 
-/// Connections from one address at once, by default: a busy NAT holds
-/// many, one client cannot hold the whole server.
-pub const DEFAULT_MAX_PER_IP: usize = 1000;
+pub use crate::config::DEFAULT_MAX_PER_IP;
+
+impl crate::config::HttpArgs {
+    /// The limits, with `drain` as the shutdown deadline.
+    pub fn limits(&self, drain: std::time::Duration) -> HttpLimits {
+        use std::time::Duration;
+        HttpLimits {
+            first_byte: Duration::from_millis(self.first_byte_timeout_ms),
+            header: Duration::from_millis(self.header_timeout_ms),
+            idle: Duration::from_millis(self.idle_timeout_ms),
+            body: Duration::from_millis(self.body_timeout_ms),
+            max_connections: self
+                .max_connections
+                .map_or_else(default_max_connections, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
+            max_per_ip: usize::try_from(self.max_connections_per_ip).unwrap_or(usize::MAX),
+            proxies: Vec::new(),
+            drain,
+        }
+    }
+}
 
 /// Connections an admin listener serves at once.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
