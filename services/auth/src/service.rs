@@ -7,7 +7,7 @@ use crate::token::{Caller, Issuer, Verifier};
 use crate::tokens::{hash_token, new_refresh_token, seal, unseal};
 use chat_bus::{Bus, Publisher, Subjects};
 use chat_core::{time, validate, ApiError, SessionId, UserId};
-use chat_ephemeral::{Ephemeral, RateDecision};
+use chat_ephemeral::{limit, Ephemeral};
 use chat_proto::v1 as pb;
 use chat_proto::v1::auth_service_server::AuthService;
 use chat_store::{NewSession, NewUser, RotateOutcome, Store, StoreError};
@@ -135,14 +135,7 @@ impl AuthSvc {
     /// Fails with 429 while the account has too many failed password
     /// checks (logins and current-password checks count alike).
     async fn password_limit(&self, key: &str) -> Result<(), ApiError> {
-        match self
-            .ephemeral
-            .over_limit(key, self.cfg.login_max_failures)
-            .await
-        {
-            Ok(Some(d)) => Err(ApiError::rate_limited(d.as_secs().max(1))),
-            _ => Ok(()),
-        }
+        limit::not_over(self.ephemeral.as_ref(), key, self.cfg.login_max_failures).await
     }
 
     /// Counts a signup from `addr` before its password is hashed: 429 past
@@ -154,15 +147,14 @@ impl AuthSvc {
         if self.cfg.signup_limit == 0 {
             return Ok(());
         }
-        let key = format!("signup:{addr}");
-        match self
-            .ephemeral
-            .hit(&key, self.cfg.signup_limit, self.cfg.signup_window)
-            .await
-        {
-            Ok(RateDecision::Limited(d)) => Err(ApiError::rate_limited(d.as_secs().max(1))),
-            _ => Ok(()),
-        }
+        let (limit, window) = (self.cfg.signup_limit, self.cfg.signup_window);
+        limit::count(
+            self.ephemeral.as_ref(),
+            &format!("signup:{addr}"),
+            limit,
+            window,
+        )
+        .await
     }
 
     /// Counts a login attempt before its password is checked (so that a
@@ -171,38 +163,23 @@ impl AuthSvc {
     /// this username from everywhere) has been tried too often. An
     /// unreachable counter lets the attempt through.
     async fn login_attempt(&self, keys: &LoginKeys) -> Result<(), ApiError> {
-        let limited = |d: Duration| ApiError::rate_limited(d.as_secs().max(1));
+        let store = self.ephemeral.as_ref();
         if let Some(addr) = &keys.addr {
-            if let Ok(Some(d)) = self
-                .ephemeral
-                .over_limit(addr, self.cfg.login_max_failures_per_addr)
-                .await
-            {
-                return Err(limited(d));
-            }
+            limit::not_over(store, addr, self.cfg.login_max_failures_per_addr).await?;
         }
         let window = self.cfg.login_window;
-        for (key, limit) in [
-            (&keys.pair, self.cfg.login_max_failures),
-            (&keys.account, self.cfg.login_max_attempts_per_account),
-        ] {
-            if let Ok(RateDecision::Limited(d)) = self.ephemeral.hit(key, limit, window).await {
-                return Err(limited(d));
-            }
-        }
-        Ok(())
+        limit::count(store, &keys.pair, self.cfg.login_max_failures, window).await?;
+        let per_account = self.cfg.login_max_attempts_per_account;
+        limit::count(store, &keys.account, per_account, window).await
     }
 
     /// Counts a failed password check: `error`, or 429 once it is one too
     /// many.
     async fn password_failed(&self, key: &str, error: ApiError) -> ApiError {
-        match self
-            .ephemeral
-            .hit(key, self.cfg.login_max_failures, self.cfg.login_window)
-            .await
-        {
-            Ok(RateDecision::Limited(d)) => ApiError::rate_limited(d.as_secs().max(1)),
-            _ => error,
+        let (limit, window) = (self.cfg.login_max_failures, self.cfg.login_window);
+        match limit::count(self.ephemeral.as_ref(), key, limit, window).await {
+            Err(limited) => limited,
+            Ok(()) => error,
         }
     }
 

@@ -5,6 +5,7 @@
 //! losing it logs nobody out and loses no message (revocations are re-seeded
 //! from the store at start; the event cache is only ever a copy of the log).
 
+pub mod limit;
 pub mod memory;
 pub mod redis;
 

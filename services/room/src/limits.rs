@@ -3,7 +3,7 @@
 //! count.
 
 use chat_core::{ApiError, UserId};
-use chat_ephemeral::{Ephemeral, RateDecision};
+use chat_ephemeral::Ephemeral;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,13 +38,6 @@ impl UserLimit {
             return Ok(());
         }
         let key = format!("{}:{user}", self.kind);
-        match self.ephemeral.hit(&key, self.limit, self.window).await {
-            Ok(RateDecision::Limited(d)) => Err(ApiError::rate_limited(d.as_secs().max(1))),
-            Ok(RateDecision::Allowed) => Ok(()),
-            Err(error) => {
-                tracing::warn!(%error, limit = self.kind, "rate limiter unreachable; allowing");
-                Ok(())
-            }
-        }
+        chat_ephemeral::limit::count(self.ephemeral.as_ref(), &key, self.limit, self.window).await
     }
 }
