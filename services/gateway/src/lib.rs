@@ -204,11 +204,6 @@ impl Gateway {
         }
     }
 
-    /// Where the gateway's own bus events go; its `failures` count them.
-    pub fn publisher(&self) -> &chat_bus::Publisher {
-        &self.inner.publisher
-    }
-
     /// Open WebSocket connections.
     pub fn connections(&self) -> usize {
         self.inner.conns.len()
