@@ -224,17 +224,7 @@ async fn sigterm_closes_websockets_with_1012_and_exits_0() {
         .expect("upgrade");
     assert!(ws.ping_barrier().await.is_empty());
 
-    let pid = server.pid();
-    let status = within(
-        "kill -TERM",
-        tokio::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status(),
-    )
-    .await
-    .expect("cannot run kill");
-    assert!(status.success());
+    server.sigterm().await;
 
     ws.expect_close_code(1012).await;
     anon.expect_close_code(1012).await;

@@ -151,17 +151,7 @@ async fn at_the_connection_cap_healthz_answers_and_the_rest_is_refused_fast() {
     assert!(took < Duration::from_secs(3), "held for {took:?}");
 
     drop(silent);
-    within("connections to be served again", async {
-        loop {
-            let (status, _) = raw_request(addr, "GET", "/api/v1/users/me").await;
-            if status == 401 {
-                return;
-            }
-            assert_eq!(status, 503);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    served_again(addr, LOCALHOST).await;
 }
 
 #[tokio::test]
@@ -190,17 +180,7 @@ async fn websockets_count_against_the_connection_cap() {
     for ws in sockets {
         ws.close().await;
     }
-    within("connections to be served again", async {
-        loop {
-            let (status, _) = raw_request(addr, "GET", "/api/v1/users/me").await;
-            if status == 401 {
-                return;
-            }
-            assert_eq!(status, 503);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    served_again(addr, LOCALHOST).await;
 }
 
 #[tokio::test]
@@ -272,17 +252,7 @@ async fn sigterm_with_a_silent_client_exits_0_at_once() {
         .parse()
         .expect("address");
     let _silent = connect(addr).await;
-    let pid = server.pid();
-    let status = within(
-        "kill -TERM",
-        tokio::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status(),
-    )
-    .await
-    .expect("cannot run kill");
-    assert!(status.success());
+    server.sigterm().await;
     // The process's shutdown timeout is 5 s; a silent client must not make
     // it wait even that long.
     let exit = within_for(
@@ -305,6 +275,25 @@ async fn connect_from(addr: SocketAddr, from: [u8; 4]) -> TcpStream {
     within("a TCP connect", socket.connect(addr))
         .await
         .expect("connect")
+}
+
+/// The source address of the tests' other connections.
+const LOCALHOST: [u8; 4] = [127, 0, 0, 1];
+
+/// Waits until a request from `from` is served again (401: it reached the
+/// API) after the connections that held the places went away; until then
+/// it must be refused (503), nothing else.
+async fn served_again(addr: SocketAddr, from: [u8; 4]) {
+    within("connections to be served again", async {
+        loop {
+            match status_from(addr, from, "/api/v1/users/me").await {
+                401 => return,
+                status => assert_eq!(status, 503),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }
 
 /// One `Connection: close` request from `from`: its status.
@@ -347,10 +336,5 @@ async fn one_address_cannot_take_every_connection() {
         "another address is served"
     );
     drop(silent);
-    within("the address to be served again", async {
-        while status_from(addr, hog, "/api/v1/users/me").await != 401 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    served_again(addr, hog).await;
 }

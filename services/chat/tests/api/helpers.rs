@@ -1053,6 +1053,20 @@ impl ServerProcess {
     pub fn pid(&self) -> u32 {
         self.child.id().expect("the process is running")
     }
+
+    /// Sends the process SIGTERM (what an orchestrator stops it with).
+    pub async fn sigterm(&self) {
+        let status = within(
+            "kill -TERM",
+            tokio::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(self.pid().to_string())
+                .status(),
+        )
+        .await
+        .expect("cannot run kill");
+        assert!(status.success());
+    }
 }
 
 /// REST helpers against a [`ServerProcess`].
