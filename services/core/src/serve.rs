@@ -168,7 +168,7 @@ pub async fn http(
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let per_ip = PerIp::new(limits.max_per_ip, limits.proxies.clone());
+    let per_ip = crate::per_addr::PerAddr::new(limits.max_per_ip, limits.proxies.clone());
     let reserve = Arc::new(tokio::sync::Semaphore::new(OVER_CAP_RESERVE));
     // Cancelled when the drain deadline has passed: what is still open then
     // is dropped.
@@ -198,11 +198,15 @@ pub async fn http(
         };
         let (tcp, peer) = tcp;
         let _ = tcp.set_nodelay(true);
-        let ip_slot = per_ip.take(peer.ip());
-        let slot = match (&ip_slot, slots.clone().try_acquire_owned()) {
+        let ip_slot = match per_ip.take(peer.ip()) {
+            crate::per_addr::Taken::Slot(s) => Some(Some(Arc::new(s))),
+            crate::per_addr::Taken::Free => Some(None),
+            crate::per_addr::Taken::Full => None,
+        };
+        let slot = match (ip_slot, slots.clone().try_acquire_owned()) {
             (Some(ip), Ok(p)) => Some(ConnSlot {
                 _permit: Arc::new(p),
-                _ip: ip.clone(),
+                _ip: ip,
             }),
             _ => None,
         };
@@ -315,62 +319,7 @@ pub async fn http(
 #[derive(Clone, Debug)]
 pub struct ConnSlot {
     _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
-    _ip: Option<Arc<IpSlot>>,
-}
-
-/// Open connections per client address, against `max_per_ip`.
-struct PerIp {
-    max: usize,
-    exempt: Vec<ipnet::IpNet>,
-    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-}
-
-impl PerIp {
-    fn new(max: usize, exempt: Vec<ipnet::IpNet>) -> Self {
-        Self {
-            max,
-            exempt,
-            open: Arc::default(),
-        }
-    }
-
-    /// A place for one more connection from `ip`: `Some(None)` when `ip`
-    /// is not counted (no limit, or a trusted proxy), `None` when it is at
-    /// its limit.
-    fn take(&self, ip: std::net::IpAddr) -> Option<Option<Arc<IpSlot>>> {
-        if self.max == 0 || self.exempt.iter().any(|n| n.contains(&ip)) {
-            return Some(None);
-        }
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(Some(Arc::new(IpSlot {
-            ip,
-            open: self.open.clone(),
-        })))
-    }
-}
-
-/// One connection's place under its address's limit; given back on drop.
-#[derive(Debug)]
-struct IpSlot {
-    ip: std::net::IpAddr,
-    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
+    _ip: Option<Arc<crate::per_addr::AddrSlot>>,
 }
 
 /// A connection past the cap: read one HTTP/1.1 request within

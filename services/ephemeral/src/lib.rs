@@ -61,6 +61,8 @@ pub trait Ephemeral: Send + Sync + 'static {
     async fn connection_opened(&self, user: UserId) -> Result<u32>;
     /// One fewer; returns the new count.
     async fn connection_closed(&self, user: UserId) -> Result<u32>;
+    /// The user's open connections, across gateways.
+    async fn connections(&self, user: UserId) -> Result<u32>;
     /// Which of `users` have an open connection.
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>>;
 

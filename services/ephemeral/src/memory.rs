@@ -249,6 +249,10 @@ impl Ephemeral for MemoryEphemeral {
         Ok(left)
     }
 
+    async fn connections(&self, user: UserId) -> Result<u32> {
+        Ok(self.connections.get(&user).map_or(0, |c| *c))
+    }
+
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>> {
         Ok(users
             .iter()

@@ -307,6 +307,15 @@ impl Ephemeral for RedisEphemeral {
         Ok(clamp(n))
     }
 
+    async fn connections(&self, user: UserId) -> Result<u32> {
+        let n: Option<i64> = self
+            .client
+            .get(self.key("conns", user))
+            .await
+            .map_err(unavailable)?;
+        Ok(clamp(n.unwrap_or(0)))
+    }
+
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>> {
         if users.is_empty() {
             return Ok(Vec::new());

@@ -60,8 +60,12 @@ pub struct GatewayConfig {
     /// A user's typing notices reach a room at most once per this long;
     /// zero relays every one.
     pub typing_interval: Duration,
-    /// WebSockets one user may hold open, across gateways (4008 past it).
+    /// WebSockets one user may hold open, across gateways (429 before the
+    /// upgrade, 4008 after it).
     pub max_sockets_per_user: u32,
+    /// WebSockets one client address may hold open on this gateway (429
+    /// past it; 0: no limit).
+    pub max_sockets_per_addr: usize,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How often an idle WebSocket is pinged (zero: never).
@@ -88,6 +92,7 @@ impl Default for GatewayConfig {
             allowed_origins: Vec::new(),
             typing_interval: Duration::from_secs(2),
             max_sockets_per_user: 64,
+            max_sockets_per_addr: 1000,
             trusted_proxies: Vec::new(),
             ws_ping_interval: Duration::from_secs(30),
             ws_idle_timeout: Duration::from_secs(75),
@@ -117,6 +122,8 @@ pub(crate) struct Inner {
     pub presence: ws::presence::Presence,
     /// Typed bus events (typing, presence).
     pub publisher: chat_bus::Publisher,
+    /// Open WebSockets per client address (`max_sockets_per_addr`).
+    pub ws_addrs: chat_core::per_addr::PerAddr,
     /// Permits for subscribes' calls to room (`subscribe_concurrency`).
     pub subscribes: Arc<tokio::sync::Semaphore>,
     pub shutdown: CancellationToken,
@@ -167,6 +174,7 @@ impl Gateway {
                 ),
                 publisher,
                 api,
+                ws_addrs: chat_core::per_addr::PerAddr::new(cfg.max_sockets_per_addr, Vec::new()),
                 subscribes: Arc::new(tokio::sync::Semaphore::new(
                     cfg.subscribe_concurrency.max(1),
                 )),
@@ -276,11 +284,20 @@ pub struct GatewayArgs {
     pub typing_interval_ms: u64,
 
     /// WebSockets one user may hold open at once, across every gateway
-    /// (counted in the ephemeral store); one more is closed with 4008
-    /// right after it authenticates.
+    /// (counted in the ephemeral store). One more is refused with HTTP 429
+    /// before the upgrade when its token is in the `Authorization` header,
+    /// or closed with 4008 right after its `auth` frame.
     #[arg(long, env = "CHAT_WS_MAX_PER_USER", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub ws_max_per_user: u32,
+
+    /// WebSockets one client address may hold open on this gateway,
+    /// authenticated or not; one more is refused with HTTP 429 before the
+    /// upgrade. The address is the TCP peer's, or the one a trusted proxy
+    /// forwarded (--trusted-proxies), so clients behind a load balancer are
+    /// counted one by one. 0: no limit.
+    #[arg(long, env = "CHAT_WS_MAX_PER_ADDR", default_value_t = 1000)]
+    pub ws_max_per_addr: u32,
 
     /// How often the server pings each WebSocket, in milliseconds (0:
     /// never). Clients answer pings with pongs by themselves (browsers and
@@ -324,6 +341,7 @@ impl GatewayArgs {
             subscribe_concurrency: self.subscribe_concurrency as usize,
             typing_interval: Duration::from_millis(self.typing_interval_ms),
             max_sockets_per_user: self.ws_max_per_user,
+            max_sockets_per_addr: usize::try_from(self.ws_max_per_addr).unwrap_or(usize::MAX),
             trusted_proxies: self.trusted_proxies.clone(),
             ws_ping_interval: Duration::from_millis(self.ws_ping_interval_ms),
             ws_idle_timeout: Duration::from_millis(self.ws_idle_timeout_ms),

@@ -641,6 +641,9 @@ impl Ephemeral for CacheDown {
     async fn connection_closed(&self, user: UserId) -> chat_ephemeral::Result<u32> {
         self.0.connection_closed(user).await
     }
+    async fn connections(&self, user: UserId) -> chat_ephemeral::Result<u32> {
+        self.0.connections(user).await
+    }
     async fn online(&self, users: &[UserId]) -> chat_ephemeral::Result<Vec<bool>> {
         self.0.online(users).await
     }

@@ -177,6 +177,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         format!("--ws-allowed-origins={}", g.ws_allowed_origins.join(",")),
         format!("--typing-interval-ms={}", g.typing_interval_ms),
         format!("--ws-max-per-user={}", g.ws_max_per_user),
+        format!("--ws-max-per-addr={}", g.ws_max_per_addr),
         format!("--ws-ping-interval-ms={}", g.ws_ping_interval_ms),
         format!("--ws-idle-timeout-ms={}", g.ws_idle_timeout_ms),
         format!("--first-byte-timeout-ms={}", h.first_byte_timeout_ms),
@@ -717,6 +718,43 @@ pub async fn ws_connect_with_header(url: &str, header: &str) -> Result<Ws, tungs
         HeaderValue::from_str(header).expect("a header-safe value"),
     );
     ws_connect_request(req).await
+}
+
+/// Opens `/ws` at `addr` with `Authorization: Bearer <token>` over a TCP
+/// connection from the source address `from` (loopback has all of
+/// 127.0.0.0/8), saying `X-Forwarded-For: xff` when given (what a proxy
+/// in front of the server would add); no frame is read.
+pub async fn ws_connect_via(
+    addr: SocketAddr,
+    token: &str,
+    from: [u8; 4],
+    xff: Option<&str>,
+) -> Result<Ws, tungstenite::Error> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind a loopback source address");
+    let tcp = within("a TCP connect", socket.connect(addr))
+        .await
+        .expect("connect");
+    let mut req = format!("ws://{addr}/ws").into_client_request()?;
+    let value = HeaderValue::from_str(&format!("Bearer {token}")).expect("a header-safe token");
+    req.headers_mut().insert("authorization", value);
+    if let Some(xff) = xff {
+        req.headers_mut().insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(xff).expect("a header-safe address"),
+        );
+    }
+    let (stream, _) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp)),
+    )
+    .await?;
+    Ok(Ws {
+        stream,
+        next_ref: 0,
+    })
 }
 
 pub async fn ws_connect_anonymous(url: &str) -> Result<Ws, tungstenite::Error> {

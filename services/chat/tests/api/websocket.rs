@@ -505,9 +505,11 @@ async fn a_user_past_the_socket_limit_is_closed_with_4008() {
     let bob = app.signup("bob").await;
     let mut first = app.ws(&alice).await;
     let _second = app.ws(&alice).await;
-    let mut third = crate::helpers::ws_connect(&app.ws_url, &alice.access)
-        .await
-        .expect("the upgrade is accepted");
+    // A browser authenticates after the upgrade, so its refusal is a close.
+    let mut third = app.ws_anonymous().await;
+    third
+        .send_json(json!({"type": "auth", "token": alice.access}))
+        .await;
     third.expect_close_code(4008).await;
     // The sockets she has keep working, and others are not held up.
     assert!(first.ping_barrier().await.is_empty());
@@ -527,6 +529,122 @@ async fn a_user_past_the_socket_limit_is_closed_with_4008() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(again.is_some(), "a closed socket's place is given back");
+}
+
+#[tokio::test]
+async fn a_user_at_the_socket_limit_is_refused_with_429_before_the_upgrade() {
+    let app = crate::helpers::spawn_app_with(|cfg| cfg.gateway.ws_max_per_user = 2).await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let _first = app.ws(&alice).await;
+    let _second = app.ws(&alice).await;
+    let err = crate::helpers::ws_connect(&app.ws_url, &alice.access)
+        .await
+        .err()
+        .expect("a third socket with the token in the header is refused");
+    let (status, body) = crate::helpers::refused(err);
+    assert_eq!(status, 429, "refusal: {body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "refusal: {body}");
+    // Nobody else is held up.
+    let _bob = app.ws(&bob).await;
+}
+
+/// Opens sockets as `user` from the source address `from` (optionally
+/// saying `X-Forwarded-For: xff`) until one is refused; the ones accepted
+/// and the refusal.
+async fn sockets_until_refused(
+    app: &crate::helpers::TestApp,
+    token: &str,
+    from: [u8; 4],
+    xff: Option<&str>,
+    most: usize,
+) -> (Vec<crate::helpers::Ws>, (u16, Value)) {
+    let mut open = Vec::new();
+    for _ in 0..most {
+        match crate::helpers::ws_connect_via(app.http_addr, token, from, xff).await {
+            Ok(mut ws) => {
+                let hello = ws.recv_json().await;
+                assert_eq!(hello["type"], "authenticated", "first frame: {hello}");
+                open.push(ws);
+            }
+            Err(err) => return (open, crate::helpers::refused(err)),
+        }
+    }
+    panic!("{most} sockets from one address were all accepted");
+}
+
+/// Each replica counts its own sockets: behind the load balancer one
+/// address holds at most the limit on each gateway.
+fn per_addr_range(per_gateway: usize) -> std::ops::RangeInclusive<usize> {
+    let replicas = if crate::helpers::cluster_mode() { 2 } else { 1 };
+    per_gateway..=per_gateway * replicas
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_websocket() {
+    const PER_ADDR: usize = 2;
+    let app = crate::helpers::spawn_app_with(|cfg| {
+        cfg.gateway.ws_max_per_addr = PER_ADDR as u32;
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let (open, (status, body)) =
+        sockets_until_refused(&app, &alice.access, [127, 0, 0, 93], None, 8).await;
+    assert_eq!(status, 429, "refusal: {body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "refusal: {body}");
+    assert!(
+        per_addr_range(PER_ADDR).contains(&open.len()),
+        "{} sockets were accepted",
+        open.len()
+    );
+    // Another address is served, and a closed socket gives its place back.
+    let mut other =
+        crate::helpers::ws_connect_via(app.http_addr, &alice.access, [127, 0, 0, 94], None)
+            .await
+            .expect("another address is accepted");
+    assert_eq!(other.recv_json().await["type"], "authenticated");
+    for ws in open {
+        ws.close().await;
+    }
+    within("a place to be given back", async {
+        loop {
+            if let Ok(ws) =
+                crate::helpers::ws_connect_via(app.http_addr, &alice.access, [127, 0, 0, 93], None)
+                    .await
+            {
+                return ws;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_limit() {
+    const PER_ADDR: usize = 1;
+    let app = crate::helpers::spawn_app_with(|cfg| {
+        cfg.gateway.ws_max_per_addr = PER_ADDR as u32;
+        cfg.gateway.trusted_proxies = vec!["127.0.0.1/32".parse().expect("a CIDR block")];
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    // Many clients behind one proxy: the proxy's own address is not what
+    // is counted, each forwarded address is.
+    let proxy = [127, 0, 0, 1];
+    let (open, (status, body)) =
+        sockets_until_refused(&app, &alice.access, proxy, Some("198.51.100.7"), 8).await;
+    assert_eq!(status, 429, "refusal: {body}");
+    assert!(
+        per_addr_range(PER_ADDR).contains(&open.len()),
+        "{} sockets were accepted",
+        open.len()
+    );
+    let mut next =
+        crate::helpers::ws_connect_via(app.http_addr, &alice.access, proxy, Some("198.51.100.8"))
+            .await
+            .expect("another client behind the same proxy is accepted");
+    assert_eq!(next.recv_json().await["type"], "authenticated");
 }
 
 #[tokio::test]

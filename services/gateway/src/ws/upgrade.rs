@@ -6,17 +6,24 @@
 //! `auth_timeout`, or the socket closes with 4001. A browser page from an
 //! origin not in `--ws-allowed-origins` is closed with 4003. Then the
 //! connection runs on the socket itself ([`conn::run`]).
+//!
+//! Before the upgrade: one client address holds at most
+//! `--ws-max-per-addr` sockets on this gateway, and a user whose token is
+//! in the header at most `--ws-max-per-user` across gateways; past either
+//! the answer is HTTP 429 `rate_limited`.
 
 use super::close::Close;
 use super::conn;
 use super::io::{Io, IoLimits};
 use crate::Gateway;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chat_authn::Caller;
+use chat_core::per_addr::Taken;
 use chat_core::ApiError;
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -28,8 +35,19 @@ pub async fn upgrade(State(gw): State<Gateway>, mut req: Request) -> Response {
         Ok(a) => a,
         Err(refused) => return refused,
     };
+    // One client address holds at most so many sockets on this gateway,
+    // from the upgrade on (an unauthenticated socket holds a place too).
+    let addr_slot = match client_ip(&req, &gw) {
+        Some(ip) => match gw.inner.ws_addrs.take(ip) {
+            Taken::Slot(s) => Some(s),
+            Taken::Free => None,
+            Taken::Full => return too_many("too many WebSockets from this address"),
+        },
+        None => None,
+    };
     let origin_ok = origin_allowed(&gw.inner.cfg.allowed_origins, headers);
-    // Header auth is checked before the upgrade: a bad token is a plain 401.
+    // Header auth is checked before the upgrade: a bad token is a plain 401,
+    // a user at their socket limit a plain 429.
     let header_caller = if origin_ok {
         match header_auth(&gw, headers).await {
             Ok(c) => c,
@@ -38,12 +56,18 @@ pub async fn upgrade(State(gw): State<Gateway>, mut req: Request) -> Response {
     } else {
         None
     };
+    if let Some(c) = &header_caller {
+        if at_user_limit(&gw, c).await {
+            return too_many("too many WebSockets for this user");
+        }
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     // The socket keeps its place under the connection cap while it lives.
     let slot = req.extensions_mut().remove::<chat_core::serve::ConnSlot>();
     let tracker = gw.inner.tracker.clone();
     tracker.spawn(async move {
         let _slot = slot;
+        let _addr_slot = addr_slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(error) => {
@@ -84,6 +108,42 @@ pub async fn upgrade(State(gw): State<Gateway>, mut req: Request) -> Response {
     }
     res
 }
+
+/// The client's address: the TCP peer's, or the one a trusted proxy
+/// forwarded.
+fn client_ip(req: &Request, gw: &Gateway) -> Option<std::net::IpAddr> {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(crate::client_addr::client_ip(
+        peer,
+        req.headers(),
+        &gw.inner.cfg.trusted_proxies,
+    ))
+}
+
+/// Whether the user already holds their share of sockets. The count is
+/// the ephemeral store's, across gateways; when it cannot be read the
+/// socket goes ahead and the check after the upgrade (4008) decides.
+async fn at_user_limit(gw: &Gateway, c: &Caller) -> bool {
+    match gw.inner.ephemeral.connections(c.user_id).await {
+        Ok(n) => n >= gw.inner.cfg.max_sockets_per_user,
+        Err(error) => {
+            tracing::debug!(%error, "socket count unavailable");
+            false
+        }
+    }
+}
+
+/// A 429 in the contract's error shape, before the upgrade.
+fn too_many(why: &'static str) -> Response {
+    ApiError {
+        message: format!("{why}; retry in {REFUSED_RETRY_SECS} s"),
+        ..ApiError::rate_limited(REFUSED_RETRY_SECS)
+    }
+    .into_response()
+}
+
+/// Seconds a client refused for holding too many sockets is told to wait.
+const REFUSED_RETRY_SECS: u64 = 5;
 
 /// Checks the upgrade request; the `Sec-WebSocket-Accept` value, or the
 /// HTTP answer refusing it.
