@@ -45,11 +45,11 @@ pub async fn ready(checks: &[ReadyCheck]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A router with `/healthz` and `/readyz`, for services that have no other
-/// HTTP surface (auth, room).
+/// A router with `/healthz`, `/readyz` and the debug routes, for services
+/// whose only HTTP surface is for operators and probes (auth, room).
 pub fn router(checks: Vec<ReadyCheck>) -> Router {
     let checks = Arc::new(checks);
-    Router::new()
+    crate::debug::routes()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

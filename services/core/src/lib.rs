@@ -3,9 +3,11 @@
 //! timestamps, shutdown and telemetry.
 
 pub mod config;
+pub mod debug;
 pub mod error;
 pub mod health;
 pub mod ids;
+pub mod per_addr;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

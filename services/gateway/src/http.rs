@@ -2,8 +2,8 @@
 //! API (`rest`) under `/api/v1`, the WebSocket upgrade at `/ws` (see
 //! [`crate::ws`]) and liveness (`/healthz`, what load balancers ask). The
 //! admin one, for the `--admin-addr` listener that only operators reach:
-//! readiness (`/readyz`, which names the failing dependency and its error)
-//! and Prometheus `/metrics`. Unknown paths and methods answer in the
+//! readiness (`/readyz`, which names the failing dependency and its error),
+//! Prometheus `/metrics` and the debug routes ([`chat_core::debug`]). Unknown paths and methods answer in the
 //! contract's error shape; every request gets a body limit and a tracing
 //! span.
 
@@ -32,14 +32,15 @@ pub fn router(gw: Gateway) -> Router {
     .with_state(gw)
 }
 
-/// The operators' routes: `/readyz` and `/metrics`. They tell a client
+/// The operators' routes: `/readyz`, `/metrics` and `/debug/*`. They tell a client
 /// more than it should know (upstream error text, load), so they are
 /// served on their own listener, never on the public one.
 pub fn admin_router(gw: Gateway) -> Router {
     layered(
         Router::new()
             .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics)),
+            .route("/metrics", get(metrics))
+            .merge(chat_core::debug::routes()),
         0,
     )
     .with_state(gw)

@@ -1013,6 +1013,8 @@ pub fn message_seqs(frames: &[Value]) -> Vec<i64> {
 pub struct ServerProcess {
     pub child: tokio::process::Child,
     pub base: String,
+    /// The admin listener's base URL.
+    pub admin: String,
     pub ws_url: String,
     pub client: reqwest::Client,
 }
@@ -1030,7 +1032,7 @@ pub async fn spawn_process(data_dir: &Path) -> ServerProcess {
     let client = http_client();
     // A free port may be taken again before the server binds it: retry.
     for _ in 0..5 {
-        let (http, grpc) = (free_port(), free_port());
+        let (http, grpc, admin) = (free_port(), free_port(), free_port());
         let log = std::env::var_os("TEST_LOG").is_some();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat"))
             .arg("--http-addr")
@@ -1038,7 +1040,7 @@ pub async fn spawn_process(data_dir: &Path) -> ServerProcess {
             .arg("--grpc-addr")
             .arg(format!("127.0.0.1:{grpc}"))
             .arg("--admin-addr")
-            .arg("127.0.0.1:0")
+            .arg(format!("127.0.0.1:{admin}"))
             .arg("--data-dir")
             .arg(data_dir)
             .env("CHAT_ARGON2_MEMORY_KIB", "256")
@@ -1075,6 +1077,7 @@ pub async fn spawn_process(data_dir: &Path) -> ServerProcess {
                 child,
                 ws_url: format!("ws://127.0.0.1:{http}/ws"),
                 base,
+                admin: format!("http://127.0.0.1:{admin}"),
                 client,
             };
         }
