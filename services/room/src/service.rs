@@ -2,8 +2,8 @@
 //! they may do in the room (`access`), validates, commits to the store, then
 //! publishes what it committed on the room's bus subject and copies it to
 //! the recent-event cache (`recent`), from which `ListEvents` answers when
-//! it can. The membership handlers (joining, leaving, listing, adding and
-//! removing members) are in [`members`].
+//! it can. The membership handlers (joining, leaving, adding, removing,
+//! roles and bans) are in [`members`].
 
 mod members;
 
@@ -284,6 +284,25 @@ impl RoomService for RoomSvc {
         req: Request<pb::RemoveMemberRequest>,
     ) -> Rpc<pb::RemoveMemberResponse> {
         self.remove(req).await
+    }
+
+    async fn set_member_role(&self, req: Request<pb::SetMemberRoleRequest>) -> Rpc<pb::Member> {
+        self.set_role(req).await
+    }
+
+    async fn ban_member(&self, req: Request<pb::BanMemberRequest>) -> Rpc<pb::Ban> {
+        self.ban(req).await
+    }
+
+    async fn unban_member(
+        &self,
+        req: Request<pb::UnbanMemberRequest>,
+    ) -> Rpc<pb::UnbanMemberResponse> {
+        self.unban(req).await
+    }
+
+    async fn list_bans(&self, req: Request<pb::ListBansRequest>) -> Rpc<pb::ListBansResponse> {
+        self.bans(req).await
     }
 
     #[tracing::instrument(skip_all)]
