@@ -112,6 +112,11 @@ pub enum ServerFrame<'a> {
         room_id: &'a str,
         user_id: &'a str,
     },
+    MemberRole {
+        room_id: &'a str,
+        user_id: &'a str,
+        role: &'a str,
+    },
 }
 
 /// Encodes a frame as WebSocket text. Serialising these types cannot fail

@@ -72,3 +72,14 @@ pub fn member(m: &st::MemberProfile, online: bool) -> pb::Member {
         joined_at: rfc3339(m.membership.joined_at),
     }
 }
+
+pub fn ban(b: &st::Ban) -> pb::Ban {
+    pb::Ban {
+        room_id: b.room_id.to_string(),
+        user_id: b.user_id.to_string(),
+        username: b.username.clone(),
+        display_name: b.display_name.clone(),
+        banned_by: b.banned_by.to_string(),
+        banned_at: rfc3339(b.banned_at),
+    }
+}

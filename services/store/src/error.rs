@@ -12,6 +12,14 @@ pub enum StoreError {
     NotMember,
     #[error("forbidden")]
     Forbidden,
+    /// The user is banned from the room: they cannot join or be added.
+    #[error("banned from the room")]
+    Banned,
+    /// The change would leave the room without its owner (the owner
+    /// leaving, being removed or banned, or giving up the role other than
+    /// by handing it to another member).
+    #[error("the room's owner must transfer ownership first")]
+    SoleOwner,
     #[error("store configuration: {0}")]
     Config(String),
     #[error("store backend")]
@@ -41,6 +49,12 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::not_found("resource"),
             StoreError::NotMember => ApiError::forbidden("not a member of this room"),
             StoreError::Forbidden => ApiError::forbidden("not allowed"),
+            StoreError::Banned => {
+                ApiError::forbidden("banned from this room; an admin must lift the ban first")
+            }
+            StoreError::SoleOwner => {
+                ApiError::conflict("the owner must transfer ownership to another member first")
+            }
             StoreError::Busy => ApiError::unavailable("the store is busy; retry"),
             StoreError::Config(_) | StoreError::Backend(_) => ApiError::internal(&e),
         }

@@ -147,7 +147,8 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Adds a member; returns it and whether it is new (joining twice is fine).
     /// A new member's read marker starts at the room's last seq: history
-    /// from before they joined does not count as unread.
+    /// from before they joined does not count as unread. `Banned` when the
+    /// user is banned from the room.
     async fn add_member(
         &self,
         room: RoomId,
@@ -155,8 +156,40 @@ pub trait Store: Send + Sync + 'static {
         role: Role,
         now: i64,
     ) -> Result<(Membership, bool)>;
-    /// False when the user was not a member.
+    /// False when the user was not a member; `SoleOwner` for the owner, who
+    /// must hand the room over first ([`Store::set_member_role`]).
     async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool>;
+    /// Sets `user`'s role as `by`, in one transaction that holds the room's
+    /// lock (so two transfers of one room queue, and the second finds `by`
+    /// no longer the owner): `by` must be the owner (`Forbidden`), `user` a
+    /// member (`NotFound`). `Role::Owner` hands the room over and makes `by`
+    /// an admin at the same time, so a room always has exactly one owner;
+    /// the owner's own role changes only that way (`SoleOwner`). Returns
+    /// `user`'s membership as it now is.
+    async fn set_member_role(
+        &self,
+        room: RoomId,
+        by: UserId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Membership>;
+    /// Bans `user` from the live room (`NotFound` for no such room or user)
+    /// and ends their membership, in one transaction under the room's lock;
+    /// `SoleOwner` for the owner. Banning twice keeps the first ban. Returns
+    /// the ban and whether a membership ended. Who may ban whom is the
+    /// caller's to check.
+    async fn ban_member(
+        &self,
+        room: RoomId,
+        user: UserId,
+        by: UserId,
+        now: i64,
+    ) -> Result<(Ban, bool)>;
+    /// Lifts a ban; false when there was none.
+    async fn unban_member(&self, room: RoomId, user: UserId) -> Result<bool>;
+    /// The room's bans with the banned users' profiles, by user id after
+    /// `after`.
+    async fn list_bans(&self, room: RoomId, after: Option<UserId>, limit: u32) -> Result<Vec<Ban>>;
     /// Members with their profile, by user id after `after`.
     async fn list_members(
         &self,

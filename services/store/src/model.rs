@@ -168,6 +168,17 @@ pub struct Membership {
     pub last_read_seq: Seq,
 }
 
+/// A user banned from a room, with the profile a list shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ban {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+    pub banned_by: UserId,
+    pub banned_at: i64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberProfile {
     pub membership: Membership,

@@ -7,9 +7,9 @@ use chat_core::{RoomId, Seq, SessionId, UserId};
 
 use crate::backend::Backend;
 use crate::sql::log;
-use crate::sql::{rooms, sessions, stmt, users};
+use crate::sql::{roles, rooms, sessions, stmt, users};
 use crate::{
-    EditMessage, Event, MemberProfile, Membership, Message, NewMessage, NewRoom, NewSession,
+    Ban, EditMessage, Event, MemberProfile, Membership, Message, NewMessage, NewRoom, NewSession,
     NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, Store, User, UserAuth,
     UserRoom,
 };
@@ -159,7 +159,37 @@ impl<B: Backend> Store for B {
     }
 
     async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool> {
-        rooms::remove_member(self, room, user).await
+        roles::remove_member(self, room, user).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room, user_id = %user))]
+    async fn set_member_role(
+        &self,
+        room: RoomId,
+        by: UserId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Membership> {
+        roles::set_role(self, room, by, user, role).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(room_id = %room, user_id = %user))]
+    async fn ban_member(
+        &self,
+        room: RoomId,
+        user: UserId,
+        by: UserId,
+        now: i64,
+    ) -> Result<(Ban, bool)> {
+        roles::ban_member(self, room, user, by, now).await
+    }
+
+    async fn unban_member(&self, room: RoomId, user: UserId) -> Result<bool> {
+        roles::unban_member(self, room, user).await
+    }
+
+    async fn list_bans(&self, room: RoomId, after: Option<UserId>, limit: u32) -> Result<Vec<Ban>> {
+        roles::list_bans(self, room, after, limit).await
     }
 
     async fn list_members(

@@ -322,6 +322,7 @@ async fn replicas_starting_at_once_migrate_one_fresh_schema_once() {
             tables,
             [
                 "_sqlx_migrations",
+                "bans",
                 "events",
                 "memberships",
                 "refresh_tokens",

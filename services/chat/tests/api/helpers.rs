@@ -116,6 +116,9 @@ pub struct TestApp {
     /// `http://127.0.0.1:<port>` of the admin listener (`/readyz`,
     /// `/metrics`); in cluster mode, the first gateway's.
     pub admin: String,
+    /// `http://127.0.0.1:<port>` of RoomService over gRPC: the all-in-one's
+    /// `--grpc-addr`; in cluster mode, the first room replica's.
+    pub room_grpc: String,
     pub dir: Arc<tempfile::TempDir>,
     pub client: reqwest::Client,
     tweak: Tweak,
@@ -148,12 +151,14 @@ async fn start(dir: Arc<tempfile::TempDir>, tweak: Tweak) -> TestApp {
         .expect("the server builds");
     let http_addr = app.http_addr();
     let admin = format!("http://{}", app.admin_addr());
+    let room_grpc = format!("http://{}", app.grpc_addr());
     let server = tokio::spawn(app.run());
     TestApp {
         base: format!("http://{http_addr}"),
         ws_url: format!("ws://{http_addr}/ws"),
         http_addr,
         admin,
+        room_grpc,
         dir,
         client: http_client(),
         tweak,
@@ -249,6 +254,7 @@ impl TestApp {
             ws_url: cluster.lb_ws(),
             http_addr,
             admin: cluster.gateway_admin(0),
+            room_grpc: cluster.room_grpcs.first().cloned().expect("a room replica"),
             dir,
             client: http_client(),
             tweak,
@@ -527,6 +533,29 @@ impl TestApp {
         r.expect(201).clone()
     }
 
+    /// Checks that `ws`, subscribed to `room` and `other`, was put out of
+    /// `room` (removed or banned): the server ends that subscription and
+    /// says so, a message `sender` then posts there never arrives while one
+    /// in `other` does, and subscribing again is refused.
+    pub async fn assert_put_out(&self, ws: &mut Ws, sender: &TestUser, room: &str, other: &str) {
+        ws.recv_until("the end of the subscription", |f| {
+            f["type"] == "unsubscribed" && f["room_id"] == room
+        })
+        .await;
+        self.say(sender, room, "not for the one put out").await;
+        self.say(sender, other, "for them").await;
+        let f = ws.recv_event().await;
+        assert_eq!(f["room_id"], other, "nothing from the room they left: {f}");
+        assert_eq!(f["body"], "for them");
+        assert!(ws.ping_barrier().await.is_empty());
+        let f = ws.try_subscribe(room).await;
+        assert_eq!(
+            (f["type"].as_str(), f["code"].as_str()),
+            (Some("error"), Some("forbidden")),
+            "{f}"
+        );
+    }
+
     /// `GET messages` with a query string; returns (seqs, has_more, items).
     pub async fn history(
         &self,
@@ -795,7 +824,7 @@ pub fn refused(err: tungstenite::Error) -> (u16, Value) {
 pub fn is_live_notice(frame: &Value) -> bool {
     matches!(
         frame["type"].as_str(),
-        Some("presence" | "typing" | "member_joined" | "member_left")
+        Some("presence" | "typing" | "member_joined" | "member_left" | "member_role")
     )
 }
 

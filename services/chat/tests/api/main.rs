@@ -12,5 +12,6 @@ mod edge;
 mod helpers;
 mod messages;
 mod reflection;
+mod roles;
 mod rooms;
 mod websocket;

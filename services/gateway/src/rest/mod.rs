@@ -202,6 +202,9 @@ rpcs! {
         room.list_members(ListMembersRequest) -> ListMembersResponse,
         room.add_member(AddMemberRequest) -> Member,
         room.remove_member(RemoveMemberRequest) -> RemoveMemberResponse,
+        room.set_member_role(SetMemberRoleRequest) -> Member,
+        room.ban_member(BanMemberRequest) -> Ban,
+        room.unban_member(UnbanMemberRequest) -> UnbanMemberResponse,
         room.open_dm(OpenDmRequest) -> Room,
         room.edit_message(EditMessageRequest) -> Message,
         room.delete_message(DeleteMessageRequest) -> DeleteMessageResponse,
@@ -212,6 +215,7 @@ rpcs! {
         room.join_room(JoinRoomRequest) -> Member,
         room.post_message(PostMessageRequest) -> PostMessageResponse,
         room.list_messages(ListMessagesRequest) -> ListMessagesResponse,
+        room.list_bans(ListBansRequest) -> ListBansResponse,
         room.list_events(ListEventsRequest) -> ListEventsResponse,
         room.mark_read(MarkReadRequest) -> MarkReadResponse,
     }

@@ -1,12 +1,12 @@
 //! Rooms: creating, finding, reading and changing them, joining and
-//! leaving, their members, and direct-message rooms. Who may do what is
+//! leaving, their members and roles, bans, and direct-message rooms. Who may do what is
 //! room's to decide; the handlers only reshape requests and answers.
 
 use super::{created, no_content, ok, room_id, Caller, Res};
 use crate::extract::{Json, Query};
 use crate::Gateway;
 use axum::extract::Path;
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use chat_core::{ApiError, UserId};
 use chat_proto::v1 as pb;
@@ -23,7 +23,15 @@ pub(super) fn routes() -> Router<Gateway> {
         .route("/rooms/{id}/join", post(join_room))
         .route("/rooms/{id}/leave", post(leave_room))
         .route("/rooms/{id}/members", get(list_members).post(add_member))
-        .route("/rooms/{id}/members/{user_id}", delete(remove_member))
+        .route(
+            "/rooms/{id}/members/{user_id}",
+            put(set_member_role).delete(remove_member),
+        )
+        .route("/rooms/{id}/bans", get(list_bans))
+        .route(
+            "/rooms/{id}/bans/{user_id}",
+            put(ban_member).delete(unban_member),
+        )
         .route("/dms", post(open_dm))
 }
 
@@ -140,14 +148,57 @@ async fn add_member(c: Caller, Path(id): Path<String>, Json(b): Json<UserBody>) 
     ok(c.call(msg).await?)
 }
 
+/// The room and user ids of a `…/{id}/…/{user_id}` path; a user id that
+/// cannot be one is `what` not found.
+fn room_and_user(id: &str, user: &str, what: &str) -> Res<(String, String)> {
+    let user = UserId::parse(user).map_err(|_| ApiError::not_found(what))?;
+    Ok((room_id(id)?, user.to_string()))
+}
+
 async fn remove_member(c: Caller, Path((id, user)): Path<(String, String)>) -> Res {
-    let user = UserId::parse(&user).map_err(|_| ApiError::not_found("member"))?;
-    let msg = pb::RemoveMemberRequest {
-        room_id: room_id(&id)?,
-        user_id: user.to_string(),
-    };
-    c.call(msg).await?;
+    let (room_id, user_id) = room_and_user(&id, &user, "member")?;
+    c.call(pb::RemoveMemberRequest { room_id, user_id }).await?;
     no_content()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: String,
+}
+
+async fn set_member_role(
+    c: Caller,
+    Path((id, user)): Path<(String, String)>,
+    Json(b): Json<RoleBody>,
+) -> Res {
+    let (room_id, user_id) = room_and_user(&id, &user, "member")?;
+    let msg = pb::SetMemberRoleRequest {
+        room_id,
+        user_id,
+        role: b.role,
+    };
+    ok(c.call(msg).await?)
+}
+
+async fn ban_member(c: Caller, Path((id, user)): Path<(String, String)>) -> Res {
+    let (room_id, user_id) = room_and_user(&id, &user, "user")?;
+    ok(c.call(pb::BanMemberRequest { room_id, user_id }).await?)
+}
+
+async fn unban_member(c: Caller, Path((id, user)): Path<(String, String)>) -> Res {
+    let (room_id, user_id) = room_and_user(&id, &user, "ban")?;
+    c.call(pb::UnbanMemberRequest { room_id, user_id }).await?;
+    no_content()
+}
+
+async fn list_bans(c: Caller, Path(id): Path<String>, Query(q): Query<PageQuery>) -> Res {
+    let msg = pb::ListBansRequest {
+        room_id: room_id(&id)?,
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    ok(c.call(msg).await?)
 }
 
 async fn open_dm(c: Caller, Json(b): Json<UserBody>) -> Res {

@@ -23,6 +23,12 @@
 //!   one rotation and one reuse, as on SQLite.
 //! - Two processes opening the same DM meet in the `dm_key` unique index
 //!   (`rooms.rs`).
+//! - Role changes and bans take the room's row lock as log writers do
+//!   (`sql/roles.rs`): two ownership transfers of one room queue, and the
+//!   second finds its caller no longer the owner. Adding a member share-locks
+//!   the row, so a ban and a join of the same user cannot cross. Removing a
+//!   member is one `DELETE … AND role <> 'owner'`, which Postgres re-checks
+//!   against a transfer committed while it waited.
 //!
 //! # URL
 //!

@@ -2,8 +2,8 @@
 //! and the decoding of its rows, written once for any [`Dialect`].
 //!
 //! - [`rows`]: column lists, row decoders and the driver-error mapping.
-//! - [`users`], [`sessions`], [`rooms`], [`log`]: one aggregate each, as
-//!   both backends run it.
+//! - [`users`], [`sessions`], [`rooms`] (with [`roles`]), [`log`]: one
+//!   aggregate each, as both backends run it.
 //!
 //! Every statement numbers its placeholders `$1`, `$2`, …: Postgres's own
 //! form, which sqlx's SQLite driver binds by number too, so one text serves
@@ -24,6 +24,7 @@
 
 pub(crate) mod event;
 pub(crate) mod log;
+pub(crate) mod roles;
 pub(crate) mod rooms;
 pub(crate) mod rows;
 pub(crate) mod sessions;
@@ -82,6 +83,7 @@ pub(crate) trait Dialect:
     /// the transaction ends. A dialect whose writers run in parallel locks
     /// the row so that writers of one room queue here (and writers of
     /// different rooms never meet); under a single writer it is a check.
+    /// Role changes and bans take it too ([`roles`]).
     const ROOM_LOG: &'static str;
 
     /// Public group rooms whose name contains `$1` case-insensitively

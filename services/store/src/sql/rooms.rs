@@ -1,5 +1,5 @@
 //! Rooms and their memberships: creating, reading, changing and listing
-//! rooms, joining, leaving and read markers.
+//! rooms, joining and read markers (leaving, roles and bans: [`super::roles`]).
 //!
 //! Opening a DM is the one room write whose steps differ by backend (how a
 //! concurrent opener of the same DM is met); each backend's `rooms` module
@@ -194,7 +194,7 @@ pub(crate) async fn find_dm<'c, D: Dialect>(
 
 /// Reads one page of a list paged by id: `sql` with `$1` bound (what is
 /// listed) takes the id to start after as `$2` and the page size as `$3`.
-async fn page<'q, B: Backend>(
+pub(crate) async fn page<'q, B: Backend>(
     store: &B,
     sql: Stmt<'q, B::Db>,
     after: Option<Uuid>,
@@ -405,25 +405,17 @@ pub(crate) async fn add_member<B: Backend>(
     {
         return Err(StoreError::NotFound);
     }
+    // The room's lock above keeps a ban from landing between this check and
+    // the insert (a ban takes the room's log lock, which waits for it).
+    if super::roles::is_banned(tx.executor(), room, user).await? {
+        return Err(StoreError::Banned);
+    }
     let added = insert_membership(tx.executor(), room, user, role, now).await?;
     let membership = find_membership(tx.executor(), room, user)
         .await?
         .ok_or_else(|| rows::corrupt("membership vanished after insert"))?;
     tx.commit().await.map_err(db_err)?;
     Ok((membership, added))
-}
-
-pub(crate) async fn remove_member<B: Backend>(
-    store: &B,
-    room: RoomId,
-    user: UserId,
-) -> Result<bool> {
-    let removed = stmt::<B::Db>("DELETE FROM memberships WHERE room_id = $1 AND user_id = $2")
-        .bind_id(room.0)
-        .bind_id(user.0)
-        .execute(store.writer())
-        .await?;
-    Ok(removed > 0)
 }
 
 pub(crate) async fn list_members<B: Backend>(

@@ -26,6 +26,9 @@ use chat_store::{
 };
 use uuid::Uuid;
 
+mod roles;
+pub use roles::*;
+
 /// Calls `$m! { case, case, … }` with every case of the suite.
 macro_rules! for_each_case {
     ($m:ident) => {
@@ -48,6 +51,9 @@ macro_rules! for_each_case {
             public_room_search_escapes_like_wildcards,
             rooms_and_memberships_follow_their_rules,
             room_access_reads_the_room_and_the_callers_membership,
+            only_the_owner_changes_roles_and_a_transfer_keeps_one_owner,
+            concurrent_transfers_leave_exactly_one_owner,
+            a_ban_ends_the_membership_and_keeps_the_user_out,
         }
     };
 }

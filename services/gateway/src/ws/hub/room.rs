@@ -317,6 +317,11 @@ fn render_notice(kind: pb::bus_event::Kind, crowded: bool) -> Option<Vec<u8>> {
             room_id: &m.room_id,
             user_id: &m.user_id,
         }),
+        Kind::MemberRole(m) => serde_json::to_vec(&ServerFrame::MemberRole {
+            room_id: &m.room_id,
+            user_id: &m.user_id,
+            role: &m.role,
+        }),
         Kind::RoomEvent(_) | Kind::SessionRevoked(_) => return None,
     };
     match json {
