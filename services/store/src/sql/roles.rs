@@ -208,3 +208,57 @@ pub(crate) async fn list_bans<B: Backend>(
     let rows = page(store, query, after.map(|a| a.0), limit).await?;
     decode_all(&rows, decode_ban)
 }
+
+/// When `user`'s account is deleted, in that transaction: each live group
+/// room they own passes to its next member (the admin, then the member,
+/// who joined first; deleted accounts are skipped), and a room with no
+/// one left is deleted with them. The old owner's row stays, as a member.
+pub(crate) async fn hand_over_owned_rooms<B: Backend>(
+    tx: &mut sqlx::Transaction<'static, B::Db>,
+    user: UserId,
+    now: i64,
+) -> Result<()> {
+    let owned = stmt::<B::Db>(
+        "SELECT m.room_id FROM memberships m JOIN rooms r ON r.id = m.room_id \
+         WHERE m.user_id = $1 AND m.role = 'owner' AND r.kind = 'group' \
+         AND r.deleted_at IS NULL ORDER BY m.room_id",
+    )
+    .bind_id(user.0)
+    .fetch_all(tx.executor())
+    .await?;
+    let owned = owned
+        .iter()
+        .map(|row| row.id("room_id"))
+        .collect::<Result<Vec<RoomId>>>()?;
+    for room in owned {
+        // The room's lock, as for any role change.
+        if !exists(tx.executor(), B::Db::ROOM_LOG, room.0).await? {
+            continue;
+        }
+        update_role(tx.executor(), room, user, Role::Member).await?;
+        let next = stmt::<B::Db>(
+            "SELECT m.user_id FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.room_id = $1 AND m.user_id <> $2 AND u.deleted_at IS NULL \
+             ORDER BY CASE m.role WHEN 'admin' THEN 0 ELSE 1 END, m.joined_at, m.user_id \
+             LIMIT 1",
+        )
+        .bind_id(room.0)
+        .bind_id(user.0)
+        .fetch_optional(tx.executor())
+        .await?;
+        match next {
+            Some(row) => update_role(tx.executor(), room, row.id("user_id")?, Role::Owner).await?,
+            None => {
+                stmt::<B::Db>(
+                    "UPDATE rooms SET deleted_at = $1, dm_key = NULL \
+                     WHERE id = $2 AND deleted_at IS NULL",
+                )
+                .bind(now)
+                .bind_id(room.0)
+                .execute(tx.executor())
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}

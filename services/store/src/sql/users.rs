@@ -114,6 +114,7 @@ pub(crate) async fn delete<B: Backend>(store: &B, id: UserId, now: i64) -> Resul
         .iter()
         .map(|row| row.id("id"))
         .collect::<Result<Vec<_>>>()?;
+    super::roles::hand_over_owned_rooms::<B>(&mut tx, id, now).await?;
     tx.commit().await.map_err(rows::db_err)?;
     Ok(revoked)
 }

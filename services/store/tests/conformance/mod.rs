@@ -54,6 +54,7 @@ macro_rules! for_each_case {
             only_the_owner_changes_roles_and_a_transfer_keeps_one_owner,
             concurrent_transfers_leave_exactly_one_owner,
             a_ban_ends_the_membership_and_keeps_the_user_out,
+            a_deleted_owner_hands_each_room_to_its_next_member,
         }
     };
 }

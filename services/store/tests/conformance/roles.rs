@@ -198,3 +198,43 @@ pub async fn a_ban_ends_the_membership_and_keeps_the_user_out(store: Arc<dyn Sto
     assert!(new, "unbanned, bob can come back");
     assert_eq!(s.list_bans(room.id, None, 10).await.unwrap().len(), 1);
 }
+
+pub async fn a_deleted_owner_hands_each_room_to_its_next_member(store: Arc<dyn Store>) {
+    let s = &*store;
+    let alice = user(s, "alice").await;
+    let bob = user(s, "bob").await;
+    let carol = user(s, "carol").await;
+    let gone = user(s, "gone").await;
+    // An admin comes first; then the member who joined first.
+    let with_admin = group(s, alice.id, &[bob.id, carol.id]).await;
+    s.set_member_role(with_admin.id, alice.id, carol.id, Role::Admin)
+        .await
+        .unwrap();
+    let members_only = group(s, alice.id, &[bob.id, carol.id]).await;
+    // A room nobody else is in, or only deleted users, goes with her.
+    let alone = group(s, alice.id, &[]).await;
+    let with_the_deleted = group(s, alice.id, &[gone.id]).await;
+    s.delete_user(gone.id, T0 + 1).await.unwrap();
+    // A room she merely belongs to is not touched.
+    let bobs = group(s, bob.id, &[alice.id]).await;
+
+    s.delete_user(alice.id, T0 + 2).await.unwrap();
+
+    assert_eq!(role_of(s, with_admin.id, carol.id).await, Some(Role::Owner));
+    assert_eq!(
+        role_of(s, with_admin.id, alice.id).await,
+        Some(Role::Member)
+    );
+    assert_eq!(owners(s, with_admin.id).await, 1);
+    assert_eq!(role_of(s, members_only.id, bob.id).await, Some(Role::Owner));
+    assert_eq!(
+        role_of(s, members_only.id, carol.id).await,
+        Some(Role::Member)
+    );
+    assert_eq!(owners(s, members_only.id).await, 1);
+    for room in [alone.id, with_the_deleted.id] {
+        assert!(s.room(room).await.unwrap().is_none(), "an empty room goes");
+    }
+    assert_eq!(role_of(s, bobs.id, bob.id).await, Some(Role::Owner));
+    assert_eq!(owners(s, bobs.id).await, 1);
+}
