@@ -185,7 +185,7 @@ pub async fn run(args: Args) -> Result<Report> {
             took: Duration::ZERO,
         }
     } else {
-        let rest = setup::Rest::new(bases.clone())?;
+        let rest = setup::Rest::new(bases.clone(), &setup::sources(&bases, args.source_ips))?;
         rest.check().await?;
         say_start();
         tokio::time::timeout_at(

@@ -6,23 +6,44 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// The REST side of the server(s).
 #[derive(Clone)]
 pub struct Rest {
-    pub client: Client,
+    /// One client per source address (one in all when the server is not
+    /// on loopback): the server limits signups per client address, and
+    /// the run's users come from as many addresses as its connections.
+    clients: Vec<Client>,
     /// `http://host:port`, one per --url.
     pub bases: Vec<String>,
 }
 
 impl Rest {
-    pub fn new(bases: Vec<String>) -> Result<Self> {
-        let client = Client::builder()
-            .timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build()?;
-        Ok(Rest { client, bases })
+    /// Clients from `sources` (none: the kernel picks the address).
+    pub fn new(bases: Vec<String>, sources: &[IpAddr]) -> Result<Self> {
+        let build = |from: Option<IpAddr>| {
+            Client::builder()
+                .timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(256)
+                .local_address(from)
+                .build()
+        };
+        let clients = if sources.is_empty() {
+            vec![build(None)?]
+        } else {
+            sources
+                .iter()
+                .map(|s| build(Some(*s)))
+                .collect::<reqwest::Result<_>>()?
+        };
+        Ok(Rest { clients, bases })
+    }
+
+    /// The client of the first source address.
+    pub fn client(&self) -> &Client {
+        &self.clients[0]
     }
 
     fn base(&self, i: usize) -> &str {
@@ -33,7 +54,7 @@ impl Rest {
     pub async fn check(&self) -> Result<()> {
         for base in &self.bases {
             let r = self
-                .client
+                .client()
                 .get(format!("{base}/healthz"))
                 .timeout(Duration::from_secs(5))
                 .send()
@@ -57,7 +78,8 @@ impl Rest {
         let url = format!("{}{path}", self.base(i));
         let mut wait = Duration::from_millis(100);
         for attempt in 0.. {
-            let mut req = self.client.post(&url).json(body);
+            let client = &self.clients[i % self.clients.len()];
+            let mut req = client.post(&url).json(body);
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
@@ -75,6 +97,23 @@ impl Rest {
         }
         unreachable!("the loop returns")
     }
+}
+
+/// The source addresses setup's REST calls come from: the connections'
+/// (127.0.0.2 and up) when every server is on IPv4 loopback, else none.
+pub fn sources(bases: &[String], source_ips: usize) -> Vec<std::net::IpAddr> {
+    let on_loopback = bases.iter().all(|b| {
+        reqwest::Url::parse(b)
+            .ok()
+            .and_then(|u| u.host_str()?.parse::<std::net::Ipv4Addr>().ok())
+            .is_some_and(|ip| ip.is_loopback())
+    });
+    if !on_loopback {
+        return Vec::new();
+    }
+    (0..source_ips.min(253))
+        .map(|k| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2 + k as u8)))
+        .collect()
 }
 
 fn describe(status: StatusCode, v: &Value) -> String {
