@@ -6,6 +6,9 @@
 #   3. tests           cargo test --workspace --locked
 #   4. the behaviour suite again, against the distributed mode:
 #                      CHAT_TEST_MODE=cluster cargo test -p chat --test api
+#   5. fuzzing         scripts/fuzz.sh: every cargo-fuzz target for
+#                      $CHAT_FUZZ_SECS (45) seconds over its committed corpus
+#                      (0 skips it; docs/fuzzing.md)
 #
 # First it makes sure PostgreSQL, Redis, NATS, HAProxy, grpcurl and
 # docker-compose are there (scripts/services.sh: use, start or install them).
@@ -40,3 +43,8 @@ cargo test --workspace --locked
 
 step "CHAT_TEST_MODE=cluster cargo test -p chat --test api --locked"
 CHAT_TEST_MODE=cluster cargo test -p chat --test api --locked
+
+if [ "${CHAT_FUZZ_SECS:-45}" != 0 ]; then
+    step "scripts/fuzz.sh ${CHAT_FUZZ_SECS:-45}"
+    scripts/fuzz.sh "${CHAT_FUZZ_SECS:-45}"
+fi

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use backends::Backends;
+pub use rest::bodies;
 
 /// Tunables of the gateway.
 #[derive(Clone, Debug)]

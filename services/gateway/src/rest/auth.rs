@@ -30,10 +30,10 @@ pub(super) fn routes() -> Router<Gateway> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SignupBody {
-    username: String,
-    password: String,
-    display_name: Option<String>,
+pub struct SignupBody {
+    pub username: String,
+    pub password: String,
+    pub display_name: Option<String>,
 }
 
 async fn signup(
@@ -51,9 +51,9 @@ async fn signup(
 }
 
 #[derive(Deserialize)]
-struct LoginBody {
-    username: String,
-    password: String,
+pub struct LoginBody {
+    pub username: String,
+    pub password: String,
 }
 
 async fn login(
@@ -70,8 +70,8 @@ async fn login(
 }
 
 #[derive(Deserialize)]
-struct RefreshBody {
-    refresh_token: String,
+pub struct RefreshBody {
+    pub refresh_token: String,
 }
 
 async fn refresh(State(gw): State<Gateway>, client: ClientAddr, Json(b): Json<RefreshBody>) -> Res {
@@ -119,8 +119,8 @@ async fn get_me(c: Caller) -> Res {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UpdateMeBody {
-    display_name: Option<String>,
+pub struct UpdateMeBody {
+    pub display_name: Option<String>,
 }
 
 async fn update_me(c: Caller, Json(b): Json<UpdateMeBody>) -> Res {
@@ -131,9 +131,9 @@ async fn update_me(c: Caller, Json(b): Json<UpdateMeBody>) -> Res {
 }
 
 #[derive(Deserialize)]
-struct PasswordBody {
-    current_password: String,
-    new_password: String,
+pub struct PasswordBody {
+    pub current_password: String,
+    pub new_password: String,
 }
 
 async fn change_password(c: Caller, Json(b): Json<PasswordBody>) -> Res {
@@ -146,8 +146,8 @@ async fn change_password(c: Caller, Json(b): Json<PasswordBody>) -> Res {
 }
 
 #[derive(Deserialize)]
-struct DeleteMeBody {
-    password: String,
+pub struct DeleteMeBody {
+    pub password: String,
 }
 
 async fn delete_me(c: Caller, Json(b): Json<DeleteMeBody>) -> Res {

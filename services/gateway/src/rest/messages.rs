@@ -29,9 +29,9 @@ pub(super) fn routes() -> Router<Gateway> {
 }
 
 #[derive(Deserialize)]
-struct PostBody {
-    body: String,
-    client_msg_id: String,
+pub struct PostBody {
+    pub body: String,
+    pub client_msg_id: String,
 }
 
 /// `201` with the new message, or `200` with the one an earlier post with
@@ -83,8 +83,8 @@ async fn list_events(c: Caller, Path(id): Path<String>, Query(q): Query<HistoryQ
 }
 
 #[derive(Deserialize)]
-struct EditBody {
-    body: String,
+pub struct EditBody {
+    pub body: String,
 }
 
 async fn edit_message(
@@ -110,8 +110,8 @@ async fn delete_message(c: Caller, Path((id, seq)): Path<(String, String)>) -> R
 }
 
 #[derive(Deserialize)]
-struct ReadBody {
-    seq: i64,
+pub struct ReadBody {
+    pub seq: i64,
 }
 
 async fn mark_read(c: Caller, Path(id): Path<String>, Json(b): Json<ReadBody>) -> Res {

@@ -14,6 +14,16 @@ mod auth;
 mod messages;
 mod rooms;
 
+/// The JSON request bodies, public for the fuzz targets (`fuzz/`), which
+/// decode them as the handlers do; nothing else outside `rest` uses them.
+pub mod bodies {
+    pub use super::auth::{
+        DeleteMeBody, LoginBody, PasswordBody, RefreshBody, SignupBody, UpdateMeBody,
+    };
+    pub use super::messages::{EditBody, PostBody, ReadBody};
+    pub use super::rooms::{CreateRoomBody, UpdateRoomBody, UserBody};
+}
+
 use crate::backends::{request, retrying, As, Backends};
 use crate::client_addr::ClientAddr;
 use crate::extract::{Bearer, Json};

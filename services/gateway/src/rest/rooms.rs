@@ -37,12 +37,12 @@ pub(super) fn routes() -> Router<Gateway> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateRoomBody {
-    name: String,
+pub struct CreateRoomBody {
+    pub name: String,
     #[serde(default)]
-    topic: String,
+    pub topic: String,
     #[serde(default = "public")]
-    visibility: String,
+    pub visibility: String,
 }
 
 fn public() -> String {
@@ -93,10 +93,10 @@ async fn get_room(c: Caller, Path(id): Path<String>) -> Res {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UpdateRoomBody {
-    name: Option<String>,
-    topic: Option<String>,
-    visibility: Option<String>,
+pub struct UpdateRoomBody {
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub visibility: Option<String>,
 }
 
 async fn update_room(c: Caller, Path(id): Path<String>, Json(b): Json<UpdateRoomBody>) -> Res {
@@ -136,8 +136,8 @@ async fn list_members(c: Caller, Path(id): Path<String>, Query(q): Query<PageQue
 }
 
 #[derive(Deserialize)]
-struct UserBody {
-    user_id: String,
+pub struct UserBody {
+    pub user_id: String,
 }
 
 async fn add_member(c: Caller, Path(id): Path<String>, Json(b): Json<UserBody>) -> Res {

@@ -1,9 +1,11 @@
-//! The client's frames: parsed, then one function per frame type.
+//! The client's frames: decoded and checked by [`super::client_frame`],
+//! then one function per frame type.
 //!
 //! A bad frame gets an error frame (with the frame's `ref`) and the socket
 //! stays open; only an `unauthorized` answer (the session was revoked
 //! under a call) ends the connection, with 4001.
 
+use super::client_frame::{decode, ClientFrame, Decoded, Refused};
 use super::close::{Close, End};
 use super::session::Session;
 use crate::wire::{encode, error_frame, ServerFrame};
@@ -12,43 +14,9 @@ use chat_bus::Publisher;
 use chat_core::{ApiError, ErrorCode, RoomId, Seq, UserId};
 use chat_ephemeral::{Ephemeral, RateDecision};
 use chat_proto::v1 as pb;
-use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
-
-/// Client frames.
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum ClientFrame {
-    Auth {
-        #[allow(dead_code)]
-        token: String,
-    },
-    Subscribe {
-        room_id: String,
-        since_seq: Option<Seq>,
-    },
-    SubscribeAll {
-        since: Option<HashMap<String, Seq>>,
-    },
-    Unsubscribe {
-        room_id: String,
-    },
-    Send {
-        room_id: String,
-        client_msg_id: String,
-        body: String,
-    },
-    Typing {
-        room_id: String,
-    },
-    Read {
-        room_id: String,
-        seq: Seq,
-    },
-    Ping {},
-}
 
 /// How a frame failed: an error for the client, or the connection ends.
 enum Failed {
@@ -84,28 +52,31 @@ pub struct Commands<'a> {
 impl Commands<'_> {
     /// Handles one text frame from the client.
     pub async fn handle(&mut self, text: &str) -> Result<(), End> {
-        let (frame, r#ref) = match parse(text) {
-            Ok(f) => f,
-            Err((r#ref, e)) => return self.session.send(&error_frame(r#ref.as_ref(), &e)),
+        let Decoded { frame, r#ref } = match decode(text) {
+            Ok(d) => d,
+            Err(Refused { r#ref, error }) => {
+                return self.session.send(&error_frame(r#ref.as_ref(), &error))
+            }
         };
         let r = r#ref.as_ref();
         let answer = match frame {
-            ClientFrame::Ping {} => Ok(Some(encode(&ServerFrame::Pong { r#ref: r }))),
-            ClientFrame::Auth { .. } => {
-                Err(ApiError::invalid("type", "already authenticated").into())
-            }
-            ClientFrame::Subscribe { room_id, since_seq } => {
-                self.subscribe(&room_id, since_seq, r).await
-            }
+            ClientFrame::Ping => Ok(Some(encode(&ServerFrame::Pong { r#ref: r }))),
+            ClientFrame::Auth => Err(ApiError::invalid("type", "already authenticated").into()),
+            ClientFrame::Subscribe {
+                room,
+                room_id,
+                since_seq,
+            } => self.subscribe(room, &room_id, since_seq, r).await,
             ClientFrame::SubscribeAll { since } => self.subscribe_all(since, r).await,
-            ClientFrame::Unsubscribe { room_id } => self.unsubscribe(&room_id, r),
+            ClientFrame::Unsubscribe { room, room_id } => self.unsubscribe(room, &room_id, r),
             ClientFrame::Send {
+                room,
                 room_id,
                 client_msg_id,
                 body,
-            } => self.send(&room_id, client_msg_id, body, r).await,
-            ClientFrame::Typing { room_id } => self.typing(&room_id, r).await,
-            ClientFrame::Read { room_id, seq } => self.read(&room_id, seq, r).await,
+            } => self.send(room, &room_id, client_msg_id, body, r).await,
+            ClientFrame::Typing { room } => self.typing(room, r).await,
+            ClientFrame::Read { room, seq } => self.read(room, seq, r).await,
         };
         match answer {
             Ok(Some(reply)) => self.session.send(&reply),
@@ -121,8 +92,13 @@ impl Commands<'_> {
         }
     }
 
-    async fn subscribe(&mut self, room_id: &str, since: Option<Seq>, r: Option<&Value>) -> Answer {
-        let room = RoomId::parse(room_id)?;
+    async fn subscribe(
+        &mut self,
+        room: RoomId,
+        room_id: &str,
+        since: Option<Seq>,
+        r: Option<&Value>,
+    ) -> Answer {
         let last = self.session.subscribe(room, since).await?;
         let subscribed = encode(&ServerFrame::Subscribed {
             room_id,
@@ -133,16 +109,8 @@ impl Commands<'_> {
         Ok(None)
     }
 
-    async fn subscribe_all(
-        &mut self,
-        since: Option<HashMap<String, Seq>>,
-        r: Option<&Value>,
-    ) -> Answer {
-        let mut from = HashMap::new();
-        for (k, v) in since.unwrap_or_default() {
-            from.insert(RoomId::parse(&k)?, chat_core::validate::seq("since", v)?);
-        }
-        let rooms = self.session.subscribe_all(&from).await?;
+    async fn subscribe_all(&mut self, since: HashMap<RoomId, Seq>, r: Option<&Value>) -> Answer {
+        let rooms = self.session.subscribe_all(&since).await?;
         let frame = encode(&ServerFrame::SubscribedAll {
             rooms: &rooms,
             r#ref: r,
@@ -151,8 +119,7 @@ impl Commands<'_> {
         Ok(None)
     }
 
-    fn unsubscribe(&mut self, room_id: &str, r: Option<&Value>) -> Answer {
-        let room = RoomId::parse(room_id)?;
+    fn unsubscribe(&mut self, room: RoomId, room_id: &str, r: Option<&Value>) -> Answer {
         self.session.unsubscribe(room);
         Ok(Some(encode(&ServerFrame::Unsubscribed {
             room_id,
@@ -162,14 +129,12 @@ impl Commands<'_> {
 
     async fn send(
         &mut self,
+        room: RoomId,
         room_id: &str,
         client_msg_id: String,
         body: String,
         r: Option<&Value>,
     ) -> Answer {
-        let room = RoomId::parse(room_id)?;
-        chat_core::validate::body(&body)?;
-        chat_core::validate::client_msg_id(&client_msg_id)?;
         let caller = self.session.caller();
         let m = self
             .session
@@ -185,8 +150,7 @@ impl Commands<'_> {
         })))
     }
 
-    async fn typing(&mut self, room_id: &str, r: Option<&Value>) -> Answer {
-        let room = RoomId::parse(room_id)?;
+    async fn typing(&mut self, room: RoomId, r: Option<&Value>) -> Answer {
         if !self.session.is_subscribed(room) {
             return Err(ApiError::invalid("room_id", "subscribe to the room first").into());
         }
@@ -218,8 +182,7 @@ impl Commands<'_> {
         )
     }
 
-    async fn read(&mut self, room_id: &str, seq: Seq, r: Option<&Value>) -> Answer {
-        let room = RoomId::parse(room_id)?;
+    async fn read(&mut self, room: RoomId, seq: Seq, r: Option<&Value>) -> Answer {
         let caller = self.session.caller();
         self.session
             .api()
@@ -227,23 +190,5 @@ impl Commands<'_> {
             .mark_read(&caller, room, seq)
             .await?;
         Ok(r.map(|r| encode(&ServerFrame::Ok { r#ref: Some(r) })))
-    }
-}
-
-/// A client frame and its `ref`, or the error frame's `ref` and error.
-#[allow(clippy::type_complexity)]
-fn parse(text: &str) -> Result<(ClientFrame, Option<Value>), (Option<Value>, ApiError)> {
-    let mut value = match serde_json::from_str(text) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return Err((None, ApiError::invalid("frame", "must be a JSON object"))),
-        Err(_) => return Err((None, ApiError::invalid("frame", "is not valid JSON"))),
-    };
-    let r#ref = match &mut value {
-        Value::Object(m) => m.remove("ref"),
-        _ => None,
-    };
-    match serde_json::from_value(value) {
-        Ok(f) => Ok((f, r#ref)),
-        Err(e) => Err((r#ref, ApiError::invalid("frame", e))),
     }
 }

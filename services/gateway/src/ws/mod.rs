@@ -4,7 +4,8 @@
 //!
 //! - [`upgrade`]: the handshake and authentication (header or first frame);
 //! - [`conn`]: one connection's task, from `authenticated` to its close;
-//! - [`commands`]: the client's frames, one function each;
+//! - [`commands`]: the client's frames, one function each, after
+//!   [`client_frame`] decoded and checked them;
 //! - [`session`]: the connection's rooms and cursors: subscribe, catch-up,
 //!   gap backfill, membership changes;
 //! - [`hub`] (one bus subscription per room per gateway, fanning a room's
@@ -19,6 +20,7 @@
 //! pre-framed bytes straight to every connection whose cursor is where the
 //! batch starts (see [`out`]).
 
+pub mod client_frame;
 pub mod close;
 mod commands;
 mod conn;
