@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, json)) = data.split_first() else {
         return;
     };
-    match which % 12 {
+    match which % 13 {
         0 => body::<SignupBody>(json, &["username", "password", "display_name"], |b| {
             validate::username(&b.username)?;
             validate::password("password", &b.password)?;
@@ -99,9 +99,16 @@ fuzz_target!(|data: &[u8]| {
             assert_body(&b.body);
             Ok(())
         }),
-        _ => body::<ReadBody>(json, &["seq"], |b| {
+        11 => body::<ReadBody>(json, &["seq"], |b| {
             validate::seq("seq", b.seq)?;
             assert!(b.seq >= 0);
+            Ok(())
+        }),
+        _ => body::<RoleBody>(json, &["role"], |b| {
+            // room's rule (`SetMemberRole`): one of the three role names.
+            if !matches!(b.role.as_str(), "owner" | "admin" | "member") {
+                return Err(ApiError::invalid("role", "must be owner, admin or member"));
+            }
             Ok(())
         }),
     }

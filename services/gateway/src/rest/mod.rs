@@ -21,7 +21,7 @@ pub mod bodies {
         DeleteMeBody, LoginBody, PasswordBody, RefreshBody, SignupBody, UpdateMeBody,
     };
     pub use super::messages::{EditBody, PostBody, ReadBody};
-    pub use super::rooms::{CreateRoomBody, UpdateRoomBody, UserBody};
+    pub use super::rooms::{CreateRoomBody, RoleBody, UpdateRoomBody, UserBody};
 }
 
 use crate::backends::{request, retrying, As, Backends};

@@ -163,8 +163,8 @@ async fn remove_member(c: Caller, Path((id, user)): Path<(String, String)>) -> R
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RoleBody {
-    role: String,
+pub struct RoleBody {
+    pub role: String,
 }
 
 async fn set_member_role(
