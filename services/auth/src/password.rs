@@ -82,9 +82,48 @@ impl Hasher {
         }
     }
 
+    /// A place among the hashes running or waiting, or `rate_limited`
+    /// (retry in 1 s) at once when they are all taken. Take it before
+    /// counting an attempt: a refusal for a busy server is not an attempt.
+    pub fn admit(&self) -> Result<Ticket<'_>, ApiError> {
+        match Admitted::enter(&self.admitted, self.max_admitted) {
+            Some(admitted) => Ok(Ticket {
+                hasher: self,
+                admitted,
+            }),
+            None => {
+                tracing::debug!("password hashing is saturated; refused");
+                Err(ApiError::rate_limited(1))
+            }
+        }
+    }
+
     /// Hashes a password into a PHC string with the current parameters.
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let cost = self.cost;
+        self.admit()?.hash(password).await
+    }
+
+    /// [`Ticket::verify`], admitted first.
+    pub async fn verify(
+        &self,
+        password: String,
+        phc: Option<String>,
+    ) -> Result<Verified, ApiError> {
+        self.admit()?.verify(password, phc).await
+    }
+}
+
+/// An admitted hash or verify ([`Hasher::admit`]): it runs when a slot is
+/// free, and holds its place until it has.
+pub struct Ticket<'a> {
+    hasher: &'a Hasher,
+    admitted: Admitted,
+}
+
+impl Ticket<'_> {
+    /// Hashes a password into a PHC string with the current parameters.
+    pub async fn hash(self, password: String) -> Result<String, ApiError> {
+        let cost = self.hasher.cost;
         self.run(move || {
             let salt = SaltString::generate(&mut OsRng);
             hasher(cost)?
@@ -98,14 +137,10 @@ impl Hasher {
     /// Checks a password against a stored PHC string (its own parameters
     /// apply), or, for a user who does not exist (`None`), against the
     /// dummy hash: same cost, never a match.
-    pub async fn verify(
-        &self,
-        password: String,
-        phc: Option<String>,
-    ) -> Result<Verified, ApiError> {
+    pub async fn verify(self, password: String, phc: Option<String>) -> Result<Verified, ApiError> {
         let exists = phc.is_some();
-        let phc = phc.unwrap_or_else(|| self.dummy.clone());
-        let cost = self.cost;
+        let phc = phc.unwrap_or_else(|| self.hasher.dummy.clone());
+        let cost = self.hasher.cost;
         self.run(move || {
             let Ok(parsed) = PasswordHash::new(&phc) else {
                 tracing::error!("stored password hash is not a PHC string");
@@ -125,24 +160,22 @@ impl Hasher {
         .await
     }
 
-    /// Runs `f` on the blocking pool once a slot is free, or refuses at
-    /// once when the queue is full. The slot goes with `f`, so a caller
-    /// that gives up does not free it before argon2's memory is.
-    async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
+    /// Runs `f` on the blocking pool once a slot is free. The slot and
+    /// the place go with `f`, so a caller that gives up does not free them
+    /// before argon2's memory is.
+    async fn run<T, F>(self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        let Some(admitted) = Admitted::enter(&self.admitted, self.max_admitted) else {
-            tracing::debug!("password hashing is saturated; refused");
-            return Err(ApiError::rate_limited(1));
-        };
         let slot = self
+            .hasher
             .slots
             .clone()
             .acquire_owned()
             .await
             .map_err(|e| ApiError::internal(&e))?;
+        let admitted = self.admitted;
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _g = span.enter();

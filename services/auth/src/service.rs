@@ -193,10 +193,10 @@ impl AuthSvc {
         field: &str,
     ) -> Result<(), ApiError> {
         let key = password_limit_key(&u.user.username);
+        let ticket = self.hasher.admit()?;
         self.password_limit(&key).await?;
         if password.len() <= 1024 {
-            let v = self
-                .hasher
+            let v = ticket
                 .verify(password.to_owned(), Some(u.password_hash.clone()))
                 .await?;
             if v.ok {
@@ -293,6 +293,8 @@ impl AuthService for AuthSvc {
         let r = req.into_inner();
         validate::username(&r.username)?;
         validate::password("password", &r.password)?;
+        // A busy hasher's refusal first: it is not a signup attempt.
+        let ticket = self.hasher.admit()?;
         self.signup_attempt(addr).await?;
         let display_name = match r.display_name {
             Some(d) => {
@@ -301,7 +303,7 @@ impl AuthService for AuthSvc {
             }
             None => r.username.clone(),
         };
-        let password_hash = self.hasher.hash(r.password).await?;
+        let password_hash = ticket.hash(r.password).await?;
         let user = self
             .store
             .create_user(&NewUser {
@@ -336,14 +338,15 @@ impl AuthService for AuthSvc {
             return Err(bad().into());
         }
         let keys = LoginKeys::new(addr, &r.username);
+        // A busy hasher's refusal first: it is not a login attempt.
+        let ticket = self.hasher.admit()?;
         // Wrong current passwords (an authenticated user's own) hold the
         // account's logins too.
         self.password_limit(&password_limit_key(&r.username))
             .await?;
         self.login_attempt(&keys).await?;
         let found = self.store.user_by_username(&r.username).await?;
-        let v = self
-            .hasher
+        let v = ticket
             .verify(
                 r.password.clone(),
                 found.as_ref().map(|u| u.password_hash.clone()),

@@ -257,3 +257,87 @@ async fn signups_from_one_address_are_limited() {
         "another address is not held up"
     );
 }
+
+/// A signup or login the server refuses because it is busy hashing
+/// ("retry in 1 s") is not an attempt: it must not use up the address's
+/// signups or the user's login attempts.
+#[tokio::test]
+async fn a_refusal_for_a_busy_hasher_is_not_counted_as_an_attempt() {
+    let app = spawn_app_with(|cfg| {
+        cfg.auth.signup_limit = 3;
+        cfg.auth.login_max_failures = 3;
+        cfg.auth.hash_concurrency = 1;
+        cfg.auth.hash_queue = Some(0);
+        // Slow enough that a burst finds the one slot taken.
+        cfg.auth.argon2_memory_kib = 32 * 1024;
+        cfg.auth.argon2_iterations = 2;
+    })
+    .await;
+    let from = [127, 0, 0, 72];
+    let client = client_from(from);
+    let signup = |name: String| {
+        let (client, base) = (client.clone(), app.base.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/api/v1/auth/signup"))
+                .json(&json!({"username": name, "password": PASSWORD}))
+                .send()
+                .await
+                .expect("the server answers");
+            r.status().as_u16()
+        }
+    };
+    let burst = (0..8).map(|_| signup(unique("b")));
+    let statuses = within("a signup burst", futures_util::future::join_all(burst)).await;
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(created < 8, "the burst overlapped: {statuses:?}");
+    // One at a time, the address gets the rest of its three signups.
+    let mut later = 0;
+    while created + later < 3 {
+        match within("a signup", signup(unique("s"))).await {
+            201 => later += 1,
+            429 => panic!(
+                "refused after {} signups (burst {statuses:?}): busy refusals were counted",
+                created + later
+            ),
+            s => panic!("status {s}"),
+        }
+    }
+    assert_eq!(
+        within("a signup", signup(unique("s"))).await,
+        429,
+        "then the limit holds"
+    );
+
+    // The same for logins: a burst of right passwords the hasher refuses
+    // does not use up alice's attempts.
+    let alice = app.signup("alice").await;
+    let login = || {
+        let (client, base, name) = (client.clone(), app.base.clone(), alice.username.clone());
+        async move {
+            client
+                .post(format!("{base}/api/v1/auth/login"))
+                .json(&json!({"username": name, "password": PASSWORD}))
+                .send()
+                .await
+                .expect("the server answers")
+                .status()
+                .as_u16()
+        }
+    };
+    let burst = (0..8).map(|_| login());
+    let statuses = within("a login burst", futures_util::future::join_all(burst)).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        within("a login", login()).await,
+        200,
+        "alice logs in: {statuses:?}"
+    );
+}
