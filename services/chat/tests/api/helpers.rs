@@ -1057,6 +1057,12 @@ fn free_port() -> u16 {
 
 /// Starts the `chat` binary on `data_dir` and waits for `/healthz`.
 pub async fn spawn_process(data_dir: &Path) -> ServerProcess {
+    spawn_process_with(data_dir, &[]).await
+}
+
+/// [`spawn_process`] with `env` set after the test defaults (so it can
+/// override them, e.g. `CHAT_ARGON2_MEMORY_KIB`).
+pub async fn spawn_process_with(data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
     init_tracing();
     let client = http_client();
     // A free port may be taken again before the server binds it: retry.
@@ -1076,6 +1082,7 @@ pub async fn spawn_process(data_dir: &Path) -> ServerProcess {
             .env("CHAT_ARGON2_ITERATIONS", "1")
             .env("CHAT_SEND_LIMIT", "0")
             .env("CHAT_SHUTDOWN_TIMEOUT", "5")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
             .stderr(if log { Stdio::inherit() } else { Stdio::null() })
