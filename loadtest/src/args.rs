@@ -85,15 +85,21 @@ const ABOUT: &str = "Load generator for the chat backend: opens N WebSocket conn
 sends at a fixed rate and checks that every connection gets every message once and in order.";
 
 const AFTER_HELP: &str = "\
-SERVER FLAGS A RUN NEEDS
-  The all-in-one server's abuse limits must be raised or a run is throttled:
-    chat --send-limit 0 --membership-limit 0 --create-limit 0 --signup-limit 0 --ws-frames-per-sec 100000 --argon2-memory-kib 256 --argon2-iterations 1
-  --send-limit 0          no per-user send limit (loadtest reuses one user for many connections)
-  --membership-limit 0, --create-limit 0, --signup-limit 0
-                          no per-user join or room-creation limit, no per-address signup
-                          limit (setup signs up, joins and creates fast, from one address)
+SERVER LIMITS A RUN MEETS
+  The server's default limits hold a run whose users stay within them: the origin's
+  target (--scenario room --connections 15000 --rate 117 --senders 24) runs against
+  `chat` with no flags at all. Setup comes from the connections' 127.0.0.x addresses
+  (signups are limited per address) and a user holds 50 connections (the cap is 64).
+  Raise a limit when a run asks more of one user or one address:
+  --send-limit 0          a sender's user sends more than 100 messages per 10 s
+                          (--rate / --senders above 10)
+  --membership-limit 0    a user joins more than 60 rooms a minute in setup (rooms
+                          scenario with more rooms than users)
+  --create-limit 0        a user creates more than 20 rooms a minute in setup
+  --signup-limit 0        more than 20 users per source address (--source-ips)
   --ws-frames-per-sec N   above the per-sender rate (--rate / --senders)
-  --argon2-memory-kib 256 --argon2-iterations 1   cheap signups (setup is not the bottleneck)
+  --ws-max-per-user N     above --connections / --users (64 by default)
+  --argon2-memory-kib 256 --argon2-iterations 1   faster signups (setup only)
   --ws-queue N            outbound queue per connection (a slow one is closed with 4009)
   --access-token-ttl S    above the run's length when reconnects happen late in a long run
   The server also needs `ulimit -n` above the connections it is to hold (20000 at most here).
