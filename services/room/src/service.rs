@@ -72,6 +72,28 @@ impl RoomSvc {
         }
     }
 
+    /// The message `r` already stored for `sender`, if they sent it and
+    /// are still a member (what a retry of it is answered with).
+    async fn resent(
+        &self,
+        r: &pb::PostMessageRequest,
+        sender: UserId,
+    ) -> Option<chat_store::Message> {
+        self.access.member(&r.room_id, sender).await.ok()?;
+        let room = RoomId::parse(&r.room_id).ok()?;
+        match self
+            .store
+            .sent_message(room, sender, &r.client_msg_id)
+            .await
+        {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, "cannot look a retried message up");
+                None
+            }
+        }
+    }
+
     /// After a commit: publishes `event` and, at the same time, caches it
     /// with the entries its commit changed (`target`: the seq of the message
     /// an edit or deletion changed).
@@ -344,7 +366,17 @@ impl RoomService for RoomSvc {
         let room_id = RoomId::parse(&r.room_id)?;
         validate::client_msg_id(&r.client_msg_id)?;
         validate::body(&r.body)?;
-        self.send_limit.check(c.user_id).await?;
+        if let Err(limited) = self.send_limit.check(c.user_id).await {
+            // A retry of a stored message (its ack was lost) gets it back,
+            // whatever the limit: it appends nothing.
+            return match self.resent(&r, c.user_id).await {
+                Some(message) => Ok(Response::new(pb::PostMessageResponse {
+                    message: Some(convert::message(&message)),
+                    created: false,
+                })),
+                None => Err(limited.into()),
+            };
+        }
         let appended = self
             .store
             .append_message(&NewMessage {

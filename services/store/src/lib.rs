@@ -207,6 +207,14 @@ pub trait Store: Send + Sync + 'static {
     /// original message with `false`, otherwise the room's next seq is
     /// assigned and the message committed (`true`).
     async fn append_message(&self, msg: &NewMessage) -> Result<(Message, bool)>;
+    /// The message `sender` sent to `room` with `client_msg_id`, if any:
+    /// what a retry of it is answered with, without appending.
+    async fn sent_message(
+        &self,
+        room: RoomId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>>;
     /// Appends a `message_edited` event and updates the message's body.
     /// `NotFound` for no such (live) message, `Forbidden` unless `editor` wrote it.
     async fn edit_message(&self, edit: &EditMessage) -> Result<(Event, Message)>;

@@ -216,6 +216,15 @@ impl<B: Backend> Store for B {
         log::append(self, msg).await
     }
 
+    async fn sent_message(
+        &self,
+        room: RoomId,
+        sender: UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>> {
+        log::sent(self.reader(), room, sender, client_msg_id).await
+    }
+
     #[tracing::instrument(
         level = "debug",
         skip_all,

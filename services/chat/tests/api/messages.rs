@@ -302,3 +302,42 @@ async fn sending_faster_than_the_limit_is_rate_limited() {
     let (seqs, _, _) = app.history(&alice, &room, "").await;
     assert_eq!(seqs, vec![1, 2, 3]);
 }
+
+/// A client whose ack was lost retries with the same `client_msg_id`: it
+/// gets its message's seq back even when it has used up its sends (issue
+/// #10, "idempotency first"), over REST and over the WebSocket.
+#[tokio::test]
+async fn a_retry_past_the_send_limit_gets_its_original_seq() {
+    let app = spawn_app_with(|cfg| {
+        cfg.room.send_limit = 2;
+        cfg.room.send_window_secs = 60;
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let room = app.create_room(&alice, "public").await;
+    let (first, second) = (cmid(), cmid());
+    let r = app.post_message(&alice.access, &room, "one", &first).await;
+    let seq = r.expect(201)["seq"].as_i64().expect("seq");
+    let r = app.post_message(&alice.access, &room, "two", &second).await;
+    let seq2 = r.expect(201)["seq"].as_i64().expect("seq");
+    app.post_message(&alice.access, &room, "three", &cmid())
+        .await
+        .expect_error(429, "rate_limited");
+
+    let again = app.post_message(&alice.access, &room, "one", &first).await;
+    assert!(
+        again.status.is_success(),
+        "a retry is answered: {}",
+        again.text
+    );
+    assert_eq!(again.body["seq"], seq);
+    let mut ws = app.ws(&alice).await;
+    let ack = ws.send_and_wait(&room, &second, "two").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["seq"], seq2);
+    // Nothing new was stored, and new messages are still limited.
+    let f = ws.send_and_wait(&room, &cmid(), "four").await;
+    assert_eq!(f["code"], "rate_limited", "{f}");
+    let (seqs, _, _) = app.history(&alice, &room, "").await;
+    assert_eq!(seqs, vec![seq, seq2]);
+}

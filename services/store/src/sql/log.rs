@@ -71,6 +71,27 @@ async fn commit_event<B: Backend>(
     Ok(seq)
 }
 
+/// The message `sender` sent to `room` with `client_msg_id`, if any.
+pub(crate) async fn sent<'c, D: Dialect>(
+    ex: impl sqlx::Executor<'c, Database = D>,
+    room: RoomId,
+    sender: UserId,
+    client_msg_id: &str,
+) -> Result<Option<Message>> {
+    let row = stmt::<D>(concat!(
+        "SELECT ",
+        event_cols!(),
+        " FROM events \
+         WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3 AND kind = 'message'"
+    ))
+    .bind_id(room.0)
+    .bind_id(sender.0)
+    .bind(client_msg_id)
+    .fetch_optional(ex)
+    .await?;
+    decode_opt(row, rows::message)
+}
+
 pub(crate) async fn append<B: Backend>(store: &B, msg: &NewMessage) -> Result<(Message, bool)> {
     let mut tx = store.write_tx().await?;
     // The lock comes first: a concurrent send of the same client_msg_id
@@ -84,18 +105,14 @@ pub(crate) async fn append<B: Backend>(store: &B, msg: &NewMessage) -> Result<(M
     {
         return Err(StoreError::NotMember);
     }
-    let original = stmt::<B::Db>(concat!(
-        "SELECT ",
-        event_cols!(),
-        " FROM events \
-         WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3 AND kind = 'message'"
-    ))
-    .bind_id(msg.room_id.0)
-    .bind_id(msg.sender_id.0)
-    .bind(&msg.client_msg_id)
-    .fetch_optional(tx.executor())
+    let original = sent(
+        tx.executor(),
+        msg.room_id,
+        msg.sender_id,
+        &msg.client_msg_id,
+    )
     .await?;
-    if let Some(original) = decode_opt(original, rows::message)? {
+    if let Some(original) = original {
         return Ok((original, false));
     }
 

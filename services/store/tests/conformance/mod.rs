@@ -615,6 +615,11 @@ pub async fn a_repeated_client_msg_id_returns_the_original_message(store: Arc<dy
     assert!(new);
     assert_eq!(bobs.seq, 2);
     assert_eq!(s.message(room.id, 1).await.unwrap().unwrap(), first);
+    // What a retry is answered with when it may not append (the send limit).
+    let sent = |sender, cmid: &'static str| s.sent_message(room.id, sender, cmid);
+    assert_eq!(sent(alice.id, "c-1").await.unwrap(), Some(first.clone()));
+    assert_eq!(sent(bob.id, "c-1").await.unwrap().map(|m| m.seq), Some(2));
+    assert_eq!(sent(alice.id, "c-2").await.unwrap(), None);
 }
 
 pub async fn only_members_can_append_to_a_live_room(store: Arc<dyn Store>) {
