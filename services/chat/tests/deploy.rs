@@ -49,10 +49,20 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// What an operator must set before `docker-compose up`: the file has no
+/// default for it.
+const OPERATOR_SECRET: &str = "an-operator-chose-this-secret-0123456789";
+
 /// `docker-compose -f docker-compose.yml <args>`, from the repo root, with an
-/// environment holding nothing but what the tool itself needs, so that every
-/// `${VAR:-default}` in the file resolves to its default.
+/// environment holding nothing but what the tool itself needs and the
+/// operator's secret, so that every `${VAR:-default}` in the file resolves
+/// to its default.
 fn docker_compose(args: &[&str]) -> Output {
+    docker_compose_env(args, &[("CHAT_INTERNAL_SECRET", OPERATOR_SECRET)])
+}
+
+/// [`docker_compose`] with exactly `env` set for the file.
+fn docker_compose_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new("docker-compose");
     cmd.arg("-f")
         .arg(compose_file())
@@ -64,6 +74,7 @@ fn docker_compose(args: &[&str]) -> Output {
             cmd.env(var, value);
         }
     }
+    cmd.envs(env.iter().copied());
     run(
         &mut cmd,
         "docker-compose",
@@ -292,6 +303,19 @@ fn the_compose_file_passes_docker_compose_config() {
     );
 }
 
+/// A secret that ships in a public file is no secret: anyone who reaches
+/// auth's or room's gRPC port could act as any user.
+#[test]
+fn the_compose_file_has_no_internal_secret_of_its_own() {
+    let out = docker_compose_env(&["config", "-q"], &[]);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "docker-compose config passed without CHAT_INTERNAL_SECRET:\n{stderr}"
+    );
+    assert!(stderr.contains("CHAT_INTERNAL_SECRET"), "{stderr}");
+}
+
 #[test]
 fn the_compose_file_runs_the_whole_distributed_topology() {
     let services = parse_services(&resolved_compose());
@@ -410,9 +434,9 @@ fn every_required_flag_of_our_services_is_set_in_the_compose_file() {
             }
         }
         if let Some(secret) = svc.environment.get("CHAT_INTERNAL_SECRET") {
-            if secret.len() < 16 {
+            if secret != OPERATOR_SECRET {
                 problems.push(format!(
-                    "service {name}: the default CHAT_INTERNAL_SECRET is under 16 characters"
+                    "service {name}: CHAT_INTERNAL_SECRET is {secret:?}, not the operator's"
                 ));
             }
         }

@@ -38,14 +38,36 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
-    /// Refuses a weak internal secret at start-up rather than running with it.
+    /// Refuses a weak internal secret at start-up rather than running with
+    /// it: a short one, one with few distinct characters, or one that reads
+    /// like a placeholder from a published file (an older
+    /// docker-compose.yml shipped `change-me-please-32-characters`).
     pub fn check(&self) -> Result<(), String> {
-        if self.internal_secret.len() < 16 {
+        let secret = &self.internal_secret;
+        if secret.len() < 16 {
             return Err("CHAT_INTERNAL_SECRET must be at least 16 characters".into());
+        }
+        let distinct: std::collections::BTreeSet<char> = secret.chars().collect();
+        let folded: String = secret
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let placeholder = PLACEHOLDERS.iter().any(|p| folded.contains(p));
+        if distinct.len() < 8 || placeholder {
+            return Err(
+                "CHAT_INTERNAL_SECRET looks like a placeholder: generate a random one \
+                 (e.g. `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'`)"
+                    .into(),
+            );
         }
         Ok(())
     }
 }
+
+/// Words of placeholder secrets (compared lowercased, letters and digits
+/// only).
+const PLACEHOLDERS: &[&str] = &["changeme", "replaceme", "secret", "password", "example"];
 
 /// Where a gRPC service listens, plus its health endpoint.
 #[derive(Clone, Debug, clap::Args)]
@@ -116,3 +138,35 @@ pub struct HttpArgs {
 /// Connections from one address at once, by default: a busy NAT holds
 /// many, one client cannot hold the whole server.
 pub const DEFAULT_MAX_PER_IP: usize = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_secret(secret: &str) -> BackendArgs {
+        BackendArgs {
+            database_url: String::new(),
+            redis_url: String::new(),
+            nats_url: String::new(),
+            subject_prefix: "chat".into(),
+            key_prefix: "chat".into(),
+            internal_secret: secret.into(),
+        }
+    }
+
+    #[test]
+    fn short_and_published_internal_secrets_are_refused() {
+        for weak in [
+            "short",
+            // The default an older docker-compose.yml shipped.
+            "change-me-please-32-characters",
+            "CHANGEME-CHANGEME-CHANGEME",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "your-internal-secret-goes-here",
+        ] {
+            assert!(with_secret(weak).check().is_err(), "{weak:?} was accepted");
+        }
+        let random = "3f9a1c07d2e84b6a95c1e0f7a2b3d4c5";
+        assert!(with_secret(random).check().is_ok());
+    }
+}
