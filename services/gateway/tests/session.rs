@@ -380,6 +380,12 @@ impl Harness {
     /// commit.
     async fn publish(&self, room: RoomId, seq: Seq) {
         self.room.append(room, seq);
+        self.publish_only(room, seq).await;
+    }
+
+    /// Publishes event `seq` on the bus without committing it: a forged or
+    /// stray publish.
+    async fn publish_only(&self, room: RoomId, seq: Seq) {
         let payload = pb::BusEvent {
             kind: Some(pb::bus_event::Kind::RoomEvent(event(room, seq))),
             ..Default::default()
@@ -898,4 +904,41 @@ async fn a_long_catch_up_does_not_hold_up_the_other_subscribes() {
         .expect("the catch-up task does not panic");
     assert_eq!(r.expect("the catch-up succeeds"), 500);
     assert_eq!(a.session.cursor(long), Some(500));
+}
+
+/// Anyone who can publish on the bus could once silence a room with one
+/// event far ahead of its log: the hub took its seq as the room's last,
+/// and dropped the real events after it as duplicates (issue #10).
+#[tokio::test]
+async fn an_event_ahead_of_the_log_is_dropped_and_the_room_goes_on() {
+    let mut h = Harness::new().await;
+    let room = h.room.room(2);
+    h.subscribe_live(room, None).await;
+    h.frames().await;
+    h.publish(room, 3).await;
+    let reads = h.room.list_calls();
+    h.publish_only(room, 1_000_000).await;
+    // The hub reads the log on the gap the forged event shows.
+    within("the hub to take the forged event in", async {
+        while h.room.list_calls() == reads {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    h.publish(room, 4).await;
+    let mut frames = within("the real events", async {
+        let mut seen = Vec::new();
+        while !seen.iter().any(|f: &Value| f["seq"] == 4) {
+            seen.push(h.next_frame().await);
+        }
+        seen
+    })
+    .await;
+    frames.extend(h.frames().await);
+    assert_eq!(
+        summary(room, &frames),
+        strings(&["message 3", "message 4"]),
+        "the forged event is not delivered"
+    );
+    assert_eq!(h.session.cursor(room), Some(4));
 }

@@ -177,8 +177,9 @@ impl Pump {
     }
 
     /// Reads the log after `after` (up to `until`) as the gateway and
-    /// queues it for delivery, advancing `last`.
-    async fn backfill(&mut self, after: Seq, until: Option<Seq>) {
+    /// queues it for delivery, advancing `last`; false when the log could
+    /// not be read.
+    async fn backfill(&mut self, after: Seq, until: Option<Seq>) -> bool {
         let (room, api) = (self.room, self.api.clone());
         let mut last = after;
         let read = api
@@ -190,10 +191,11 @@ impl Pump {
                 Ok::<_, ApiError>(last)
             })
             .await;
-        if let Err(error) = read {
+        if let Err(error) = &read {
             tracing::warn!(%error, room_id = %room, "hub backfill failed");
         }
         self.last = Some(self.last.map_or(last, |l| l.max(last)));
+        read.is_ok()
     }
 
     /// One bus payload into the batch: a room event in seq order (a gap
@@ -208,12 +210,22 @@ impl Pump {
                     if e.seq > l + 1 {
                         tracing::info!(room_id = %self.room, after_seq = l, seq = e.seq, "gap on the bus; backfilling");
                         self.metrics.backfills.inc();
-                        self.backfill(l, Some(e.seq - 1)).await;
-                        if self.last.is_some_and(|r| r < e.seq - 1) {
-                            // Could not fill it: each connection's cursor
-                            // finds the gap and backfills it itself.
-                            tracing::warn!(room_id = %self.room, "hub backfill incomplete");
+                        // Up to the event itself: the log is the truth.
+                        if self.backfill(l, Some(e.seq)).await {
+                            if self.last.is_some_and(|r| r < e.seq) {
+                                // Committed events are readable before they
+                                // are published: one the log lacks was
+                                // never committed (a forged or stray
+                                // publish). Taking it would move the room
+                                // past its real events, which would then
+                                // be dropped as duplicates.
+                                tracing::warn!(room_id = %self.room, seq = e.seq, "an event ahead of the log; dropped");
+                            }
+                            return;
                         }
+                        // Could not read the log: each connection's cursor
+                        // finds the gap and backfills it itself.
+                        tracing::warn!(room_id = %self.room, "hub backfill incomplete");
                     }
                 }
                 self.last = Some(e.seq);
