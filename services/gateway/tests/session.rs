@@ -942,3 +942,41 @@ async fn an_event_ahead_of_the_log_is_dropped_and_the_room_goes_on() {
     );
     assert_eq!(h.session.cursor(room), Some(4));
 }
+
+/// A catch-up that fails after part of the history went out (here the
+/// log stops answering after the first page) must not leave the client
+/// with that part and an error frame: the connection is asked to close
+/// with 4009, and the client resumes from the last event it got.
+#[tokio::test]
+async fn a_catch_up_failing_half_way_asks_for_4009_not_an_error_frame() {
+    let room = Arc::new(FakeRoom::default());
+    let mut h = Harness::build(1 << 20, room.clone(), Arc::new(Semaphore::new(64))).await;
+    let long = room.room(500);
+    let gate = room.gate_list_events();
+    let catching_up = tokio::spawn(async move {
+        let r = h.session.subscribe(long, Some(0)).await;
+        (h, r)
+    });
+    // The first page goes out; the log fails before the second.
+    gate.add_permits(1);
+    within("the first page", async {
+        while room.list_calls() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    room.fail_list_events(ApiError::unavailable("room is restarting"));
+    gate.add_permits(1);
+    let (mut h, r) = within("the catch-up to end", catching_up)
+        .await
+        .expect("the catch-up task does not panic");
+    assert!(r.is_err(), "the subscribe fails");
+    assert_eq!(h.conn.asked_to_close(), Some(Close::TOO_SLOW));
+    let frames = h.frames().await;
+    assert!(!frames.is_empty(), "part of the history went out");
+    assert!(
+        frames.iter().all(|f| f["type"] == "message"),
+        "no error frame: {:?}",
+        summary(long, &frames)
+    );
+}

@@ -1,7 +1,9 @@
 //! Real-time delivery over `/ws`: fan-out, ordering, resume, and the
 //! no-gap/no-duplicate promise under concurrency.
 
-use crate::helpers::{cmid, message_seqs, spawn_app, within, within_for, TestUser, Ws};
+use crate::helpers::{
+    cmid, is_live_notice, message_seqs, spawn_app, within, within_for, TestUser, Ws,
+};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -943,4 +945,97 @@ async fn subscribes_beyond_the_gateways_concurrency_wait_their_turn() {
             .expect("subscriber");
         assert_eq!(got, vec![vec![1], vec![1]], "each room's history, once");
     }
+}
+
+/// A resume bigger than what waits for a slow socket (issue #10: "a
+/// 5 MiB resume") ends in 4009, never in part of the history followed by
+/// an error frame; resuming from the last event received, again as often
+/// as needed, gets every event once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_bigger_than_the_socket_buffer_ends_in_4009_and_resumes_cleanly() {
+    const TOTAL: i64 = 600;
+    let app = crate::helpers::spawn_app_with(|cfg| {
+        cfg.gateway.ws_buffer_bytes = 64 * 1024;
+    })
+    .await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.room_with(&alice, &[&bob]).await;
+    // ~16 KB events: about 9.6 MB of history.
+    let body = "\u{1F980}".repeat(4000);
+    let mut senders = Vec::new();
+    for k in 0..4 {
+        let (client, token, body) = (app.client.clone(), alice.access.clone(), body.clone());
+        let url = app.url(&format!("/api/v1/rooms/{room}/messages"));
+        senders.push(tokio::spawn(async move {
+            for i in 0..TOTAL / 4 {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"body": body, "client_msg_id": format!("{k}-{i}")}))
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(r.status().as_u16(), 201);
+            }
+        }));
+    }
+    for s in senders {
+        within_for(Duration::from_secs(60), "the senders", s)
+            .await
+            .expect("sender");
+    }
+
+    let mut got: Vec<i64> = Vec::new();
+    let mut closes = 0;
+    loop {
+        assert!(
+            closes < 40,
+            "no progress after {closes} resumes: {}",
+            got.len()
+        );
+        let mut ws = app.ws_small_buffer(&bob).await;
+        let since = got.last().copied().unwrap_or(0);
+        ws.send_json(json!({"type": "subscribe", "room_id": room, "since_seq": since}))
+            .await;
+        // Read nothing for a while: the history piles up past the socket's
+        // buffers and what may wait for it.
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        let done = within_for(Duration::from_secs(30), "a resume to end", async {
+            loop {
+                match ws.next_message().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let f: Value = serde_json::from_str(t.as_str()).expect("JSON");
+                        match f["type"].as_str() {
+                            Some("message") => got.push(f["seq"].as_i64().expect("seq")),
+                            Some("subscribed") => return true,
+                            _ => {
+                                assert!(is_live_notice(&f), "an unexpected frame in a resume: {f}")
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(c))) => {
+                        assert_eq!(c.map(|c| u16::from(c.code)), Some(4009));
+                        return false;
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("the socket ended without a close frame: {other:?}"),
+                }
+            }
+        })
+        .await;
+        if done {
+            break;
+        }
+        closes += 1;
+    }
+    assert!(
+        closes > 0,
+        "the history fit in the buffers: the test proves nothing"
+    );
+    assert_eq!(
+        got,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
 }

@@ -82,6 +82,7 @@ impl Commands<'_> {
             Ok(Some(reply)) => self.session.send(&reply),
             Ok(None) => Ok(()),
             Err(Failed::End(end)) => Err(end),
+            Err(Failed::Api(_)) if self.session.closing().is_some() => Err(End::Gone),
             Err(Failed::Api(e)) => {
                 let sent = self.session.send(&error_frame(r, &e));
                 if e.code == ErrorCode::Unauthorized {

@@ -82,6 +82,12 @@ impl Session {
         self.rooms.contains_key(&room)
     }
 
+    /// The close the connection was asked for, if any: nothing more is
+    /// written to it then (not even an error frame).
+    pub fn closing(&self) -> Option<Close> {
+        self.conn.asked_to_close()
+    }
+
     /// The last seq delivered of a subscribed room.
     pub fn cursor(&self, room: RoomId) -> Option<Seq> {
         self.out().lock().cursor(room).map(|c| c.seq)
@@ -154,10 +160,20 @@ impl Session {
         );
         self.rooms.insert(room, guard);
         if since.is_some() {
-            // The events the client missed, before `subscribed`.
-            self.catch_up(room, None)
-                .await
-                .map_err(|_| ApiError::unavailable("cannot read the room's history; retry"))?;
+            // The events the client missed, before `subscribed`. Part of
+            // them may be out when this fails (the client reads too slowly
+            // for the room's history, or the log cannot be read): an error
+            // frame now would leave it with a partial resume. The
+            // connection closes with 4009 instead, and the client resumes
+            // from the last event it got.
+            if let Err(end) = self.catch_up(room, None).await {
+                if let End::Close(close) = end {
+                    self.conn.close(close);
+                }
+                return Err(ApiError::unavailable(
+                    "cannot read the room's history; retry",
+                ));
+            }
         }
         Ok(self.cursor(room).unwrap_or(last))
     }
