@@ -37,9 +37,24 @@ pub struct NatsBus {
     reconnects: watch::Receiver<u64>,
 }
 
+/// The credentials of the first server URL that has any
+/// (`nats://user:pass@host` or `nats://token@host`): the client does not
+/// take them from the URLs itself.
+fn with_credentials(options: ConnectOptions, servers: &[ServerAddr]) -> ConnectOptions {
+    let Some(s) = servers.iter().find(|s| s.username().is_some()) else {
+        return options;
+    };
+    match (s.username(), s.password()) {
+        (Some(user), Some(pass)) => options.user_and_password(user.into(), pass.into()),
+        (Some(token), None) => options.token(token.into()),
+        _ => options,
+    }
+}
+
 impl NatsBus {
     /// Connects to `url`: one `nats://host:port` (or `tls://…`), or several
-    /// separated by commas (a cluster's seed servers). Fails at once when no
+    /// separated by commas (a cluster's seed servers), with credentials as
+    /// `nats://user:password@host:port` or `nats://token@host:port`. Fails at once when no
     /// server answers; reconnects on its own after that.
     pub async fn connect(url: &str) -> Result<Self> {
         let servers = url
@@ -50,7 +65,7 @@ impl NatsBus {
 
         let (tx, reconnects) = watch::channel(0u64);
         let lost = Arc::new(AtomicBool::new(false));
-        let options = ConnectOptions::new()
+        let options = with_credentials(ConnectOptions::new(), &servers)
             .name(client_name())
             .connection_timeout(CONNECT_TIMEOUT)
             // Unbounded reconnects (the default, spelled out); no retry of the

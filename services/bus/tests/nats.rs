@@ -133,10 +133,16 @@ async fn connecting_to_a_silent_server_times_out() {
 struct PrivateServer {
     port: u16,
     child: Option<tokio::process::Child>,
+    /// Extra server arguments (e.g. `--user`, `--pass`).
+    args: Vec<String>,
 }
 
 impl PrivateServer {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(args: &[&str]) -> Self {
         // Below the ephemeral range (32768+): while the server is stopped,
         // no outgoing connection can take its port as a source port.
         let from = (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
@@ -144,7 +150,11 @@ impl PrivateServer {
             .map(|i| 20_000 + (from + i) % 12_000)
             .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
             .expect("a free port in 20000-31999");
-        let mut s = Self { port, child: None };
+        let mut s = Self {
+            port,
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
         s.restart().await;
         s
     }
@@ -153,6 +163,7 @@ impl PrivateServer {
         let bin = std::env::var("CHAT_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
         let child = tokio::process::Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -231,4 +242,33 @@ async fn an_outage_gives_quick_errors_and_a_counted_recovery() {
             }
         }
     }
+}
+
+/// A NATS server with authentication (as every deploy file runs it): the
+/// credentials in the URL are used, and wrong ones fail at start naming
+/// the cause, without printing the password.
+#[tokio::test]
+async fn credentials_in_the_url_authenticate() {
+    let server = PrivateServer::start_with(&["--user", "chat", "--pass", "n4ts-pw"]).await;
+    let url = |auth: &str| format!("nats://{auth}@127.0.0.1:{}", server.port);
+    let bus = NatsBus::connect(&url("chat:n4ts-pw"))
+        .await
+        .expect("the right credentials connect");
+    let room = subjects().room("auth");
+    let mut sub = bus.subscribe(&room).await.unwrap();
+    bus.publish(&room, Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut sub).await.as_ref(), b"hello");
+
+    for wrong in ["chat:wrong", "nobody:n4ts-pw"] {
+        let err = match NatsBus::connect(&url(wrong)).await {
+            Ok(_) => panic!("{wrong} connected"),
+            Err(e) => format!("{e:?}"),
+        };
+        assert!(err.contains("authorization"), "{err}");
+        assert!(!err.contains("wrong") && !err.contains("n4ts-pw"), "{err}");
+    }
+    // No credentials at all: refused too.
+    assert!(NatsBus::connect(&server.url()).await.is_err());
 }

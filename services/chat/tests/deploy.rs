@@ -58,8 +58,15 @@ const OPERATOR_SECRET: &str = "an-operator-chose-this-secret-0123456789";
 /// operator's secret, so that every `${VAR:-default}` in the file resolves
 /// to its default.
 fn docker_compose(args: &[&str]) -> Output {
-    docker_compose_env(args, &[("CHAT_INTERNAL_SECRET", OPERATOR_SECRET)])
+    docker_compose_env(args, OPERATOR_ENV)
 }
+
+/// Everything the compose file requires and has no default for.
+const OPERATOR_ENV: &[(&str, &str)] = &[
+    ("CHAT_INTERNAL_SECRET", OPERATOR_SECRET),
+    ("CHAT_REDIS_PASSWORD", "0a1b2c3d4e5f60718293a4b5c6d7e8f9"),
+    ("CHAT_NATS_PASSWORD", "9f8e7d6c5b4a39281706f5e4d3c2b1a0"),
+];
 
 /// [`docker_compose`] with exactly `env` set for the file.
 fn docker_compose_env(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -305,15 +312,33 @@ fn the_compose_file_passes_docker_compose_config() {
 
 /// A secret that ships in a public file is no secret: anyone who reaches
 /// auth's or room's gRPC port could act as any user.
+/// The same for Redis's and NATS's passwords: both run with
+/// authentication, with passwords only the operator knows.
 #[test]
-fn the_compose_file_has_no_internal_secret_of_its_own() {
-    let out = docker_compose_env(&["config", "-q"], &[]);
-    let stderr = text(&out.stderr);
+fn the_compose_file_has_no_secrets_of_its_own() {
+    for (missing, _) in OPERATOR_ENV {
+        let env: Vec<(&str, &str)> = OPERATOR_ENV
+            .iter()
+            .copied()
+            .filter(|(k, _)| k != missing)
+            .collect();
+        let out = docker_compose_env(&["config", "-q"], &env);
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "docker-compose config passed without {missing}:\n{stderr}"
+        );
+        assert!(stderr.contains(missing), "{stderr}");
+    }
+    let resolved = resolved_compose();
+    for (var, value) in &OPERATOR_ENV[1..] {
+        assert!(resolved.contains(value), "{var} is not used:\n{resolved}");
+    }
     assert!(
-        !out.status.success(),
-        "docker-compose config passed without CHAT_INTERNAL_SECRET:\n{stderr}"
+        resolved.contains("--requirepass"),
+        "Redis requires a password"
     );
-    assert!(stderr.contains("CHAT_INTERNAL_SECRET"), "{stderr}");
+    assert!(resolved.contains("--pass"), "NATS requires a password");
 }
 
 #[test]
