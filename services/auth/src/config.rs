@@ -11,6 +11,11 @@ const DEFAULT_SESSION_IDLE_SECS: u64 = 7 * 24 * 3600;
 /// The longest either session limit may be set to: 10 years.
 const MAX_SESSION_LIMIT_SECS: u64 = 10 * 365 * 24 * 3600;
 
+/// Either session limit's flag: 0 (off) to [`MAX_SESSION_LIMIT_SECS`].
+fn session_limit_secs() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(0..=MAX_SESSION_LIMIT_SECS)
+}
+
 /// Tunables of the auth service.
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
@@ -133,7 +138,7 @@ pub struct AuthArgs {
         long,
         env = "CHAT_SESSION_MAX_AGE_SECS",
         default_value_t = DEFAULT_SESSION_MAX_AGE_SECS,
-        value_parser = clap::value_parser!(u64).range(0..=MAX_SESSION_LIMIT_SECS)
+        value_parser = session_limit_secs()
     )]
     pub session_max_age_secs: u64,
 
@@ -143,7 +148,7 @@ pub struct AuthArgs {
         long,
         env = "CHAT_SESSION_IDLE_SECS",
         default_value_t = DEFAULT_SESSION_IDLE_SECS,
-        value_parser = clap::value_parser!(u64).range(0..=MAX_SESSION_LIMIT_SECS)
+        value_parser = session_limit_secs()
     )]
     pub session_idle_secs: u64,
 }

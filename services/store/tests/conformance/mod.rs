@@ -118,6 +118,17 @@ async fn session(store: &dyn Store, user: UserId, created_at: i64, token: &[u8])
     id
 }
 
+/// The ids of the user's live sessions, newest first.
+async fn live_sessions(store: &dyn Store, user: UserId) -> Vec<SessionId> {
+    store
+        .list_sessions(user)
+        .await
+        .expect("list sessions")
+        .iter()
+        .map(|x| x.id)
+        .collect()
+}
+
 fn new_room(name: &str, visibility: Visibility, kind: RoomKind) -> NewRoom {
     NewRoom {
         id: RoomId::new(),
@@ -408,15 +419,7 @@ pub async fn reusing_a_spent_refresh_token_revokes_the_session(store: Arc<dyn St
         RotateOutcome::Revoked
     );
     // Other sessions are untouched.
-    assert_eq!(
-        s.list_sessions(alice.id)
-            .await
-            .unwrap()
-            .iter()
-            .map(|x| x.id)
-            .collect::<Vec<_>>(),
-        vec![other]
-    );
+    assert_eq!(live_sessions(s, alice.id).await, vec![other]);
     let since = s.sessions_revoked_since(T0 + 20).await.unwrap();
     assert!(since.contains(&sid));
     assert!(!s
@@ -566,14 +569,7 @@ pub async fn revoked_sessions_refuse_rotation_and_leave_the_live_list(store: Arc
         .await
         .unwrap();
     assert_eq!(revoked, vec![s2]);
-    let live: Vec<_> = s
-        .list_sessions(alice.id)
-        .await
-        .unwrap()
-        .iter()
-        .map(|x| x.id)
-        .collect();
-    assert_eq!(live, vec![s3]);
+    assert_eq!(live_sessions(s, alice.id).await, vec![s3]);
     assert_eq!(
         s.revoke_user_sessions(alice.id, None, T0 + 9)
             .await
