@@ -4,6 +4,18 @@
 use crate::password::{self, HashCost};
 use std::time::Duration;
 
+/// A session's absolute lifetime by default: 30 days.
+const DEFAULT_SESSION_MAX_AGE_SECS: u64 = 30 * 24 * 3600;
+/// How long a refresh token may sit unused by default: 7 days.
+const DEFAULT_SESSION_IDLE_SECS: u64 = 7 * 24 * 3600;
+/// The longest either session limit may be set to: 10 years.
+const MAX_SESSION_LIMIT_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Either session limit's flag: 0 (off) to [`MAX_SESSION_LIMIT_SECS`].
+fn session_limit_secs() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(0..=MAX_SESSION_LIMIT_SECS)
+}
+
 /// Tunables of the auth service.
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
@@ -27,6 +39,12 @@ pub struct AuthConfig {
     pub hash_queue: usize,
     /// How long a spent refresh token still gets the pair it was rotated to.
     pub refresh_grace: Duration,
+    /// A session ends this long after sign-in, however often it refreshes
+    /// (zero: never).
+    pub session_max_age: Duration,
+    /// A refresh token unused for this long is refused and its session
+    /// ends (zero: never).
+    pub session_idle: Duration,
     /// Lets gateways call on a connected user's behalf (see [`Verifier`]).
     pub internal_secret: Option<String>,
 }
@@ -45,6 +63,8 @@ impl Default for AuthConfig {
             hash_concurrency: password::default_concurrency(),
             hash_queue: 4 * password::default_concurrency(),
             refresh_grace: Duration::from_secs(10),
+            session_max_age: Duration::from_secs(DEFAULT_SESSION_MAX_AGE_SECS),
+            session_idle: Duration::from_secs(DEFAULT_SESSION_IDLE_SECS),
             internal_secret: None,
         }
     }
@@ -111,6 +131,26 @@ pub struct AuthArgs {
     /// revoking the session; 0 turns the grace off.
     #[arg(long, env = "CHAT_REFRESH_GRACE_SECS", default_value_t = 10)]
     pub refresh_grace_secs: u64,
+
+    /// Seconds after login or signup at which a session ends, however often
+    /// it refreshes: its refresh token is then refused with 401; 0: never.
+    #[arg(
+        long,
+        env = "CHAT_SESSION_MAX_AGE_SECS",
+        default_value_t = DEFAULT_SESSION_MAX_AGE_SECS,
+        value_parser = session_limit_secs()
+    )]
+    pub session_max_age_secs: u64,
+
+    /// Seconds a refresh token may go unused: after that it is refused
+    /// with 401 and its session ends; 0: never.
+    #[arg(
+        long,
+        env = "CHAT_SESSION_IDLE_SECS",
+        default_value_t = DEFAULT_SESSION_IDLE_SECS,
+        value_parser = session_limit_secs()
+    )]
+    pub session_idle_secs: u64,
 }
 
 impl AuthArgs {
@@ -131,6 +171,8 @@ impl AuthArgs {
             hash_concurrency: self.hash_concurrency.max(1),
             hash_queue: self.hash_queue.unwrap_or(4 * self.hash_concurrency.max(1)),
             refresh_grace: Duration::from_secs(self.refresh_grace_secs),
+            session_max_age: Duration::from_secs(self.session_max_age_secs),
+            session_idle: Duration::from_secs(self.session_idle_secs),
             internal_secret,
         }
     }

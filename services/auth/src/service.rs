@@ -10,7 +10,7 @@ use chat_core::{time, validate, ApiError, SessionId, UserId};
 use chat_ephemeral::{limit, Ephemeral};
 use chat_proto::v1 as pb;
 use chat_proto::v1::auth_service_server::AuthService;
-use chat_store::{NewSession, NewUser, RotateOutcome, Store, StoreError};
+use chat_store::{NewSession, NewUser, RotateOutcome, SessionLimits, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -126,6 +126,14 @@ impl AuthSvc {
             // still refuses the session's token everywhere.
             let _ = self.publisher.to_user(user, revoked).await;
         }
+    }
+
+    /// Announces a session the store has just revoked during a refresh.
+    async fn end_session(&self, sid: SessionId) -> Result<(), ApiError> {
+        if let Some(s) = self.store.session(sid).await? {
+            self.announce_revoked(s.user_id, &[sid]).await;
+        }
+        Ok(())
     }
 
     async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, ApiError> {
@@ -394,6 +402,10 @@ impl AuthService for AuthSvc {
                 &seal(&r.refresh_token, &next),
                 time::now_ms(),
                 self.cfg.refresh_grace.as_millis() as i64,
+                SessionLimits {
+                    max_age_ms: self.cfg.session_max_age.as_millis() as i64,
+                    idle_ms: self.cfg.session_idle.as_millis() as i64,
+                },
             )
             .await?;
         match outcome {
@@ -411,10 +423,13 @@ impl AuthService for AuthSvc {
             }
             RotateOutcome::Reused(sid) => {
                 tracing::warn!(session_id = %sid, "refresh token reused; session revoked");
-                if let Some(s) = self.store.session(sid).await? {
-                    self.announce_revoked(s.user_id, &[sid]).await;
-                }
+                self.end_session(sid).await?;
                 Err(ApiError::unauthorized("refresh token reused; the session is revoked").into())
+            }
+            RotateOutcome::Expired(sid) => {
+                tracing::info!(session_id = %sid, "refresh past the session's lifetime");
+                self.end_session(sid).await?;
+                Err(ApiError::unauthorized("the session has expired; log in again").into())
             }
             RotateOutcome::Revoked | RotateOutcome::Unknown => Err(bad().into()),
         }

@@ -78,6 +78,8 @@ pub trait Store: Send + Sync + 'static {
     /// less than `grace_ms` ago whose successor is still live gets that
     /// successor's sealed token back (`Replayed`: two tabs, a retry after a
     /// timeout); any other spent token revokes the whole session (`Reused`).
+    /// A session past `limits` at `now` is revoked in the same transaction
+    /// (`Expired`), so no concurrent refresh slips past them.
     async fn rotate_refresh_token(
         &self,
         old_hash: &[u8],
@@ -85,6 +87,7 @@ pub trait Store: Send + Sync + 'static {
         new_sealed: &[u8],
         now: i64,
         grace_ms: i64,
+        limits: SessionLimits,
     ) -> Result<RotateOutcome>;
     async fn session(&self, id: SessionId) -> Result<Option<Session>>;
     /// The user's live sessions, newest first.

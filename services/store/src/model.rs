@@ -44,6 +44,30 @@ pub struct Session {
     pub revoked_at: Option<i64>,
 }
 
+/// How long a session may live, in milliseconds; 0 turns a limit off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// From sign-in (the session's `created_at`), however often it is used.
+    pub max_age_ms: i64,
+    /// From the last rotation (the session's `last_used_at`).
+    pub idle_ms: i64,
+}
+
+impl SessionLimits {
+    /// Sessions that live until revoked.
+    pub const NONE: Self = Self {
+        max_age_ms: 0,
+        idle_ms: 0,
+    };
+
+    /// Whether a session created at `created_at` and last used at
+    /// `last_used_at` has ended by `now`.
+    pub fn expired(&self, created_at: i64, last_used_at: i64, now: i64) -> bool {
+        (self.max_age_ms > 0 && now - created_at >= self.max_age_ms)
+            || (self.idle_ms > 0 && now - last_used_at >= self.idle_ms)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RotateOutcome {
     /// The token was live: it is spent now and the new one issued.
@@ -53,6 +77,9 @@ pub enum RotateOutcome {
     Replayed { session: Session, sealed: Vec<u8> },
     /// The token had been spent before: the session is revoked now.
     Reused(SessionId),
+    /// The session is past its max age or the token was idle too long:
+    /// the session is revoked now.
+    Expired(SessionId),
     /// The token's session was already revoked.
     Revoked,
     /// No such token.

@@ -10,8 +10,8 @@ use crate::sql::log;
 use crate::sql::{roles, rooms, sessions, stmt, users};
 use crate::{
     Ban, EditMessage, Event, MemberProfile, Membership, Message, NewMessage, NewRoom, NewSession,
-    NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, Store, User, UserAuth,
-    UserRoom,
+    NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, SessionLimits, Store, User,
+    UserAuth, UserRoom,
 };
 
 #[async_trait]
@@ -62,8 +62,10 @@ impl<B: Backend> Store for B {
         new_sealed: &[u8],
         now: i64,
         grace_ms: i64,
+        limits: SessionLimits,
     ) -> Result<RotateOutcome> {
-        sessions::rotate_refresh_token(self, old_hash, new_hash, new_sealed, now, grace_ms).await
+        sessions::rotate_refresh_token(self, old_hash, new_hash, new_sealed, now, grace_ms, limits)
+            .await
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>> {

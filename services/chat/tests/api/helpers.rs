@@ -205,6 +205,8 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         format!("--login-max-failures={}", a.login_max_failures),
         format!("--hash-concurrency={}", a.hash_concurrency),
         format!("--refresh-grace-secs={}", a.refresh_grace_secs),
+        format!("--session-max-age-secs={}", a.session_max_age_secs),
+        format!("--session-idle-secs={}", a.session_idle_secs),
         format!("--signup-limit={}", a.signup_limit),
     ];
     if let Some(q) = a.hash_queue {

@@ -6,16 +6,17 @@ use chat_core::{SessionId, UserId};
 use super::rows::{self, db_err, decode_all, decode_opt, session_cols, Columns};
 use super::{exists, stmt, AsExecutor, Dialect};
 use crate::backend::Backend;
-use crate::{NewSession, Result, RotateOutcome, Session, StoreError};
+use crate::{NewSession, Result, RotateOutcome, Session, SessionLimits, StoreError};
 
 /// The refresh token `$1` with what decides its fate (is it spent, is its
-/// session or user gone), followed by `$lock`: the row lock that makes a
+/// session or user gone, is the session too old or idle), followed by `$lock`: the row lock that makes a
 /// concurrent rotation of the token wait, in a dialect whose writers run in
 /// parallel. For [`Dialect::ROTATING_TOKEN`].
 macro_rules! rotating_token_sql {
     ($lock:literal) => {
         concat!(
             "SELECT t.session_id, t.spent_at, t.next_hash, t.next_sealed, \
+             s.created_at AS session_created_at, s.last_used_at, \
              s.revoked_at, u.deleted_at \
              FROM refresh_tokens t \
              JOIN sessions s ON s.id = t.session_id \
@@ -61,7 +62,7 @@ pub(crate) async fn create<B: Backend>(
 /// Spends `old_hash` and issues `new_hash` in its session, in one
 /// transaction; a spent token coming back within `grace_ms` gets its live
 /// successor again, any later (or whose successor is spent) revokes the
-/// session.
+/// session, as does a session past `limits`.
 pub(crate) async fn rotate_refresh_token<B: Backend>(
     store: &B,
     old_hash: &[u8],
@@ -69,6 +70,7 @@ pub(crate) async fn rotate_refresh_token<B: Backend>(
     new_sealed: &[u8],
     now: i64,
     grace_ms: i64,
+    limits: SessionLimits,
 ) -> Result<RotateOutcome> {
     let mut tx = store.write_tx().await?;
     let row = stmt::<B::Db>(B::Db::ROTATING_TOKEN)
@@ -87,6 +89,18 @@ pub(crate) async fn rotate_refresh_token<B: Backend>(
 
     if revoked_at.is_some() || user_deleted_at.is_some() {
         return Ok(RotateOutcome::Revoked);
+    }
+    // Checked under the token's lock, so a concurrent refresh sees the
+    // session either live and rotated or already ended.
+    if limits.expired(
+        row.int("session_created_at")?,
+        row.int("last_used_at")?,
+        now,
+    ) {
+        end_session::<B::Db>(tx.executor(), session_id, now).await?;
+        tx.commit().await.map_err(db_err)?;
+        tracing::info!(session_id = %session_id, "session expired");
+        return Ok(RotateOutcome::Expired(session_id));
     }
     if let Some(spent_at) = spent_at {
         let in_grace = grace_ms > 0 && spent_at > now - grace_ms;
@@ -119,11 +133,7 @@ pub(crate) async fn rotate_refresh_token<B: Backend>(
         }
         // A spent token came back: someone holds a copy. End the session
         // for both holders.
-        stmt::<B::Db>("UPDATE sessions SET revoked_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind_id(session_id.0)
-            .execute(tx.executor())
-            .await?;
+        end_session::<B::Db>(tx.executor(), session_id, now).await?;
         tx.commit().await.map_err(db_err)?;
         tracing::warn!(session_id = %session_id, "refresh token reused; session revoked");
         return Ok(RotateOutcome::Reused(session_id));
@@ -169,6 +179,20 @@ pub(crate) async fn rotate_refresh_token<B: Backend>(
     let session = rows::session(&row)?;
     tx.commit().await.map_err(db_err)?;
     Ok(RotateOutcome::Rotated(session))
+}
+
+/// Revokes session `id` at `now`, whatever ended it.
+async fn end_session<'c, D: Dialect>(
+    ex: impl sqlx::Executor<'c, Database = D>,
+    id: SessionId,
+    now: i64,
+) -> Result<()> {
+    stmt::<D>("UPDATE sessions SET revoked_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind_id(id.0)
+        .execute(ex)
+        .await?;
+    Ok(())
 }
 
 pub(crate) async fn get<B: Backend>(store: &B, id: SessionId) -> Result<Option<Session>> {

@@ -22,12 +22,14 @@ use std::sync::Arc;
 use chat_core::{MessageId, RoomId, Seq, SessionId, UserId};
 use chat_store::{
     EditMessage, Event, EventKind, Message, NewMessage, NewRoom, NewSession, NewUser, Role, Room,
-    RoomKind, RoomPatch, RotateOutcome, Store, StoreError, User, Visibility,
+    RoomKind, RoomPatch, RotateOutcome, SessionLimits, Store, StoreError, User, Visibility,
 };
 use uuid::Uuid;
 
 mod roles;
+mod sessions;
 pub use roles::*;
+pub use sessions::*;
 
 /// Calls `$m! { case, case, … }` with every case of the suite.
 macro_rules! for_each_case {
@@ -39,6 +41,8 @@ macro_rules! for_each_case {
             reusing_a_spent_refresh_token_revokes_the_session,
             a_spent_refresh_token_within_the_grace_gets_its_successor_again,
             revoked_sessions_refuse_rotation_and_leave_the_live_list,
+            a_session_past_its_max_age_refuses_rotation_and_ends,
+            an_idle_refresh_token_is_refused_and_ends_its_session,
             concurrent_appends_get_gapless_unique_seqs,
             a_repeated_client_msg_id_returns_the_original_message,
             only_members_can_append_to_a_live_room,
@@ -112,6 +116,17 @@ async fn session(store: &dyn Store, user: UserId, created_at: i64, token: &[u8])
         .await
         .expect("create session");
     id
+}
+
+/// The ids of the user's live sessions, newest first.
+async fn live_sessions(store: &dyn Store, user: UserId) -> Vec<SessionId> {
+    store
+        .list_sessions(user)
+        .await
+        .expect("list sessions")
+        .iter()
+        .map(|x| x.id)
+        .collect()
 }
 
 fn new_room(name: &str, visibility: Visibility, kind: RoomKind) -> NewRoom {
@@ -270,9 +285,16 @@ pub async fn deleted_users_free_their_name_and_lose_their_sessions(store: Arc<dy
     );
     assert!(s.list_sessions(alice.id).await.unwrap().is_empty());
     assert_eq!(
-        s.rotate_refresh_token(&token, &hash("next"), b"sealed", T0 + 11, 0)
-            .await
-            .unwrap(),
+        s.rotate_refresh_token(
+            &token,
+            &hash("next"),
+            b"sealed",
+            T0 + 11,
+            0,
+            SessionLimits::NONE
+        )
+        .await
+        .unwrap(),
         RotateOutcome::Revoked
     );
     assert!(matches!(
@@ -327,7 +349,7 @@ pub async fn refresh_rotation_spends_the_old_token_and_issues_a_new_one(store: A
     assert_eq!(created.revoked_at, None);
 
     let RotateOutcome::Rotated(after) = s
-        .rotate_refresh_token(&h1, &h2, b"sealed", T0 + 5, 0)
+        .rotate_refresh_token(&h1, &h2, b"sealed", T0 + 5, 0, SessionLimits::NONE)
         .await
         .unwrap()
     else {
@@ -338,14 +360,21 @@ pub async fn refresh_rotation_spends_the_old_token_and_issues_a_new_one(store: A
     assert_eq!(after.revoked_at, None);
 
     let second = s
-        .rotate_refresh_token(&h2, &h3, b"sealed", T0 + 6, 0)
+        .rotate_refresh_token(&h2, &h3, b"sealed", T0 + 6, 0, SessionLimits::NONE)
         .await
         .unwrap();
     assert!(matches!(second, RotateOutcome::Rotated(ref s) if s.id == sid));
     assert_eq!(
-        s.rotate_refresh_token(&hash("never issued"), &hash("x"), b"sealed", T0 + 7, 0)
-            .await
-            .unwrap(),
+        s.rotate_refresh_token(
+            &hash("never issued"),
+            &hash("x"),
+            b"sealed",
+            T0 + 7,
+            0,
+            SessionLimits::NONE
+        )
+        .await
+        .unwrap(),
         RotateOutcome::Unknown
     );
     assert_eq!(s.session(sid).await.unwrap().unwrap().revoked_at, None);
@@ -360,15 +389,22 @@ pub async fn reusing_a_spent_refresh_token_revokes_the_session(store: Arc<dyn St
     let other = session(s, alice.id, T0 + 1, &hash("other")).await;
 
     assert!(matches!(
-        s.rotate_refresh_token(&h1, &h2, b"sealed", T0 + 10, 0)
+        s.rotate_refresh_token(&h1, &h2, b"sealed", T0 + 10, 0, SessionLimits::NONE)
             .await
             .unwrap(),
         RotateOutcome::Rotated(_)
     ));
     assert_eq!(
-        s.rotate_refresh_token(&h1, &hash("thief"), b"sealed", T0 + 20, 0)
-            .await
-            .unwrap(),
+        s.rotate_refresh_token(
+            &h1,
+            &hash("thief"),
+            b"sealed",
+            T0 + 20,
+            0,
+            SessionLimits::NONE
+        )
+        .await
+        .unwrap(),
         RotateOutcome::Reused(sid)
     );
     assert_eq!(
@@ -377,21 +413,13 @@ pub async fn reusing_a_spent_refresh_token_revokes_the_session(store: Arc<dyn St
     );
     // The live token of the revoked session is dead too.
     assert_eq!(
-        s.rotate_refresh_token(&h2, &hash("3"), b"sealed", T0 + 30, 0)
+        s.rotate_refresh_token(&h2, &hash("3"), b"sealed", T0 + 30, 0, SessionLimits::NONE)
             .await
             .unwrap(),
         RotateOutcome::Revoked
     );
     // Other sessions are untouched.
-    assert_eq!(
-        s.list_sessions(alice.id)
-            .await
-            .unwrap()
-            .iter()
-            .map(|x| x.id)
-            .collect::<Vec<_>>(),
-        vec![other]
-    );
+    assert_eq!(live_sessions(s, alice.id).await, vec![other]);
     let since = s.sessions_revoked_since(T0 + 20).await.unwrap();
     assert!(since.contains(&sid));
     assert!(!s
@@ -411,7 +439,7 @@ pub async fn a_spent_refresh_token_within_the_grace_gets_its_successor_again(
     let grace = 1_000;
 
     assert!(matches!(
-        s.rotate_refresh_token(&h1, &h2, b"sealed 2", T0 + 10, grace)
+        s.rotate_refresh_token(&h1, &h2, b"sealed 2", T0 + 10, grace, SessionLimits::NONE)
             .await
             .unwrap(),
         RotateOutcome::Rotated(_)
@@ -420,7 +448,7 @@ pub async fn a_spent_refresh_token_within_the_grace_gets_its_successor_again(
     // successor already issued comes back, and nothing is revoked or issued.
     for at in [T0 + 10, T0 + 500, T0 + 1_009] {
         let RotateOutcome::Replayed { session, sealed } = s
-            .rotate_refresh_token(&h1, &hash("lost"), b"lost", at, grace)
+            .rotate_refresh_token(&h1, &hash("lost"), b"lost", at, grace, SessionLimits::NONE)
             .await
             .unwrap()
         else {
@@ -434,24 +462,45 @@ pub async fn a_spent_refresh_token_within_the_grace_gets_its_successor_again(
         assert_eq!(sealed, b"sealed 2");
     }
     assert_eq!(
-        s.rotate_refresh_token(&hash("lost"), &hash("x"), b"x", T0 + 1_009, grace)
-            .await
-            .unwrap(),
+        s.rotate_refresh_token(
+            &hash("lost"),
+            &hash("x"),
+            b"x",
+            T0 + 1_009,
+            grace,
+            SessionLimits::NONE
+        )
+        .await
+        .unwrap(),
         RotateOutcome::Unknown,
         "a replay issues no token"
     );
     // The successor rotates normally; once it is spent, even a use within
     // the grace revokes the session, as does any use after it (below).
     assert!(matches!(
-        s.rotate_refresh_token(&h2, &h3, b"sealed 3", T0 + 1_009, grace)
-            .await
-            .unwrap(),
+        s.rotate_refresh_token(
+            &h2,
+            &h3,
+            b"sealed 3",
+            T0 + 1_009,
+            grace,
+            SessionLimits::NONE
+        )
+        .await
+        .unwrap(),
         RotateOutcome::Rotated(_)
     ));
     assert_eq!(
-        s.rotate_refresh_token(&h1, &hash("z"), b"z", T0 + 1_009, grace)
-            .await
-            .unwrap(),
+        s.rotate_refresh_token(
+            &h1,
+            &hash("z"),
+            b"z",
+            T0 + 1_009,
+            grace,
+            SessionLimits::NONE
+        )
+        .await
+        .unwrap(),
         RotateOutcome::Reused(sid)
     );
     assert_eq!(
@@ -464,15 +513,22 @@ pub async fn a_spent_refresh_token_within_the_grace_gets_its_successor_again(
     let (b1, b2) = (hash("b1"), hash("b2"));
     let bid = session(s, bob.id, T0, &b1).await;
     assert!(matches!(
-        s.rotate_refresh_token(&b1, &b2, b"sealed b2", T0 + 10, grace)
+        s.rotate_refresh_token(&b1, &b2, b"sealed b2", T0 + 10, grace, SessionLimits::NONE)
             .await
             .unwrap(),
         RotateOutcome::Rotated(_)
     ));
     assert_eq!(
-        s.rotate_refresh_token(&b1, &hash("late"), b"late", T0 + 1_010, grace)
-            .await
-            .unwrap(),
+        s.rotate_refresh_token(
+            &b1,
+            &hash("late"),
+            b"late",
+            T0 + 1_010,
+            grace,
+            SessionLimits::NONE
+        )
+        .await
+        .unwrap(),
         RotateOutcome::Reused(bid)
     );
 }
@@ -502,7 +558,7 @@ pub async fn revoked_sessions_refuse_rotation_and_leave_the_live_list(store: Arc
     assert!(s.revoke_session(alice.id, s1, T0 + 5).await.unwrap());
     assert!(!s.revoke_session(alice.id, s1, T0 + 6).await.unwrap());
     assert_eq!(
-        s.rotate_refresh_token(&h1, &hash("x"), b"sealed", T0 + 7, 0)
+        s.rotate_refresh_token(&h1, &hash("x"), b"sealed", T0 + 7, 0, SessionLimits::NONE)
             .await
             .unwrap(),
         RotateOutcome::Revoked
@@ -513,14 +569,7 @@ pub async fn revoked_sessions_refuse_rotation_and_leave_the_live_list(store: Arc
         .await
         .unwrap();
     assert_eq!(revoked, vec![s2]);
-    let live: Vec<_> = s
-        .list_sessions(alice.id)
-        .await
-        .unwrap()
-        .iter()
-        .map(|x| x.id)
-        .collect();
-    assert_eq!(live, vec![s3]);
+    assert_eq!(live_sessions(s, alice.id).await, vec![s3]);
     assert_eq!(
         s.revoke_user_sessions(alice.id, None, T0 + 9)
             .await
