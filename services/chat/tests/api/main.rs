@@ -14,4 +14,5 @@ mod messages;
 mod reflection;
 mod roles;
 mod rooms;
+mod subscribe_all;
 mod websocket;
