@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use chat_core::ErrorCode;
+use chat_core::{ErrorCode, RoomId};
 use chat_fuzz::{chars, free_text_ok, token_ok};
 use chat_gateway::ws::client_frame::{decode, ClientFrame, Decoded, Refused};
 use libfuzzer_sys::fuzz_target;
@@ -54,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
 fn accepted(frame: &ClientFrame) {
     match frame {
         ClientFrame::Subscribe { since_seq, .. } => assert!(since_seq.unwrap_or(0) >= 0),
-        ClientFrame::SubscribeAll { since } => assert!(since.values().all(|s| *s >= 0)),
+        ClientFrame::SubscribeAll { since, invalid } => {
+            assert!(since.values().all(|s| *s >= 0));
+            assert!(invalid.keys().all(|k| RoomId::parse(k).is_err()), "{invalid:?}");
+        }
         ClientFrame::Send {
             client_msg_id,
             body,
@@ -86,10 +89,11 @@ fn wire(frame: &ClientFrame, r#ref: Option<Value>) -> Value {
             Some(s) => json!({"type": "subscribe", "room_id": room_id, "since_seq": s}),
             None => json!({"type": "subscribe", "room_id": room_id}),
         },
-        ClientFrame::SubscribeAll { since } => {
+        ClientFrame::SubscribeAll { since, invalid } => {
             let since: Map<String, Value> = since
                 .iter()
                 .map(|(room, seq)| (room.to_string(), json!(seq)))
+                .chain(invalid.keys().map(|k| (k.clone(), json!(0))))
                 .collect();
             json!({"type": "subscribe_all", "since": since})
         }

@@ -3,6 +3,7 @@
 //! here once per gateway and the bytes shared by every connection.
 
 use axum::extract::ws::Utf8Bytes;
+use chat_core::ApiError;
 use chat_proto::v1 as pb;
 use serde::Serialize;
 use serde_json::Value;
@@ -50,6 +51,22 @@ impl<'a> EventView<'a> {
     }
 }
 
+/// An error as a frame shows it: its contract code and sentence.
+#[derive(Serialize)]
+pub struct ErrorView<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+impl<'a> ErrorView<'a> {
+    pub fn of(e: &'a ApiError) -> Self {
+        Self {
+            code: e.code.as_str(),
+            message: &e.message,
+        }
+    }
+}
+
 /// Frames the server sends.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -66,6 +83,10 @@ pub enum ServerFrame<'a> {
     },
     SubscribedAll {
         rooms: &'a BTreeMap<String, i64>,
+        /// The rooms that could not be subscribed (the others were): only
+        /// when there are any, so the frame stays what it was without.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        errors: BTreeMap<&'a str, ErrorView<'a>>,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a Value>,
     },

@@ -759,11 +759,14 @@ async fn subscribe_all_replays_each_room_from_its_since_seq_then_follows_rooms_j
     let b = h.room.room(2);
     let since = HashMap::from([(a, 2)]);
 
-    let rooms = within("subscribe_all", h.session.subscribe_all(&since))
+    let all = within("subscribe_all", h.session.subscribe_all(&since))
         .await
         .expect("subscribed");
+    assert!(all.errors.is_empty(), "{:?}", all.errors);
+    let rooms = all.rooms;
     let frame = encode(&ServerFrame::SubscribedAll {
         rooms: &rooms,
+        errors: BTreeMap::new(),
         r#ref: None,
     });
     h.session
@@ -809,6 +812,53 @@ async fn subscribe_all_replays_each_room_from_its_since_seq_then_follows_rooms_j
     );
     let subscribed: HashSet<RoomId> = h.session.rooms().into_iter().collect();
     assert_eq!(subscribed, HashSet::from([a, b, c]));
+}
+
+#[tokio::test]
+async fn subscribe_all_reports_the_rooms_it_cannot_subscribe_and_subscribes_the_others() {
+    let mut h = Harness::new().await;
+    let unreadable = h.room.room(4);
+    let fine = h.room.room(2);
+    let foreign = h.room.foreign_room(3);
+    h.room
+        .fail_list_events(ApiError::unavailable("the log is down"));
+    let since = HashMap::from([(unreadable, 1), (foreign, 0)]);
+
+    let all = within("subscribe_all", h.session.subscribe_all(&since))
+        .await
+        .expect("the frame as a whole succeeds");
+
+    assert_eq!(all.rooms, BTreeMap::from([(fine.to_string(), 2)]));
+    let codes: BTreeMap<String, ErrorCode> = all
+        .errors
+        .iter()
+        .map(|(room, e)| (room.clone(), e.code))
+        .collect();
+    assert_eq!(
+        codes,
+        BTreeMap::from([
+            (unreadable.to_string(), ErrorCode::Unavailable),
+            (foreign.to_string(), ErrorCode::Forbidden),
+        ])
+    );
+    assert!(h.session.is_subscribed(fine));
+    assert!(!h.session.is_subscribed(unreadable));
+    assert!(!h.session.is_subscribed(foreign));
+    assert_eq!(h.session.cursor(unreadable), None);
+}
+
+#[tokio::test]
+async fn subscribe_all_fails_as_a_whole_when_the_session_is_refused() {
+    let mut h = Harness::new().await;
+    h.room.room(2);
+    h.room
+        .fail_member_last_seq(ApiError::unauthorized("session revoked"));
+
+    let e = within("subscribe_all", h.session.subscribe_all(&HashMap::new()))
+        .await
+        .expect_err("refused");
+
+    assert_eq!(e.code, ErrorCode::Unauthorized);
 }
 
 #[tokio::test]

@@ -171,6 +171,7 @@ impl RoomService for RoomSvc {
             )
             .await?;
         tracing::info!(room_id = %room.id, user_id = %c.user_id, "room created");
+        self.publish_new_member(room.id, &[c.user_id]).await;
         Ok(Response::new(convert::room(&room)))
     }
 
@@ -338,11 +339,12 @@ impl RoomService for RoomSvc {
         if self.store.user_by_id(other).await?.is_none() {
             return Err(ApiError::not_found("user").into());
         }
+        let id = RoomId::new();
         let room = self
             .store
             .open_dm(
                 &NewRoom {
-                    id: RoomId::new(),
+                    id,
                     name: "dm".into(),
                     topic: String::new(),
                     visibility: Visibility::Private,
@@ -353,6 +355,10 @@ impl RoomService for RoomSvc {
                 other,
             )
             .await?;
+        // The store hands back the DM it found, or ours when it made it.
+        if room.id == id {
+            self.publish_new_member(room.id, &[c.user_id, other]).await;
+        }
         Ok(Response::new(convert::room(&room)))
     }
 

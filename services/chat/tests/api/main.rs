@@ -15,4 +15,5 @@ mod reflection;
 mod roles;
 mod rooms;
 mod sessions;
+mod subscribe_all;
 mod websocket;

@@ -10,7 +10,7 @@
 use chat_core::{validate, ApiError, RoomId, Seq};
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A client frame after the `authenticated` frame, its fields checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,8 +23,11 @@ pub enum ClientFrame {
         room_id: String,
         since_seq: Option<Seq>,
     },
+    /// `invalid` holds the `since` keys that are not room ids, each with
+    /// why: reported in `subscribed_all.errors`, the other rooms subscribe.
     SubscribeAll {
         since: HashMap<RoomId, Seq>,
+        invalid: BTreeMap<String, ApiError>,
     },
     Unsubscribe {
         room: RoomId,
@@ -139,10 +142,22 @@ fn check(wire: Wire) -> Result<ClientFrame, ApiError> {
         }
         Wire::SubscribeAll { since } => {
             let mut from = HashMap::new();
+            let mut invalid = BTreeMap::new();
             for (k, v) in since.unwrap_or_default() {
-                from.insert(RoomId::parse(&k)?, validate::seq("since", v)?);
+                let seq = validate::seq("since", v)?;
+                match RoomId::parse(&k) {
+                    Ok(room) => {
+                        from.insert(room, seq);
+                    }
+                    Err(e) => {
+                        invalid.insert(k, e);
+                    }
+                }
             }
-            ClientFrame::SubscribeAll { since: from }
+            ClientFrame::SubscribeAll {
+                since: from,
+                invalid,
+            }
         }
         Wire::Unsubscribe { room_id } => ClientFrame::Unsubscribe {
             room: RoomId::parse(&room_id)?,

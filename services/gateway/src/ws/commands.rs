@@ -8,14 +8,14 @@
 use super::client_frame::{decode, ClientFrame, Decoded, Refused};
 use super::close::{Close, End};
 use super::session::Session;
-use crate::wire::{encode, error_frame, ServerFrame};
+use crate::wire::{encode, error_frame, ErrorView, ServerFrame};
 use axum::extract::ws::Utf8Bytes;
 use chat_bus::Publisher;
 use chat_core::{ApiError, ErrorCode, RoomId, Seq, UserId};
 use chat_ephemeral::{Ephemeral, RateDecision};
 use chat_proto::v1 as pb;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// How a frame failed: an error for the client, or the connection ends.
@@ -67,7 +67,9 @@ impl Commands<'_> {
                 room_id,
                 since_seq,
             } => self.subscribe(room, &room_id, since_seq, r).await,
-            ClientFrame::SubscribeAll { since } => self.subscribe_all(since, r).await,
+            ClientFrame::SubscribeAll { since, invalid } => {
+                self.subscribe_all(since, invalid, r).await
+            }
             ClientFrame::Unsubscribe { room, room_id } => self.unsubscribe(room, &room_id, r),
             ClientFrame::Send {
                 room,
@@ -110,10 +112,21 @@ impl Commands<'_> {
         Ok(None)
     }
 
-    async fn subscribe_all(&mut self, since: HashMap<RoomId, Seq>, r: Option<&Value>) -> Answer {
-        let rooms = self.session.subscribe_all(&since).await?;
+    async fn subscribe_all(
+        &mut self,
+        since: HashMap<RoomId, Seq>,
+        invalid: BTreeMap<String, ApiError>,
+        r: Option<&Value>,
+    ) -> Answer {
+        let mut all = self.session.subscribe_all(&since).await?;
+        all.errors.extend(invalid);
         let frame = encode(&ServerFrame::SubscribedAll {
-            rooms: &rooms,
+            rooms: &all.rooms,
+            errors: all
+                .errors
+                .iter()
+                .map(|(room, e)| (room.as_str(), ErrorView::of(e)))
+                .collect(),
             r#ref: r,
         });
         self.session.go_live(&self.session.rooms(), &frame)?;

@@ -22,9 +22,9 @@ use crate::room_api::{RoomApi, Who};
 use crate::wire::{encode, EventView, ServerFrame};
 use axum::extract::ws::Utf8Bytes;
 use chat_authn::Caller;
-use chat_core::{ApiError, RoomId, Seq};
+use chat_core::{ApiError, ErrorCode, RoomId, Seq};
 use chat_proto::v1 as pb;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -46,7 +46,7 @@ pub struct Session {
     deps: SessionDeps,
     rooms: HashMap<RoomId, HubGuard>,
     /// Subscribed to every room of the user (`subscribe_all`): rooms the
-    /// user joins later are followed.
+    /// user becomes a member of later are followed.
     all: bool,
 }
 
@@ -180,26 +180,42 @@ impl Session {
 
     /// Subscribes to every room of the user (from `since` where given;
     /// rooms already subscribed stay as they are) and follows the rooms
-    /// the user joins later. Returns each room's last seq delivered.
+    /// the user becomes a member of later. A room of `since` the user is
+    /// not a member of is tried too, so that the client learns why it is
+    /// not subscribed. A room that fails is reported in
+    /// [`AllSubscribed::errors`] and the others still subscribe; only an
+    /// unreadable room list or a refused session fails the whole frame.
     pub async fn subscribe_all(
         &mut self,
         since: &HashMap<RoomId, Seq>,
-    ) -> Result<BTreeMap<String, Seq>, ApiError> {
-        let rooms = self
+    ) -> Result<AllSubscribed, ApiError> {
+        let mut rooms: BTreeSet<RoomId> = self
             .deps
             .api
             .my_rooms(&self.conn.caller, usize::MAX)
-            .await?;
-        let mut subscribed = BTreeMap::new();
+            .await?
+            .into_iter()
+            .collect();
+        rooms.extend(since.keys().copied());
+        let mut all = AllSubscribed::default();
         for room in rooms {
             let last = match self.cursor(room) {
-                Some(c) if self.is_subscribed(room) => c,
-                _ => self.subscribe(room, since.get(&room).copied()).await?,
+                Some(c) if self.is_subscribed(room) => Ok(c),
+                _ => self.subscribe(room, since.get(&room).copied()).await,
             };
-            subscribed.insert(room.to_string(), last);
+            match last {
+                Ok(last) => {
+                    all.rooms.insert(room.to_string(), last);
+                }
+                Err(e) if e.code == ErrorCode::Unauthorized => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, room_id = %room, "subscribe_all left a room out");
+                    all.errors.insert(room.to_string(), e);
+                }
+            }
         }
         self.all = true;
-        Ok(subscribed)
+        Ok(all)
     }
 
     /// The rooms subscribed.
@@ -289,7 +305,8 @@ impl Session {
         }
     }
 
-    /// The user joined a room (followed when subscribed to all) or left it
+    /// The user became a member of a room (joined, added, created it, or a
+    /// DM was opened: followed when subscribed to all) or left it
     /// (`unsubscribed`, unprompted).
     async fn membership(&mut self, m: pb::MemberChange) -> Result<(), End> {
         let Ok(room) = RoomId::parse(&m.room_id) else {
@@ -323,6 +340,14 @@ impl Session {
             }
         }
     }
+}
+
+/// What a `subscribe_all` did, by room id: each subscribed room's last seq
+/// delivered, and why each other room is not subscribed.
+#[derive(Debug, Default)]
+pub struct AllSubscribed {
+    pub rooms: BTreeMap<String, Seq>,
+    pub errors: BTreeMap<String, ApiError>,
 }
 
 /// How a catch-up stopped: room could not be read, or the socket refused.

@@ -20,17 +20,23 @@ use tonic::{Request, Response};
 
 impl RoomSvc {
     async fn publish_membership(&self, room: RoomId, user: UserId, joined: bool) {
-        let change = pb::MemberChange {
-            room_id: room.to_string(),
-            user_id: user.to_string(),
-            joined,
-        };
-        let change = pb::bus_event::Kind::Member(change);
+        let change = member_change(room, user, joined);
         // Failures are logged by the publisher (see `committed`).
         let _ = self.publisher.to_room(room, change.clone()).await;
         // The user's own connections learn of it too (subscribe_all adds
         // the room; a kick ends the subscription).
         let _ = self.publisher.to_user(user, change).await;
+    }
+
+    /// Tells `users`' own connections that they became members of a room
+    /// they did not join (they created it, or a DM was opened): their
+    /// `subscribe_all` follows it as it follows a join. The room hears
+    /// nothing: it has no one else to tell.
+    pub(super) async fn publish_new_member(&self, room: RoomId, users: &[UserId]) {
+        for &user in users {
+            let change = member_change(room, user, true);
+            let _ = self.publisher.to_user(user, change).await;
+        }
     }
 
     async fn publish_role(&self, m: &Membership) {
@@ -306,4 +312,13 @@ impl RoomSvc {
             next_cursor,
         }))
     }
+}
+
+/// The bus notice that `user` joined or left `room`.
+fn member_change(room: RoomId, user: UserId, joined: bool) -> pb::bus_event::Kind {
+    pb::bus_event::Kind::Member(pb::MemberChange {
+        room_id: room.to_string(),
+        user_id: user.to_string(),
+        joined,
+    })
 }
