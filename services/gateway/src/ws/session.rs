@@ -208,6 +208,9 @@ impl Session {
                     all.rooms.insert(room.to_string(), last);
                 }
                 Err(e) if e.code == ErrorCode::Unauthorized => return Err(e),
+                // A resume that failed half-way asked for 4009: the client
+                // resumes every room from what it got (see `subscribe`).
+                Err(e) if self.closing().is_some() => return Err(e),
                 Err(e) => {
                     tracing::debug!(error = %e, room_id = %room, "subscribe_all left a room out");
                     all.errors.insert(room.to_string(), e);
