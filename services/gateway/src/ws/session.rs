@@ -160,14 +160,15 @@ impl Session {
         );
         self.rooms.insert(room, guard);
         if since.is_some() {
-            // The events the client missed, before `subscribed`. Part of
-            // them may be out when this fails (the client reads too slowly
-            // for the room's history, or the log cannot be read): an error
-            // frame now would leave it with a partial resume. The
+            // The events the client missed, before `subscribed`. When this
+            // fails after part of them went out (the client reads too
+            // slowly for the room's history, or the log stopped answering),
+            // an error frame would leave it with a partial resume: the
             // connection closes with 4009 instead, and the client resumes
-            // from the last event it got.
+            // from the last event it got. Nothing out yet: an error.
             if let Err(end) = self.catch_up(room, None).await {
-                if let End::Close(close) = end {
+                let went_out = self.cursor(room).is_some_and(|c| c > cursor);
+                if let (true, End::Close(close)) = (went_out, end) {
                     self.conn.close(close);
                 }
                 return Err(ApiError::unavailable(
