@@ -68,12 +68,15 @@ impl Plan {
     /// The source address of connection i (127.0.0.2 and up), when the
     /// run spreads over several.
     pub fn source_of(&self, i: usize) -> Option<Ipv4Addr> {
-        if self.source_ips == 0 {
-            return None;
-        }
-        let n = self.source_ips.min(253);
-        Some(Ipv4Addr::new(127, 0, 0, 2 + (i % n) as u8))
+        source_ip(i, self.source_ips)
     }
+}
+
+/// The `i`th of `source_ips` loopback source addresses (127.0.0.2 and up,
+/// 253 at most, taken in turn); none when `source_ips` is 0.
+pub fn source_ip(i: usize, source_ips: usize) -> Option<Ipv4Addr> {
+    let n = source_ips.min(253);
+    (n > 0).then(|| Ipv4Addr::new(127, 0, 0, 2 + (i % n) as u8))
 }
 
 /// See [`Plan::user_of`].

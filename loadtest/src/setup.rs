@@ -112,7 +112,7 @@ pub fn sources(bases: &[String], source_ips: usize) -> Vec<std::net::IpAddr> {
         return Vec::new();
     }
     (0..source_ips.min(253))
-        .map(|k| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2 + k as u8)))
+        .filter_map(|k| crate::plan::source_ip(k, source_ips).map(std::net::IpAddr::V4))
         .collect()
 }
 

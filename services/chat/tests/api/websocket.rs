@@ -840,34 +840,9 @@ async fn a_reader_that_falls_behind_is_closed_with_4009_and_resumes_with_since_s
     let mut slow = app.ws_small_buffer(&bob).await;
     slow.subscribe(&room, None).await;
 
-    // ~16 KB frames (4000 four-byte characters) from a few concurrent
-    // senders, while bob reads nothing: the TCP buffers fill, then the
-    // server's queue for bob.
-    let body = "\u{1F980}".repeat(4000);
-    let mut senders = Vec::new();
-    for k in 0..4 {
-        let client = app.client.clone();
-        let url = app.url(&format!("/api/v1/rooms/{room}/messages"));
-        let token = alice.access.clone();
-        let body = body.clone();
-        senders.push(tokio::spawn(async move {
-            for i in 0..TOTAL / 4 {
-                let r = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&json!({"body": body, "client_msg_id": format!("{k}-{i}")}))
-                    .send()
-                    .await
-                    .expect("post");
-                assert_eq!(r.status().as_u16(), 201);
-            }
-        }));
-    }
-    for s in senders {
-        within_for(Duration::from_secs(60), "the senders", s)
-            .await
-            .expect("sender");
-    }
+    // While bob reads nothing: the TCP buffers fill, then the server's
+    // queue for bob.
+    post_big_messages(&app, &alice, &room, TOTAL).await;
 
     let mut seen = Vec::new();
     let code = within_for(Duration::from_secs(30), "the slow reader's close", async {
@@ -961,30 +936,8 @@ async fn a_resume_bigger_than_the_socket_buffer_ends_in_4009_and_resumes_cleanly
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
     let room = app.room_with(&alice, &[&bob]).await;
-    // ~16 KB events: about 9.6 MB of history.
-    let body = "\u{1F980}".repeat(4000);
-    let mut senders = Vec::new();
-    for k in 0..4 {
-        let (client, token, body) = (app.client.clone(), alice.access.clone(), body.clone());
-        let url = app.url(&format!("/api/v1/rooms/{room}/messages"));
-        senders.push(tokio::spawn(async move {
-            for i in 0..TOTAL / 4 {
-                let r = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&json!({"body": body, "client_msg_id": format!("{k}-{i}")}))
-                    .send()
-                    .await
-                    .expect("post");
-                assert_eq!(r.status().as_u16(), 201);
-            }
-        }));
-    }
-    for s in senders {
-        within_for(Duration::from_secs(60), "the senders", s)
-            .await
-            .expect("sender");
-    }
+    // About 9.6 MB of history.
+    post_big_messages(&app, &alice, &room, TOTAL).await;
 
     let mut got: Vec<i64> = Vec::new();
     let mut closes = 0;
@@ -1038,4 +991,37 @@ async fn a_resume_bigger_than_the_socket_buffer_ends_in_4009_and_resumes_cleanly
         (1..=TOTAL).collect::<Vec<_>>(),
         "every event once, in order"
     );
+}
+
+/// Posts `total` messages of ~16 KB (4000 four-byte characters) as
+/// `sender` to `room`, from four concurrent clients; each is stored (201).
+async fn post_big_messages(
+    app: &crate::helpers::TestApp,
+    sender: &TestUser,
+    room: &str,
+    total: i64,
+) {
+    let body = "\u{1F980}".repeat(4000);
+    let mut senders = Vec::new();
+    for k in 0..4 {
+        let (client, token, body) = (app.client.clone(), sender.access.clone(), body.clone());
+        let url = app.url(&format!("/api/v1/rooms/{room}/messages"));
+        senders.push(tokio::spawn(async move {
+            for i in 0..total / 4 {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"body": body, "client_msg_id": format!("{k}-{i}")}))
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(r.status().as_u16(), 201);
+            }
+        }));
+    }
+    for s in senders {
+        within_for(Duration::from_secs(60), "the senders", s)
+            .await
+            .expect("sender");
+    }
 }
