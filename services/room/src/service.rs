@@ -42,6 +42,9 @@ pub struct RoomSvc {
 
 type Rpc<T> = Result<Response<T>, Status>;
 
+/// Room ids one `LastSeqs` call may ask about.
+pub const MAX_LAST_SEQS: usize = 1000;
+
 impl RoomSvc {
     pub fn new(
         store: Arc<dyn Store>,
@@ -557,6 +560,32 @@ impl RoomService for RoomSvc {
         self.committed(room.id, convert::event(&event), Some(r.seq))
             .await;
         Ok(Response::new(pb::DeleteMessageResponse {}))
+    }
+
+    async fn last_seqs(&self, req: Request<pb::LastSeqsRequest>) -> Rpc<pb::LastSeqsResponse> {
+        self.access.gateway(&req).await?;
+        let ids = &req.get_ref().room_ids;
+        if ids.len() > MAX_LAST_SEQS {
+            return Err(ApiError::invalid(
+                "room_ids",
+                format!("at most {MAX_LAST_SEQS} rooms per call"),
+            )
+            .into());
+        }
+        let rooms = ids
+            .iter()
+            .map(|id| RoomId::parse(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let seqs = self.store.last_seqs(&rooms).await?;
+        Ok(Response::new(pb::LastSeqsResponse {
+            rooms: seqs
+                .into_iter()
+                .map(|(room, last_seq)| pb::RoomLastSeq {
+                    room_id: room.to_string(),
+                    last_seq,
+                })
+                .collect(),
+        }))
     }
 
     async fn mark_read(&self, req: Request<pb::MarkReadRequest>) -> Rpc<pb::MarkReadResponse> {
