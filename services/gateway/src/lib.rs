@@ -74,6 +74,9 @@ pub struct GatewayConfig {
     /// A WebSocket that sends nothing, not even a pong, for this long is
     /// dropped.
     pub ws_idle_timeout: Duration,
+    /// How often the room hubs check their rooms' log ends with room, to
+    /// deliver events whose publish the bus lost (zero: never).
+    pub tail_check: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -97,6 +100,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             ws_ping_interval: Duration::from_secs(30),
             ws_idle_timeout: Duration::from_secs(75),
+            tail_check: Duration::from_secs(1),
         }
     }
 }
@@ -152,19 +156,29 @@ impl Gateway {
             cfg.rpc_timeout,
         )));
         let publisher = chat_bus::Publisher::new(bus.clone(), subjects.clone());
+        let hubs = Arc::new(ws::hub::Hubs::new(
+            bus.clone(),
+            subjects.clone(),
+            api.clone(),
+            metrics.clone(),
+            ws::hub::Linger {
+                max: cfg.fanout_linger,
+                factor: cfg.fanout_linger_factor,
+            },
+        ));
+        if !cfg.tail_check.is_zero() {
+            // Ends with the shutdown (or the hubs); not tracked, so that
+            // draining the connections does not wait for it.
+            tokio::spawn(ws::hub::Hubs::check_tails(
+                Arc::downgrade(&hubs),
+                cfg.tail_check,
+                shutdown.clone(),
+            ));
+        }
         Self {
             inner: Arc::new(Inner {
-                metrics: metrics.clone(),
-                hubs: Arc::new(ws::hub::Hubs::new(
-                    bus.clone(),
-                    subjects.clone(),
-                    api.clone(),
-                    metrics,
-                    ws::hub::Linger {
-                        max: cfg.fanout_linger,
-                        factor: cfg.fanout_linger_factor,
-                    },
-                )),
+                metrics,
+                hubs,
                 conns: ws::registry::Registry::new(bus.clone(), subjects.clone()),
                 presence: ws::presence::Presence::new(
                     api.clone(),
@@ -325,6 +339,16 @@ pub struct GatewayArgs {
     /// Deadline of each call to auth and room, in milliseconds.
     #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
+
+    /// How often, in milliseconds, the gateway asks room where the log of
+    /// each room with subscribers here ends (one call for all of them) and
+    /// backfills the rooms whose events the bus lost. The bus loses no gap
+    /// silently except a room's last events; this bounds how late those
+    /// arrive: an acknowledged event reaches every subscribed WebSocket
+    /// within this interval plus one log read. 0 turns the check off (a
+    /// lost last event then waits for the room's next one).
+    #[arg(long, env = "CHAT_TAIL_CHECK_MS", default_value_t = 1000)]
+    pub tail_check_ms: u64,
 }
 
 impl GatewayArgs {
@@ -346,6 +370,7 @@ impl GatewayArgs {
             trusted_proxies: self.trusted_proxies.clone(),
             ws_ping_interval: Duration::from_millis(self.ws_ping_interval_ms),
             ws_idle_timeout: Duration::from_millis(self.ws_idle_timeout_ms),
+            tail_check: Duration::from_millis(self.tail_check_ms),
             allowed_origins: self
                 .ws_allowed_origins
                 .iter()
