@@ -184,10 +184,21 @@ if #dead == 0 then
 end
 local gw = dead[1]
 local gwkey = ARGV[1] .. 'gw:' .. gw
-local fields = redis.call('HSCAN', gwkey, '0', 'COUNT', ARGV[2])[2]
+local limit = tonumber(ARGV[2])
+-- Scan until enough fields or the end: a scan step may find none (empty
+-- buckets), and returning none would not make progress.
+local fields = {}
+local cursor = '0'
+repeat
+  local r = redis.call('HSCAN', gwkey, cursor, 'COUNT', limit)
+  cursor = r[1]
+  for _, x in ipairs(r[2]) do
+    fields[#fields + 1] = x
+  end
+until cursor == '0' or #fields >= 2 * limit
 local out = {gw}
 local seen = {}
-local left = tonumber(ARGV[2])
+local left = limit
 for i = 1, #fields, 2 do
   local u = fields[i]
   if left > 0 and not seen[u] then

@@ -42,6 +42,9 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 /// Users taken from a crashed gateway per call to the store.
 const REAP_BATCH: usize = 500;
 
+/// Calls to the store per reaper tick, at most (the rest waits a tick).
+const MAX_REAPS_PER_TICK: usize = 1000;
+
 /// Offline announcements of reaped users under way at once.
 const REAP_ANNOUNCING: usize = 16;
 
@@ -130,7 +133,8 @@ impl Presence {
 
     /// Takes every crashed gateway's users and announces those now offline.
     async fn reap(&self, store: &dyn Ephemeral) {
-        loop {
+        // Bounded, so that a store that never says "done" cannot spin.
+        for _ in 0..MAX_REAPS_PER_TICK {
             let users = match store.reap_presence(REAP_BATCH).await {
                 Ok(Some(users)) => users,
                 Ok(None) => return,
