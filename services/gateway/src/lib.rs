@@ -77,6 +77,13 @@ pub struct GatewayConfig {
     /// How often the room hubs check their rooms' log ends with room, to
     /// deliver events whose publish the bus lost (zero: never).
     pub tail_check: Duration,
+
+    /// How often this gateway tells the ephemeral store that it (and so
+    /// each of its users) is alive, and looks for crashed gateways.
+    pub presence_heartbeat: Duration,
+    /// A gateway not heard from for this long is deemed crashed: its users
+    /// go offline.
+    pub presence_ttl: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -101,6 +108,9 @@ impl Default for GatewayConfig {
             ws_ping_interval: Duration::from_secs(30),
             ws_idle_timeout: Duration::from_secs(75),
             tail_check: Duration::from_secs(1),
+
+            presence_heartbeat: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -175,18 +185,21 @@ impl Gateway {
                 shutdown.clone(),
             ));
         }
+
+        let presence = ws::presence::Presence::new(
+            api.clone(),
+            publisher.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+            ws::presence::MAX_ANNOUNCING,
+        );
+        presence.keep_alive(ephemeral.clone(), cfg.presence_heartbeat, cfg.presence_ttl);
         Self {
             inner: Arc::new(Inner {
                 metrics,
                 hubs,
                 conns: ws::registry::Registry::new(bus.clone(), subjects.clone()),
-                presence: ws::presence::Presence::new(
-                    api.clone(),
-                    publisher.clone(),
-                    tracker.clone(),
-                    shutdown.clone(),
-                    ws::presence::MAX_ANNOUNCING,
-                ),
+                presence,
                 publisher,
                 api,
                 ws_addrs: chat_core::per_addr::PerAddr::new(cfg.max_sockets_per_addr, Vec::new()),
@@ -336,6 +349,22 @@ pub struct GatewayArgs {
           value_parser = client_addr::parse_trusted)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// How often this gateway refreshes its users' presence in the
+    /// ephemeral store (one batched write per interval, whatever the number
+    /// of connections), in seconds.
+    #[arg(long, env = "CHAT_PRESENCE_HEARTBEAT_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub presence_heartbeat_secs: u64,
+
+    /// A gateway whose heartbeat is this many seconds old is deemed
+    /// crashed: its users show offline and their rooms get `presence`
+    /// events (from another gateway) within about this long after the
+    /// crash. Must be more than --presence-heartbeat-secs (3 times is a
+    /// good value: a heartbeat or two may be late without harm).
+    #[arg(long, env = "CHAT_PRESENCE_TTL_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    pub presence_ttl_secs: u64,
+
     /// Deadline of each call to auth and room, in milliseconds.
     #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
@@ -371,6 +400,9 @@ impl GatewayArgs {
             ws_ping_interval: Duration::from_millis(self.ws_ping_interval_ms),
             ws_idle_timeout: Duration::from_millis(self.ws_idle_timeout_ms),
             tail_check: Duration::from_millis(self.tail_check_ms),
+
+            presence_heartbeat: Duration::from_secs(self.presence_heartbeat_secs),
+            presence_ttl: Duration::from_secs(self.presence_ttl_secs),
             allowed_origins: self
                 .ws_allowed_origins
                 .iter()
