@@ -133,13 +133,15 @@ for f in $faults; do
     i=$((i + 1))
     say "fault: $f"
     log="$results/$f.log"
+    # Three sockets per user, as people with a phone, a laptop and a tab.
     "$bin/loadtest" --url "$url" --scenario rooms --connections "$connections" --rooms "$rooms" \
+        --users $(( (connections + 2) / 3 )) \
         --rate "$rate" --duration "$duration" --drain 10 --drain-max 60 --run-id "c$stamp$i" \
         --json "$results/$f.json" --allow-loss >"$results/$f.table" 2>"$log" &
     lt=$!
     wait_sending "$log" $lt || { echo "chaos: the $f run did not start sending (log: $log)" >&2; }
-    "$bin/loadtest" revoke --url "$url" --users 20 --logout-after 6 --watch 15 --run-id "r$stamp$i" \
-        --json "$results/$f.revoke.json" >"$results/$f.revoke.log" 2>&1 &
+    "$bin/loadtest" --url "$url" --run-id "r$stamp$i" --json "$results/$f.revoke.json" \
+        revoke --users 20 --logout-after 6 --watch 15 >"$results/$f.revoke.log" 2>&1 &
     rv=$!
     sleep 5
     started=$(date +%s.%N)
