@@ -455,4 +455,96 @@ mod tests {
         ));
         assert!(rotate(store.as_ref(), &wrong, None).await.is_err());
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_starting_at_once_on_postgres_agree_on_one_key() {
+        let schema = format!("t_keys_{}", uuid::Uuid::new_v4().simple());
+        let url = format!("postgres://postgres@127.0.0.1:5432/postgres?schema={schema}");
+        let mut replicas = Vec::new();
+        for _ in 0..4 {
+            let url = url.clone();
+            replicas.push(tokio::spawn(async move {
+                let store = chat_store::connect(&url).await.unwrap();
+                let kek = Kek::from_secret("9c1f0a7e3b2d4c58a6e1f09b7d3c2a14");
+                active_key(store.as_ref(), &kek, None)
+                    .await
+                    .unwrap()
+                    .kid()
+                    .to_owned()
+            }));
+        }
+        let mut kids = Vec::new();
+        for r in replicas {
+            kids.push(r.await.unwrap());
+        }
+        let _ = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-q",
+                "-c",
+            ])
+            .arg(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .output();
+        kids.dedup();
+        assert_eq!(kids.len(), 1, "{kids:?}");
+    }
+
+    fn ring(store: Arc<dyn Store>, key: &SigningKey, retire_after: Duration) -> KeyRing {
+        let issuer = Issuer::new(key, Duration::from_secs(60));
+        let verifier = Verifier::new(
+            &[key.public_key()],
+            Arc::new(chat_ephemeral::MemoryEphemeral::default()),
+        );
+        KeyRing::new(
+            store,
+            Kek::from_secret("9c1f0a7e3b2d4c58a6e1f09b7d3c2a14"),
+            issuer,
+            verifier,
+            retire_after,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_replica_follows_a_rotation_and_retires_the_old_key_after_its_tokens() {
+        let (_dir, store) = sqlite().await;
+        let kek = Kek::from_secret("9c1f0a7e3b2d4c58a6e1f09b7d3c2a14");
+        let old = active_key(store.as_ref(), &kek, None).await.unwrap();
+        let keys = ring(store.clone(), &old, Duration::from_secs(3600));
+        keys.sync().await.unwrap();
+        let (u, s) = (chat_core::UserId::new(), chat_core::SessionId::new());
+        let old_token = keys.inner.issuer.issue(u, s).unwrap();
+
+        let new_kid = rotate(store.as_ref(), &kek, None).await.unwrap();
+        keys.sync().await.unwrap();
+        assert_eq!(keys.inner.issuer.kid(), new_kid, "signs with the new key");
+        let new_token = keys.inner.issuer.issue(u, s).unwrap();
+        let verifier = &keys.inner.verifier;
+        assert!(verifier.verify(&old_token).await.is_ok());
+        assert!(verifier.verify(&new_token).await.is_ok());
+        let mut published: Vec<String> =
+            keys.published().await.into_iter().map(|k| k.kid).collect();
+        published.sort();
+        let mut both = vec![old.kid().to_owned(), new_kid.clone()];
+        both.sort();
+        assert_eq!(published, both);
+
+        // Once the old key's tokens have expired (here: at once), it is
+        // retired and no longer verifies or is published.
+        let expired = ring(store.clone(), &old, Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        expired.sync().await.unwrap();
+        assert_eq!(expired.inner.verifier.kids(), vec![new_kid.clone()]);
+        let published: Vec<String> = expired
+            .published()
+            .await
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert_eq!(published, vec![new_kid]);
+    }
 }
