@@ -127,7 +127,7 @@ impl App {
             cfg.auth.key_retire_after(),
         );
         keys.sync().await.context("cannot read the signing keys")?;
-        let svc = svc.with_key_ring(keys.clone(), cfg.auth.key_poll_interval());
+        let svc = svc.with_key_ring(keys.clone(), cfg.auth.keys_unknown_kid_interval());
         svc.seed_revocations().await?;
         let routes = chat_proto::with_reflection(
             tonic::service::Routes::new(AuthServiceServer::new(svc)),

@@ -158,11 +158,21 @@ pub struct AuthArgs {
     #[arg(long, env = "CHAT_KEY_POLL_INTERVAL_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub key_poll_interval_secs: u64,
+
+    /// A token with a `kid` this replica does not hold (one another replica
+    /// began signing with) makes it read the stored keys, at most once per
+    /// this many seconds; such a token may wait up to this long.
+    #[arg(long, env = "CHAT_KEYS_UNKNOWN_KID_INTERVAL_SECS", default_value_t = 2)]
+    pub keys_unknown_kid_interval_secs: u64,
 }
 
 impl AuthArgs {
     pub fn key_poll_interval(&self) -> Duration {
         Duration::from_secs(self.key_poll_interval_secs)
+    }
+
+    pub fn keys_unknown_kid_interval(&self) -> Duration {
+        Duration::from_secs(self.keys_unknown_kid_interval_secs)
     }
 
     /// How long after a key stopped signing it is retired: every token it

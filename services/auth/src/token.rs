@@ -171,7 +171,7 @@ mod tests {
             fetches: Default::default(),
         });
         let verifier = Verifier::new(&[old.public_key()], Arc::new(MemoryEphemeral::default()))
-            .with_key_source(source.clone(), Duration::from_secs(3600));
+            .with_key_source(source.clone(), Duration::from_millis(300));
         let fetches = || source.fetches.load(std::sync::atomic::Ordering::SeqCst);
         let (u, s) = (UserId::new(), SessionId::new());
         let before = Issuer::new(&old, Duration::from_secs(60))
@@ -180,27 +180,31 @@ mod tests {
         assert!(verifier.verify(&before).await.is_ok());
         assert_eq!(fetches(), 0, "a known kid needs no fetch");
 
-        // Auth rotates: the verifier has not seen the new kid yet.
+        // Made-up kids, many at once: refused, and they cost a fetch or
+        // two, not one each.
+        let forged = Issuer::new(&made_up, Duration::from_secs(60))
+            .issue(u, s)
+            .unwrap();
+        let attempts = (0..50).map(|_| verifier.verify(&forged));
+        let results = futures_util::future::join_all(attempts).await;
+        assert!(results.iter().all(|r| r.is_err()));
+        let after_forged = fetches();
+        assert!((1..=2).contains(&after_forged), "{after_forged} fetches");
+
+        // Auth rotates right after: the new kid is fetched (after the
+        // interval) and accepted, not refused because of the forgeries.
         source.keys.lock().unwrap().push(new.public_key());
         let after = Issuer::new(&new, Duration::from_secs(60))
             .issue(u, s)
             .unwrap();
         assert!(verifier.verify_signature(&after).is_err());
         assert_eq!(verifier.verify(&after).await.unwrap().user_id, u);
-        assert_eq!(fetches(), 1);
+        assert_eq!(fetches(), after_forged + 1);
         assert!(
             verifier.verify(&before).await.is_ok(),
             "the old key still verifies"
         );
-
-        // Made-up kids within the interval: refused without a fetch.
-        let forged = Issuer::new(&made_up, Duration::from_secs(60))
-            .issue(u, s)
-            .unwrap();
-        for _ in 0..5 {
-            assert!(verifier.verify(&forged).await.is_err());
-        }
-        assert_eq!(fetches(), 1);
         assert!(verifier.verify(&after).await.is_ok());
+        assert_eq!(fetches(), after_forged + 1, "a known kid needs no fetch");
     }
 }

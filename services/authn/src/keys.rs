@@ -17,12 +17,8 @@ pub struct KeyRefreshArgs {
 
     /// A token with an unknown `kid` makes the service fetch the keys
     /// again, at most once per this many seconds (made-up kids cannot make
-    /// it hammer auth).
-    #[arg(
-        long,
-        env = "CHAT_KEYS_UNKNOWN_KID_INTERVAL_SECS",
-        default_value_t = 10
-    )]
+    /// it hammer auth); such a token may wait up to this long.
+    #[arg(long, env = "CHAT_KEYS_UNKNOWN_KID_INTERVAL_SECS", default_value_t = 2)]
     pub keys_unknown_kid_interval_secs: u64,
 }
 

@@ -182,19 +182,30 @@ impl Verifier {
         });
     }
 
-    /// After a token named an unknown `kid`: fetches the keys unless that
-    /// was done less than the interval ago; true if `kid` is now known.
+    /// After a token named an unknown `kid`: fetches the keys, at most once
+    /// per interval; true if `kid` is now known.
+    ///
+    /// Requests for unknown kids queue here. One that began before the
+    /// latest fetch started takes that fetch's answer (the fetch saw every
+    /// key published before the request came). Otherwise it waits for the
+    /// interval to pass and fetches: a token of a key auth began signing
+    /// with a moment ago is accepted, a little late, even right after
+    /// tokens with made-up kids, and those cost one fetch per interval
+    /// however many there are.
     async fn refresh_for(&self, kid: &str) -> bool {
         let Some(refresh) = &self.refresh else {
             return false;
         };
+        let began = Instant::now();
         let mut last = refresh.last.lock().await;
-        if self.keys.load().contains_key(kid) {
-            // Another request fetched it meanwhile.
-            return true;
-        }
-        if last.is_some_and(|at| at.elapsed() < refresh.min_interval) {
-            return false;
+        if let Some(at) = *last {
+            if at >= began || self.keys.load().contains_key(kid) {
+                return self.keys.load().contains_key(kid);
+            }
+            let next = at + refresh.min_interval;
+            if next > Instant::now() {
+                tokio::time::sleep_until(next.into()).await;
+            }
         }
         *last = Some(Instant::now());
         match self.refresh_keys().await {

@@ -104,7 +104,7 @@ impl App {
         );
         keys.sync().await.context("cannot read the signing keys")?;
         keys.keep_in_sync(cfg.auth.key_poll_interval(), shutdown.clone());
-        let auth = auth.with_key_ring(keys, cfg.auth.key_poll_interval());
+        let auth = auth.with_key_ring(keys, cfg.auth.keys_unknown_kid_interval());
         let seeded = auth.seed_revocations().await?;
         if seeded > 0 {
             tracing::info!(sessions = seeded, "revocation list restored from the store");

@@ -19,6 +19,16 @@ fn kid(token: &str) -> String {
     json["kid"].as_str().expect("a kid").to_owned()
 }
 
+/// `token` with its header's `kid` replaced (its signature no longer fits).
+fn with_kid(token: &str, kid: &str) -> String {
+    let (header, rest) = token.split_once('.').expect("a JWT");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url"))
+            .expect("a JSON header");
+    json["kid"] = serde_json::json!(kid);
+    format!("{}.{rest}", URL_SAFE_NO_PAD.encode(json.to_string()))
+}
+
 /// The token is accepted by the gateways: REST and a WebSocket connect.
 async fn accepted(app: &TestApp, token: &str, what: &str) {
     let me = app.get("/api/v1/users/me", token).await;
@@ -103,8 +113,10 @@ async fn a_second_auth_replica_without_the_key_volume_signs_tokens_gateways_acce
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotation_under_traffic_logs_nobody_out() {
-    let mut opts = cluster_options(|_| {});
-    opts.auth_args.push("--key-poll-interval-secs=1".into());
+    let mut opts = cluster_options(|c| c.auth.key_poll_interval_secs = 1);
+    // No periodic fetch: the gateways learn the new key from its first
+    // token only.
+    opts.gateway_args.push("--keys-refresh-secs=0".into());
     let cluster = start_cluster_with(opts).await;
     let (program, env) = (cluster.auth.program.clone(), cluster.auth.env.clone());
     let dir = Arc::new(tempfile::tempdir().expect("a temp dir"));
@@ -113,8 +125,22 @@ async fn a_key_rotation_under_traffic_logs_nobody_out() {
     let before = user.access.clone();
     accepted(&app, &before, "before the rotation").await;
 
-    // Traffic while the key rotates: a WebSocket open from before.
+    // Traffic while the key rotates: a WebSocket open from before, and
+    // tokens with made-up kids at every gateway just before (they must
+    // not get the new key's tokens refused).
     let mut open = app.ws(&user).await;
+    let forged = with_kid(&before, "made-up");
+    for i in 0..2 {
+        let base = app.cluster().lock().expect("lock").gateway_http(i);
+        let r = app
+            .client
+            .get(format!("{base}/api/v1/users/me"))
+            .bearer_auth(&forged)
+            .send()
+            .await
+            .expect("a response");
+        assert_eq!(r.status(), 401, "a made-up kid at gateway {i}");
+    }
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(program)
             .arg("rotate-key")
