@@ -31,7 +31,7 @@ pub struct Config {
     /// with it (AES-256-GCM). Required, at least 32 random characters, the
     /// same on every auth replica; keep it in a secret store.
     #[arg(long, env = "CHAT_KEY_ENCRYPTION_KEY", hide_env_values = true)]
-    pub key_encryption_key: String,
+    pub key_encryption_key: crate::keyring::KekSecret,
 
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -64,7 +64,7 @@ pub struct RotateKeyArgs {
 
     /// The auth replicas' key-encryption key.
     #[arg(long, env = "CHAT_KEY_ENCRYPTION_KEY", hide_env_values = true)]
-    pub key_encryption_key: String,
+    pub key_encryption_key: crate::keyring::KekSecret,
 
     /// Make this Ed25519 PKCS#8 key active instead of a new one.
     #[arg(long)]
@@ -80,7 +80,7 @@ fn kek(secret: &str) -> anyhow::Result<Kek> {
 
 /// `auth rotate-key`: the new key's kid.
 pub async fn rotate_key(args: &RotateKeyArgs) -> anyhow::Result<String> {
-    let kek = kek(&args.key_encryption_key)?;
+    let kek = kek(args.key_encryption_key.expose())?;
     let store = chat_store::connect(&args.database_url)
         .await
         .context("cannot open the store")?;
@@ -107,7 +107,7 @@ impl App {
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
             .await
             .context("cannot reach Redis")?;
-        let kek = kek(&cfg.key_encryption_key)?;
+        let kek = kek(cfg.key_encryption_key.expose())?;
         let key = crate::keyring::active_key(store.as_ref(), &kek, cfg.jwt_key_file.as_deref())
             .await
             .context("cannot load the token signing key")?;

@@ -53,6 +53,31 @@ pub enum KeyRingError {
     NoActiveKey,
 }
 
+/// The operator's key-encryption secret as a flag takes it: kept out of
+/// `Debug` output (configs are logged).
+#[derive(Clone)]
+pub struct KekSecret(String);
+
+impl KekSecret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for KekSecret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for KekSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KekSecret(..)")
+    }
+}
+
 /// The key-encryption key: seals and opens the private signing keys kept in
 /// the store (AES-256-GCM).
 pub struct Kek(LessSafeKey);

@@ -48,7 +48,7 @@ pub struct Config {
     /// 32 random characters). Default: a random key made on first start in
     /// <data-dir>/keys/kek (mode 0600).
     #[arg(long, env = "CHAT_KEY_ENCRYPTION_KEY", hide_env_values = true)]
-    pub key_encryption_key: Option<String>,
+    pub key_encryption_key: Option<chat_auth::keyring::KekSecret>,
 
     #[command(flatten)]
     pub auth: chat_auth::AuthArgs,
@@ -107,6 +107,7 @@ impl Config {
     pub fn kek(&self) -> anyhow::Result<chat_auth::Kek> {
         match &self.key_encryption_key {
             Some(secret) => {
+                let secret = secret.expose();
                 chat_core::config::check_secret("CHAT_KEY_ENCRYPTION_KEY", secret, 32)
                     .map_err(anyhow::Error::msg)?;
                 Ok(chat_auth::Kek::from_secret(secret))
