@@ -2,7 +2,7 @@
 //! Redis and NATS, gRPC (with reflection only when `--grpc-reflection
 //! true`), and health endpoints.
 
-use crate::{AuthArgs, AuthSvc, SigningKey};
+use crate::{AuthArgs, AuthSvc, Kek, KeyRing, SigningKey};
 use anyhow::Context;
 use chat_core::config::{BackendArgs, ListenArgs};
 use chat_core::serve::GrpcProcess;
@@ -21,16 +21,78 @@ pub struct Config {
     #[command(flatten)]
     pub backends: BackendArgs,
 
-    /// Ed25519 PKCS#8 signing key, shared by every auth replica (generated
-    /// there if missing).
+    /// An Ed25519 PKCS#8 signing key to start with: used as the first key
+    /// when the store has none (later keys come from `auth rotate-key`).
+    /// Optional: replicas share their keys through the store.
     #[arg(long, env = "CHAT_JWT_KEY_FILE")]
-    pub jwt_key_file: PathBuf,
+    pub jwt_key_file: Option<PathBuf>,
+
+    /// The key-encryption key: the stored private signing keys are sealed
+    /// with it (AES-256-GCM). Required, at least 32 random characters, the
+    /// same on every auth replica; keep it in a secret store.
+    #[arg(long, env = "CHAT_KEY_ENCRYPTION_KEY", hide_env_values = true)]
+    pub key_encryption_key: crate::keyring::KekSecret,
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
 }
 
-pub struct App(GrpcProcess);
+/// What `auth` does other than serve.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Makes a new signing key active and exits. Replicas sign with it
+    /// within --key-poll-interval-secs; the previous key keeps verifying
+    /// until the tokens it signed have expired, then it is retired: nobody
+    /// is logged out. Prints the new key's kid.
+    RotateKey(RotateKeyArgs),
+}
+
+/// `auth rotate-key`: only the store and the key-encryption key are needed.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "auth rotate-key")]
+pub struct RotateKeyArgs {
+    /// Postgres URL of the auth replicas.
+    #[arg(
+        long,
+        env = "CHAT_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+
+    /// The auth replicas' key-encryption key.
+    #[arg(long, env = "CHAT_KEY_ENCRYPTION_KEY", hide_env_values = true)]
+    pub key_encryption_key: crate::keyring::KekSecret,
+
+    /// Make this Ed25519 PKCS#8 key active instead of a new one.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// The key-encryption key `secret` names, refused if it is weak.
+fn kek(secret: &str) -> anyhow::Result<Kek> {
+    chat_core::config::check_secret("CHAT_KEY_ENCRYPTION_KEY", secret, 32)
+        .map_err(anyhow::Error::msg)?;
+    Ok(Kek::from_secret(secret))
+}
+
+/// `auth rotate-key`: the new key's kid.
+pub async fn rotate_key(args: &RotateKeyArgs) -> anyhow::Result<String> {
+    let kek = kek(args.key_encryption_key.expose())?;
+    let store = chat_store::connect(&args.database_url)
+        .await
+        .context("cannot open the store")?;
+    let key = args.key_file.as_deref().map(SigningKey::load).transpose()?;
+    Ok(crate::keyring::rotate(store.as_ref(), &kek, key).await?)
+}
+
+pub struct App {
+    process: GrpcProcess,
+    keys: KeyRing,
+    poll: std::time::Duration,
+}
 
 impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
@@ -45,7 +107,10 @@ impl App {
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
             .await
             .context("cannot reach Redis")?;
-        let key = SigningKey::load_or_generate(&cfg.jwt_key_file)?;
+        let kek = kek(cfg.key_encryption_key.expose())?;
+        let key = crate::keyring::active_key(store.as_ref(), &kek, cfg.jwt_key_file.as_deref())
+            .await
+            .context("cannot load the token signing key")?;
         let svc = AuthSvc::new(
             store.clone(),
             ephemeral.clone(),
@@ -54,6 +119,15 @@ impl App {
             &key,
             cfg.auth.config(Some(b.internal_secret.clone())),
         );
+        let keys = KeyRing::new(
+            store.clone(),
+            kek,
+            svc.issuer(),
+            svc.verifier(),
+            cfg.auth.key_retire_after(),
+        );
+        keys.sync().await.context("cannot read the signing keys")?;
+        let svc = svc.with_key_ring(keys.clone(), cfg.auth.keys_unknown_kid_interval());
         svc.seed_revocations().await?;
         let routes = chat_proto::with_reflection(
             tonic::service::Routes::new(AuthServiceServer::new(svc)),
@@ -65,19 +139,24 @@ impl App {
             chat_bus::ready_check(bus),
             chat_ephemeral::ready_check(ephemeral),
         ];
-        Ok(App(GrpcProcess::bind(&cfg.listen, routes, checks).await?))
+        Ok(App {
+            process: GrpcProcess::bind(&cfg.listen, routes, checks).await?,
+            keys,
+            poll: cfg.auth.key_poll_interval(),
+        })
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
-        self.0.grpc_addr()
+        self.process.grpc_addr()
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.0.http_addr()
+        self.process.http_addr()
     }
 
     /// Serves until `stop`; in-flight calls finish first.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
-        self.0.run(stop).await.map_err(|e| anyhow::anyhow!(e))
+        self.keys.keep_in_sync(self.poll, stop.clone());
+        self.process.run(stop).await.map_err(|e| anyhow::anyhow!(e))
     }
 }

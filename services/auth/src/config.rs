@@ -151,9 +151,38 @@ pub struct AuthArgs {
         value_parser = session_limit_secs()
     )]
     pub session_idle_secs: u64,
+
+    /// Seconds between reads of the stored signing keys: a replica starts
+    /// signing with a key `auth rotate-key` made active, publishes new
+    /// keys and retires old ones within this.
+    #[arg(long, env = "CHAT_KEY_POLL_INTERVAL_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub key_poll_interval_secs: u64,
+
+    /// A token with a `kid` this replica does not hold (one another replica
+    /// began signing with) makes it read the stored keys, at most once per
+    /// this many seconds; such a token may wait up to this long.
+    #[arg(long, env = "CHAT_KEYS_UNKNOWN_KID_INTERVAL_SECS", default_value_t = 2)]
+    pub keys_unknown_kid_interval_secs: u64,
 }
 
 impl AuthArgs {
+    pub fn key_poll_interval(&self) -> Duration {
+        Duration::from_secs(self.key_poll_interval_secs)
+    }
+
+    pub fn keys_unknown_kid_interval(&self) -> Duration {
+        Duration::from_secs(self.keys_unknown_kid_interval_secs)
+    }
+
+    /// How long after a key stopped signing it is retired: every token it
+    /// signed has expired by then (the access-token lifetime, plus a poll
+    /// interval during which a replica may still sign with it, plus a
+    /// minute for clocks and leeway).
+    pub fn key_retire_after(&self) -> Duration {
+        Duration::from_secs(self.access_token_ttl_secs + self.key_poll_interval_secs + 60)
+    }
+
     /// The service configuration these flags describe.
     pub fn config(&self, internal_secret: Option<String>) -> AuthConfig {
         AuthConfig {

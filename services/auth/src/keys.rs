@@ -58,6 +58,20 @@ impl SigningKey {
         Ok(Self { pkcs8, public, kid })
     }
 
+    /// Loads the key at `path`.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let bytes = std::fs::read(path).map_err(|source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_pkcs8(bytes, &path.display().to_string())
+    }
+
+    /// The PKCS#8 document (to seal it for the store).
+    pub fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
     /// Loads the key at `path`, or generates and writes one there (0600).
     pub fn load_or_generate(path: &Path) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io {
@@ -99,7 +113,7 @@ impl SigningKey {
 }
 
 #[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -113,7 +127,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod config;
+pub mod keyring;
 pub mod keys;
 pub mod password;
 pub mod service;
@@ -14,6 +15,7 @@ pub mod token;
 mod tokens;
 
 pub use config::{AuthArgs, AuthConfig};
+pub use keyring::{Kek, KeyRing};
 pub use keys::SigningKey;
 pub use service::AuthSvc;
 pub use token::{Caller, Claims, Verifier};

@@ -1,6 +1,7 @@
 //! `chat.v1.AuthService`.
 
 use crate::config::AuthConfig;
+use crate::keyring::KeyRing;
 use crate::keys::{PublicKey, SigningKey};
 use crate::password::{Hasher, Verified};
 use crate::token::{Caller, Issuer, Verifier};
@@ -22,6 +23,8 @@ pub struct AuthSvc {
     issuer: Issuer,
     public: PublicKey,
     verifier: Verifier,
+    /// The stored keys this replica follows (none: `public` only).
+    keys: Option<KeyRing>,
     cfg: AuthConfig,
     /// Every argon2 hash and verify, bounded (see [`Hasher`]).
     hasher: Hasher,
@@ -45,6 +48,7 @@ impl AuthSvc {
             verifier,
             issuer: Issuer::new(key, cfg.access_ttl),
             public,
+            keys: None,
             store,
             ephemeral,
             publisher: Publisher::new(bus, subjects),
@@ -55,6 +59,23 @@ impl AuthSvc {
 
     pub fn verifier(&self) -> Verifier {
         self.verifier.clone()
+    }
+
+    /// The issuer, whose signing key a [`KeyRing`] swaps on rotation.
+    pub fn issuer(&self) -> Issuer {
+        self.issuer.clone()
+    }
+
+    /// Follows the stored keys of `ring` (made with [`Self::issuer`] and
+    /// [`Self::verifier`]): publishes them, and a token with an unknown
+    /// `kid` makes the verifier read them again, at most once per
+    /// `min_refresh`.
+    pub fn with_key_ring(mut self, ring: KeyRing, min_refresh: Duration) -> Self {
+        self.verifier = self
+            .verifier
+            .with_key_source(Arc::new(ring.clone()), min_refresh);
+        self.keys = Some(ring);
+        self
     }
 
     /// Puts sessions revoked within the last access-token lifetime back on the
@@ -577,12 +598,19 @@ impl AuthService for AuthSvc {
         &self,
         _req: Request<pb::GetPublicKeysRequest>,
     ) -> Result<Response<pb::GetPublicKeysResponse>, Status> {
+        let keys = match &self.keys {
+            Some(ring) => ring.published().await,
+            None => vec![self.public.clone()],
+        };
         Ok(Response::new(pb::GetPublicKeysResponse {
-            keys: vec![pb::PublicKey {
-                kid: self.public.kid.clone(),
-                alg: "EdDSA".into(),
-                x: self.public.x(),
-            }],
+            keys: keys
+                .iter()
+                .map(|k| pb::PublicKey {
+                    kid: k.kid.clone(),
+                    alg: "EdDSA".into(),
+                    x: k.x(),
+                })
+                .collect(),
         }))
     }
 }

@@ -5,6 +5,33 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::DecodingKey;
 
+/// How a verifying service (gateway, room) keeps auth's public keys
+/// current: a periodic fetch, and one when a token names a `kid` it does
+/// not know (a key auth started signing with after the last fetch).
+#[derive(Clone, Debug, clap::Args)]
+pub struct KeyRefreshArgs {
+    /// Seconds between fetches of auth's public keys (keys retired by auth
+    /// leave, new ones arrive); 0: only on an unknown kid.
+    #[arg(long, env = "CHAT_KEYS_REFRESH_SECS", default_value_t = 300)]
+    pub keys_refresh_secs: u64,
+
+    /// A token with an unknown `kid` makes the service fetch the keys
+    /// again, at most once per this many seconds (made-up kids cannot make
+    /// it hammer auth); such a token may wait up to this long.
+    #[arg(long, env = "CHAT_KEYS_UNKNOWN_KID_INTERVAL_SECS", default_value_t = 2)]
+    pub keys_unknown_kid_interval_secs: u64,
+}
+
+impl KeyRefreshArgs {
+    pub fn refresh_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.keys_refresh_secs)
+    }
+
+    pub fn unknown_kid_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.keys_unknown_kid_interval_secs)
+    }
+}
+
 /// An Ed25519 public key with its id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKey {
@@ -37,40 +64,96 @@ pub async fn fetch_public_keys(
     url: &str,
     deadline: std::time::Duration,
 ) -> Result<Vec<PublicKey>, tonic::Status> {
-    use chat_proto::v1::auth_service_client::AuthServiceClient;
+    fetch_public_keys_from(&[url.to_owned()], deadline).await
+}
+
+/// [`fetch_public_keys`] from the first of `urls` that answers (each is
+/// tried in turn), retrying until `deadline`.
+pub async fn fetch_public_keys_from(
+    urls: &[String],
+    deadline: std::time::Duration,
+) -> Result<Vec<PublicKey>, tonic::Status> {
+    let source = AuthKeys::new(urls.to_vec());
     let give_up = tokio::time::Instant::now() + deadline;
     let mut wait = std::time::Duration::from_millis(100);
     loop {
-        let attempt = async {
-            let mut client = AuthServiceClient::connect(url.to_owned())
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let mut req = tonic::Request::new(chat_proto::v1::GetPublicKeysRequest {});
-            req.set_timeout(std::time::Duration::from_secs(5));
-            client.get_public_keys(req).await
-        };
-        match attempt.await {
-            Ok(r) => {
-                let keys: Vec<PublicKey> = r
-                    .into_inner()
-                    .keys
-                    .iter()
-                    .filter(|k| k.alg == "EdDSA")
-                    .filter_map(|k| PublicKey::from_x(&k.kid, &k.x))
-                    .collect();
-                if keys.is_empty() {
-                    return Err(tonic::Status::internal(
-                        "auth returned no usable public key",
-                    ));
-                }
-                return Ok(keys);
-            }
-            Err(e) if tokio::time::Instant::now() + wait < give_up => {
-                tracing::info!(error = %e.message(), url, "auth not reachable yet; retrying");
+        match source.fetch().await {
+            Ok(keys) => return Ok(keys),
+            Err(e)
+                if e.code() != tonic::Code::Internal
+                    && tokio::time::Instant::now() + wait < give_up =>
+            {
+                tracing::info!(error = %e.message(), "auth not reachable yet; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(std::time::Duration::from_secs(2));
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Auth's `GetPublicKeys` at any of several URLs: a [`KeySource`] that
+/// asks each replica in turn until one answers.
+#[derive(Clone, Debug)]
+pub struct AuthKeys {
+    urls: Vec<String>,
+}
+
+impl AuthKeys {
+    pub fn new(urls: Vec<String>) -> Self {
+        Self { urls }
+    }
+
+    async fn fetch_one(url: &str) -> Result<Vec<PublicKey>, tonic::Status> {
+        use chat_proto::v1::auth_service_client::AuthServiceClient;
+        let timeout = std::time::Duration::from_secs(5);
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = AuthServiceClient::new(channel);
+        let mut req = tonic::Request::new(chat_proto::v1::GetPublicKeysRequest {});
+        req.set_timeout(timeout);
+        let keys: Vec<PublicKey> = client
+            .get_public_keys(req)
+            .await?
+            .into_inner()
+            .keys
+            .iter()
+            .filter(|k| k.alg == "EdDSA")
+            .filter_map(|k| PublicKey::from_x(&k.kid, &k.x))
+            .collect();
+        if keys.is_empty() {
+            return Err(tonic::Status::internal(
+                "auth returned no usable public key",
+            ));
+        }
+        Ok(keys)
+    }
+
+    /// The keys from the first URL that answers; the last error if none.
+    pub async fn fetch(&self) -> Result<Vec<PublicKey>, tonic::Status> {
+        let mut last = tonic::Status::invalid_argument("no auth URL given");
+        for url in &self.urls {
+            match Self::fetch_one(url).await {
+                Ok(keys) => return Ok(keys),
+                Err(e) => {
+                    tracing::debug!(error = %e.message(), url, "cannot fetch public keys");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::verifier::KeySource for AuthKeys {
+    async fn public_keys(&self) -> Result<Vec<PublicKey>, String> {
+        self.fetch().await.map_err(|e| e.message().to_owned())
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::internal::{CLIENT_ADDR_KEY, INTERNAL_KEY, SERVICE_KEY, SESSION_KEY, USER_KEY};
 use crate::keys::PublicKey;
+use arc_swap::ArcSwap;
 use chat_core::{ApiError, SessionId, UserId};
 use chat_ephemeral::Ephemeral;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
 
 /// The `iss` of every access token.
@@ -55,12 +57,48 @@ pub enum Principal {
 /// calls on the user's behalf. A revoked session is refused either way.
 /// With the secret and `x-chat-service` instead of a user, a service calls
 /// as itself ([`Principal::Service`]); only calls that need no user take it.
+///
+/// The verifying keys are a set that can be swapped while tokens are being
+/// verified ([`Self::set_keys`]): auth publishes every key that is not
+/// retired, so tokens signed before a rotation keep verifying. With a
+/// [`KeySource`] ([`Self::with_key_source`]) a token whose `kid` is unknown
+/// makes the verifier fetch the keys again, at most once per interval, and
+/// [`Self::keep_keys_fresh`] fetches them periodically.
 #[derive(Clone)]
 pub struct Verifier {
-    keys: Arc<HashMap<String, DecodingKey>>,
+    keys: Arc<ArcSwap<HashMap<String, DecodingKey>>>,
+    refresh: Option<Arc<Refresh>>,
     ephemeral: Arc<dyn Ephemeral>,
     validation: Arc<Validation>,
     internal: Option<Arc<[u8; 32]>>,
+}
+
+/// Where a verifier gets the current public keys again.
+#[async_trait::async_trait]
+pub trait KeySource: Send + Sync + 'static {
+    /// Every key that verifies tokens now; an error says why there are none.
+    async fn public_keys(&self) -> Result<Vec<PublicKey>, String>;
+}
+
+/// Fetching on an unknown `kid`: at most once per `min_interval`, one at a
+/// time (concurrent requests with the same new kid wait for one fetch).
+struct Refresh {
+    source: Arc<dyn KeySource>,
+    min_interval: Duration,
+    last: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Why a token's signature was not accepted.
+enum SignatureError {
+    /// A `kid` the key set does not hold: maybe a key newer than the set.
+    UnknownKid,
+    Invalid,
+}
+
+fn key_map(keys: &[PublicKey]) -> HashMap<String, DecodingKey> {
+    keys.iter()
+        .map(|k| (k.kid.clone(), k.decoding_key()))
+        .collect()
 }
 
 impl Verifier {
@@ -70,15 +108,115 @@ impl Verifier {
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "sub", "iss"]);
         Self {
-            keys: Arc::new(
-                keys.iter()
-                    .map(|k| (k.kid.clone(), k.decoding_key()))
-                    .collect(),
-            ),
+            keys: Arc::new(ArcSwap::from_pointee(key_map(keys))),
+            refresh: None,
             ephemeral,
             validation: Arc::new(validation),
             internal: None,
         }
+    }
+
+    /// Replaces the verifying keys (every clone of this verifier sees the
+    /// new set at once).
+    pub fn set_keys(&self, keys: &[PublicKey]) {
+        self.keys.store(Arc::new(key_map(keys)));
+    }
+
+    /// The `kid`s of the verifying keys.
+    pub fn kids(&self) -> Vec<String> {
+        let mut kids: Vec<String> = self.keys.load().keys().cloned().collect();
+        kids.sort();
+        kids
+    }
+
+    /// Fetches the keys from `source` again when a token names an unknown
+    /// `kid`, at most once per `min_interval` (so that tokens with made-up
+    /// kids cannot make it hammer auth).
+    pub fn with_key_source(mut self, source: Arc<dyn KeySource>, min_interval: Duration) -> Self {
+        self.refresh = Some(Arc::new(Refresh {
+            source,
+            min_interval,
+            last: tokio::sync::Mutex::new(None),
+        }));
+        self
+    }
+
+    /// Fetches the keys from the key source now and swaps them in; how many.
+    /// A failure or an empty answer keeps the current set.
+    pub async fn refresh_keys(&self) -> Result<usize, String> {
+        let Some(refresh) = &self.refresh else {
+            return Err("no key source".into());
+        };
+        let keys = refresh.source.public_keys().await?;
+        if keys.is_empty() {
+            return Err("the key source returned no key".into());
+        }
+        self.set_keys(&keys);
+        Ok(keys.len())
+    }
+
+    /// Refreshes the keys every `every` until `stop` (a no-op without a
+    /// key source), so keys retired by auth leave the set and new ones come
+    /// in before any token needs them.
+    pub fn keep_keys_fresh(&self, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        if self.refresh.is_none() || every.is_zero() {
+            return;
+        }
+        let verifier = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match verifier.refresh_keys().await {
+                    Ok(n) => tracing::debug!(keys = n, "verifying keys refreshed"),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot refresh the verifying keys; keeping the current ones")
+                    }
+                }
+            }
+        });
+    }
+
+    /// After a token named an unknown `kid`: fetches the keys, at most once
+    /// per interval; true if `kid` is now known.
+    ///
+    /// Requests for unknown kids queue here. One that began before the
+    /// latest fetch started takes that fetch's answer (the fetch saw every
+    /// key published before the request came). Otherwise it waits for the
+    /// interval to pass and fetches: a token of a key auth began signing
+    /// with a moment ago is accepted, a little late, even right after
+    /// tokens with made-up kids, and those cost one fetch per interval
+    /// however many there are.
+    async fn refresh_for(&self, kid: &str) -> bool {
+        let Some(refresh) = &self.refresh else {
+            return false;
+        };
+        let began = Instant::now();
+        let mut last = refresh.last.lock().await;
+        if let Some(at) = *last {
+            if at >= began || self.keys.load().contains_key(kid) {
+                return self.keys.load().contains_key(kid);
+            }
+            let next = at + refresh.min_interval;
+            if next > Instant::now() {
+                tokio::time::sleep_until(next.into()).await;
+            }
+        }
+        *last = Some(Instant::now());
+        match self.refresh_keys().await {
+            Ok(n) => tracing::info!(
+                kid,
+                keys = n,
+                "fetched the verifying keys for an unknown kid"
+            ),
+            Err(error) => tracing::warn!(%error, kid, "cannot fetch the verifying keys"),
+        }
+        self.keys.load().contains_key(kid)
     }
 
     /// Also trusts gateways that present `secret` (see the type's docs).
@@ -143,21 +281,43 @@ impl Verifier {
     }
 
     /// Signature, algorithm, `kid`, expiry and issuer; no revocation check.
+    /// With the keys held now (see [`Self::verify_signature_fresh`]).
     pub fn verify_signature(&self, token: &str) -> Result<Caller, ApiError> {
-        let bad = || ApiError::unauthorized("invalid or expired access token");
-        let header = jsonwebtoken::decode_header(token).map_err(|_| bad())?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(bad());
+        self.check_signature(token).map_err(|_| invalid_token())
+    }
+
+    /// [`Self::verify_signature`], but a token with an unknown `kid` first
+    /// makes the verifier fetch the keys again (rate limited), so a key auth
+    /// started signing with a moment ago is accepted.
+    pub async fn verify_signature_fresh(&self, token: &str) -> Result<Caller, ApiError> {
+        match self.check_signature(token) {
+            Err(SignatureError::UnknownKid) if self.refresh.is_some() => {
+                let kid = jsonwebtoken::decode_header(token)
+                    .ok()
+                    .and_then(|h| h.kid)
+                    .unwrap_or_default();
+                if self.refresh_for(&kid).await {
+                    self.verify_signature(token)
+                } else {
+                    Err(invalid_token())
+                }
+            }
+            other => other.map_err(|_| invalid_token()),
         }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.keys.get(kid))
-            .ok_or_else(bad)?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|_| bad())?;
-        let user_id = UserId::parse(&data.claims.sub).map_err(|_| bad())?;
-        let session_id = SessionId::parse(&data.claims.sid).map_err(|_| bad())?;
+    }
+
+    fn check_signature(&self, token: &str) -> Result<Caller, SignatureError> {
+        let bad = |_| SignatureError::Invalid;
+        let header = jsonwebtoken::decode_header(token).map_err(bad)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(SignatureError::Invalid);
+        }
+        let kid = header.kid.ok_or(SignatureError::Invalid)?;
+        let keys = self.keys.load();
+        let key = keys.get(&kid).ok_or(SignatureError::UnknownKid)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(bad)?;
+        let user_id = UserId::parse(&data.claims.sub).map_err(|_| SignatureError::Invalid)?;
+        let session_id = SessionId::parse(&data.claims.sid).map_err(|_| SignatureError::Invalid)?;
         Ok(Caller {
             user_id,
             session_id,
@@ -169,7 +329,7 @@ impl Verifier {
     /// list cannot be reached the signed, short-lived token is accepted (and
     /// a warning logged): losing the ephemeral store must not log everyone out.
     pub async fn verify(&self, token: &str) -> Result<Caller, ApiError> {
-        let caller = self.verify_signature(token)?;
+        let caller = self.verify_signature_fresh(token).await?;
         self.check_revoked(caller).await
     }
 
@@ -211,6 +371,10 @@ impl Verifier {
             Principal::Service(_) => Err(ApiError::unauthorized("this call needs a user")),
         }
     }
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::unauthorized("invalid or expired access token")
 }
 
 /// The token of an `authorization: Bearer …` metadata entry.

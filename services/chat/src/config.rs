@@ -37,10 +37,18 @@ pub struct Config {
     #[arg(long, env = "CHAT_DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// Ed25519 PKCS#8 key that signs access tokens; generated in
-    /// <data-dir>/keys on first start when not given.
+    /// Ed25519 PKCS#8 key to start with: the first signing key when the
+    /// store has none (default: <data-dir>/keys/jwt-ed25519.pk8 if it
+    /// exists, as older versions made it); else a new key is made. Keys
+    /// live in the store, sealed with the key-encryption key.
     #[arg(long, env = "CHAT_JWT_KEY_FILE")]
     pub jwt_key_file: Option<PathBuf>,
+
+    /// The key-encryption key that seals the stored signing keys (at least
+    /// 32 random characters). Default: a random key made on first start in
+    /// <data-dir>/keys/kek (mode 0600).
+    #[arg(long, env = "CHAT_KEY_ENCRYPTION_KEY", hide_env_values = true)]
+    pub key_encryption_key: Option<chat_auth::keyring::KekSecret>,
 
     #[command(flatten)]
     pub auth: chat_auth::AuthArgs,
@@ -61,9 +69,55 @@ pub struct Config {
     /// Seconds to wait for connections to close on shutdown.
     #[arg(long, env = "CHAT_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `chat` does other than serve.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Makes a new token signing key active in the data dir's store and
+    /// exits; a running server signs with it within
+    /// --key-poll-interval-secs, and tokens signed before keep verifying.
+    /// Prints the new key's kid.
+    RotateKey {
+        /// Make this Ed25519 PKCS#8 key active instead of a new one.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
 }
 
 impl Config {
+    /// The store's URL: --database-url, or the data dir's SQLite file.
+    pub fn store_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("chat.db").display()))
+    }
+
+    /// Where the first signing key is read from, if it exists.
+    pub fn jwt_key_path(&self) -> PathBuf {
+        self.jwt_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys").join("jwt-ed25519.pk8"))
+    }
+
+    /// The key-encryption key: the flag's, else the data dir's.
+    pub fn kek(&self) -> anyhow::Result<chat_auth::Kek> {
+        match &self.key_encryption_key {
+            Some(secret) => {
+                let secret = secret.expose();
+                chat_core::config::check_secret("CHAT_KEY_ENCRYPTION_KEY", secret, 32)
+                    .map_err(anyhow::Error::msg)?;
+                Ok(chat_auth::Kek::from_secret(secret))
+            }
+            None => Ok(chat_auth::Kek::load_or_create_file(
+                &self.data_dir.join("keys").join("kek"),
+            )?),
+        }
+    }
+
     /// Defaults for a server on ephemeral ports with its data in `dir`
     /// (tests, embedding).
     pub fn ephemeral(dir: &std::path::Path) -> Self {

@@ -9,7 +9,7 @@
 pub mod config;
 
 use anyhow::Context;
-use chat_auth::{AuthSvc, SigningKey};
+use chat_auth::{AuthSvc, KeyRing};
 use chat_bus::Subjects;
 use chat_ephemeral::{Ephemeral, MemoryEphemeral};
 use chat_gateway::{Backends, Gateway};
@@ -26,7 +26,26 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Server};
 
-pub use config::Config;
+pub use config::{Command, Config};
+
+/// `chat rotate-key`: makes a new signing key active in the data dir's
+/// store; a running server signs with it within --key-poll-interval-secs.
+/// The new key's kid.
+pub async fn rotate_key(
+    cfg: &Config,
+    key_file: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let kek = cfg.kek()?;
+    let store = chat_store::connect(&cfg.store_url())
+        .await
+        .context("cannot open the store")?;
+    // A store without keys yet gets its first one (the old key file's).
+    chat_auth::keyring::active_key(store.as_ref(), &kek, Some(&cfg.jwt_key_path())).await?;
+    let key = key_file.map(chat_auth::SigningKey::load).transpose()?;
+    Ok(chat_auth::keyring::rotate(store.as_ref(), &kek, key).await?)
+}
 
 /// A built server: listeners bound, store migrated, services wired.
 pub struct App {
@@ -48,10 +67,7 @@ impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-        let store_url = cfg
-            .database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", cfg.data_dir.join("chat.db").display()));
+        let store_url = cfg.store_url();
         let store = chat_store::connect(&store_url)
             .await
             .with_context(|| format!("cannot open the store at {store_url}"))?;
@@ -60,11 +76,13 @@ impl App {
             MemoryEphemeral::default().with_recent_cache_bytes(cfg.room.recent_cache_bytes),
         );
         let subjects = Subjects::new(cfg.subject_prefix.clone());
-        let key_path = cfg
-            .jwt_key_file
-            .clone()
-            .unwrap_or_else(|| cfg.data_dir.join("keys").join("jwt-ed25519.pk8"));
-        let key = SigningKey::load_or_generate(&key_path)?;
+        let kek = cfg.kek()?;
+        // The key file of older versions (or the operator's) is the first
+        // key, so the tokens it signed keep verifying after an upgrade.
+        let key_path = cfg.jwt_key_path();
+        let key = chat_auth::keyring::active_key(store.as_ref(), &kek, Some(&key_path))
+            .await
+            .context("cannot load the token signing key")?;
         // In one process the gateway's internal secret never leaves memory.
         let internal_secret =
             uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
@@ -77,6 +95,16 @@ impl App {
             &key,
             cfg.auth.config(Some(internal_secret.clone())),
         );
+        let keys = KeyRing::new(
+            store.clone(),
+            kek,
+            auth.issuer(),
+            auth.verifier(),
+            cfg.auth.key_retire_after(),
+        );
+        keys.sync().await.context("cannot read the signing keys")?;
+        keys.keep_in_sync(cfg.auth.key_poll_interval(), shutdown.clone());
+        let auth = auth.with_key_ring(keys, cfg.auth.keys_unknown_kid_interval());
         let seeded = auth.seed_revocations().await?;
         if seeded > 0 {
             tracing::info!(sessions = seeded, "revocation list restored from the store");

@@ -66,6 +66,10 @@ const OPERATOR_ENV: &[(&str, &str)] = &[
     ("CHAT_INTERNAL_SECRET", OPERATOR_SECRET),
     ("CHAT_REDIS_PASSWORD", "0a1b2c3d4e5f60718293a4b5c6d7e8f9"),
     ("CHAT_NATS_PASSWORD", "9f8e7d6c5b4a39281706f5e4d3c2b1a0"),
+    (
+        "CHAT_KEY_ENCRYPTION_KEY",
+        "5e2a9c0d7f3b1e6a8c4d2f0b9e7a5c3d",
+    ),
 ];
 
 /// [`docker_compose`] with exactly `env` set for the file.

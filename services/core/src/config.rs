@@ -43,26 +43,31 @@ impl BackendArgs {
     /// like a placeholder from a published file (an older
     /// docker-compose.yml shipped `change-me-please-32-characters`).
     pub fn check(&self) -> Result<(), String> {
-        let secret = &self.internal_secret;
-        if secret.len() < 16 {
-            return Err("CHAT_INTERNAL_SECRET must be at least 16 characters".into());
-        }
-        let distinct: std::collections::BTreeSet<char> = secret.chars().collect();
-        let folded: String = secret
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .map(|c| c.to_ascii_lowercase())
-            .collect();
-        let placeholder = PLACEHOLDERS.iter().any(|p| folded.contains(p));
-        if distinct.len() < 8 || placeholder {
-            return Err(
-                "CHAT_INTERNAL_SECRET looks like a placeholder: generate a random one \
-                 (e.g. `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'`)"
-                    .into(),
-            );
-        }
-        Ok(())
+        check_secret("CHAT_INTERNAL_SECRET", &self.internal_secret, 16)
     }
+}
+
+/// Refuses a weak secret named `name` (its environment variable): shorter
+/// than `min_len`, with few distinct characters, or reading like a
+/// placeholder from a published file.
+pub fn check_secret(name: &str, secret: &str, min_len: usize) -> Result<(), String> {
+    if secret.len() < min_len {
+        return Err(format!("{name} must be at least {min_len} characters"));
+    }
+    let distinct: std::collections::BTreeSet<char> = secret.chars().collect();
+    let folded: String = secret
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let placeholder = PLACEHOLDERS.iter().any(|p| folded.contains(p));
+    if distinct.len() < 8 || placeholder {
+        return Err(format!(
+            "{name} looks like a placeholder: generate a random one \
+             (e.g. `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'`)"
+        ));
+    }
+    Ok(())
 }
 
 /// Words of placeholder secrets (compared lowercased, letters and digits

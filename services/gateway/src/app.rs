@@ -52,6 +52,9 @@ pub struct Config {
     pub gateway: GatewayArgs,
 
     #[command(flatten)]
+    pub keys: chat_authn::KeyRefreshArgs,
+
+    #[command(flatten)]
     pub http: chat_core::config::HttpArgs,
 
     /// Seconds to wait for connections to close on shutdown.
@@ -102,12 +105,16 @@ impl App {
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
             .await
             .context("cannot reach Redis")?;
-        let first_auth = cfg.auth_url.first().cloned().unwrap_or_default();
-        let keys = chat_authn::fetch_public_keys(&first_auth, Duration::from_secs(60))
+        let keys = chat_authn::fetch_public_keys_from(&cfg.auth_url, Duration::from_secs(60))
             .await
-            .with_context(|| format!("cannot fetch public keys from auth at {first_auth}"))?;
-        let verifier =
-            Verifier::new(&keys, ephemeral.clone()).with_internal_secret(&b.internal_secret);
+            .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
+        let verifier = Verifier::new(&keys, ephemeral.clone())
+            .with_internal_secret(&b.internal_secret)
+            .with_key_source(
+                std::sync::Arc::new(chat_authn::AuthKeys::new(cfg.auth_url.clone())),
+                cfg.keys.unknown_kid_interval(),
+            );
+        verifier.keep_keys_fresh(cfg.keys.refresh_every(), shutdown.clone());
         let backends = Backends::new(
             balanced_channel(&cfg.auth_url)?,
             balanced_channel(&cfg.room_url)?,

@@ -22,15 +22,28 @@ pub struct Config {
     #[command(flatten)]
     pub backends: BackendArgs,
 
-    /// auth's gRPC URL, to fetch the token-verifying public keys at start.
-    #[arg(long, env = "CHAT_AUTH_URL", default_value = "http://127.0.0.1:50061")]
-    pub auth_url: String,
+    /// auth's gRPC URL(s), comma-separated, to fetch the token-verifying
+    /// public keys from (each is tried in turn).
+    #[arg(
+        long,
+        env = "CHAT_AUTH_URL",
+        default_value = "http://127.0.0.1:50061",
+        value_delimiter = ','
+    )]
+    pub auth_url: Vec<String>,
+
+    #[command(flatten)]
+    pub keys: chat_authn::KeyRefreshArgs,
 
     #[command(flatten)]
     pub room: RoomArgs,
 }
 
-pub struct App(GrpcProcess);
+pub struct App {
+    process: GrpcProcess,
+    verifier: Verifier,
+    refresh_keys: Duration,
+}
 
 impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
@@ -45,17 +58,21 @@ impl App {
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
             .await
             .context("cannot reach Redis")?;
-        let keys = chat_authn::fetch_public_keys(&cfg.auth_url, Duration::from_secs(60))
+        let keys = chat_authn::fetch_public_keys_from(&cfg.auth_url, Duration::from_secs(60))
             .await
-            .with_context(|| format!("cannot fetch public keys from auth at {}", cfg.auth_url))?;
-        let verifier =
-            Verifier::new(&keys, ephemeral.clone()).with_internal_secret(&b.internal_secret);
+            .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
+        let verifier = Verifier::new(&keys, ephemeral.clone())
+            .with_internal_secret(&b.internal_secret)
+            .with_key_source(
+                std::sync::Arc::new(chat_authn::AuthKeys::new(cfg.auth_url.clone())),
+                cfg.keys.unknown_kid_interval(),
+            );
         let svc = RoomSvc::new(
             store.clone(),
             bus.clone(),
             ephemeral.clone(),
             chat_bus::Subjects::new(b.subject_prefix.clone()),
-            verifier,
+            verifier.clone(),
             cfg.room.config(),
         );
         let routes = chat_proto::with_reflection(
@@ -68,19 +85,25 @@ impl App {
             chat_bus::ready_check(bus),
             chat_ephemeral::ready_check(ephemeral),
         ];
-        Ok(App(GrpcProcess::bind(&cfg.listen, routes, checks).await?))
+        Ok(App {
+            process: GrpcProcess::bind(&cfg.listen, routes, checks).await?,
+            verifier,
+            refresh_keys: cfg.keys.refresh_every(),
+        })
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
-        self.0.grpc_addr()
+        self.process.grpc_addr()
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.0.http_addr()
+        self.process.http_addr()
     }
 
     /// Serves until `stop`; in-flight calls finish first.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
-        self.0.run(stop).await.map_err(|e| anyhow::anyhow!(e))
+        self.verifier
+            .keep_keys_fresh(self.refresh_keys, stop.clone());
+        self.process.run(stop).await.map_err(|e| anyhow::anyhow!(e))
     }
 }

@@ -109,6 +109,21 @@ pub trait Store: Send + Sync + 'static {
     /// start-up, so a restart does not revive a logged-out access token).
     async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<SessionId>>;
 
+    // ---- token signing keys ----
+
+    /// Every signing key not retired (the active one and those still
+    /// verifying), oldest first.
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>>;
+    /// Adds a key in its state. `AlreadyExists` if the kid is known, or if
+    /// the key is active and another one is (so that replicas creating the
+    /// first key at once agree on one).
+    async fn add_signing_key(&self, key: &StoredSigningKey) -> Result<()>;
+    /// Makes `key` the active key; the one active until now starts
+    /// retiring at `now`. `AlreadyExists` if a concurrent rotation won.
+    async fn rotate_signing_key(&self, key: &StoredSigningKey, now: i64) -> Result<()>;
+    /// Retires keys that started retiring before `before`; how many.
+    async fn retire_signing_keys(&self, before: i64) -> Result<u64>;
+
     // ---- rooms and memberships ----
 
     /// Creates the room with `owner` as its first member (role owner).

@@ -281,3 +281,59 @@ pub enum EventKind {
         at: i64,
     },
 }
+
+/// Where a token signing key is in its life: `Active` signs new tokens (at
+/// most one is), `Retiring` no longer signs but still verifies the tokens
+/// it signed until they expired, `Retired` is kept for the record only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    Retiring,
+    Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Retiring => "retiring",
+            KeyState::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(KeyState::Active),
+            "retiring" => Some(KeyState::Retiring),
+            "retired" => Some(KeyState::Retired),
+            _ => None,
+        }
+    }
+}
+
+/// A token signing key as the store keeps it: the private half only
+/// sealed (auth seals and opens it with its key-encryption key; the store
+/// never sees it in the clear).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSigningKey {
+    pub kid: String,
+    /// The raw Ed25519 public key.
+    pub public_key: Vec<u8>,
+    /// The PKCS#8 private key, sealed.
+    pub private_sealed: Vec<u8>,
+    pub created_at: i64,
+    pub state: KeyState,
+    /// When it stopped signing (`Retiring` and `Retired`).
+    pub retiring_at: Option<i64>,
+}
+
+impl std::fmt::Debug for StoredSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSigningKey")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .field("state", &self.state)
+            .field("retiring_at", &self.retiring_at)
+            .finish_non_exhaustive()
+    }
+}

@@ -7,11 +7,11 @@ use chat_core::{RoomId, Seq, SessionId, UserId};
 
 use crate::backend::Backend;
 use crate::sql::log;
-use crate::sql::{roles, rooms, sessions, stmt, users};
+use crate::sql::{keys, roles, rooms, sessions, stmt, users};
 use crate::{
     Ban, EditMessage, Event, MemberProfile, Membership, Message, NewMessage, NewRoom, NewSession,
-    NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, SessionLimits, Store, User,
-    UserAuth, UserRoom,
+    NewUser, Result, Role, Room, RoomPatch, RotateOutcome, Session, SessionLimits, Store,
+    StoredSigningKey, User, UserAuth, UserRoom,
 };
 
 #[async_trait]
@@ -91,6 +91,24 @@ impl<B: Backend> Store for B {
 
     async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<SessionId>> {
         sessions::revoked_since(self, since).await
+    }
+
+    // ---- token signing keys ----
+
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>> {
+        keys::list(self).await
+    }
+
+    async fn add_signing_key(&self, key: &StoredSigningKey) -> Result<()> {
+        keys::add(self, key).await
+    }
+
+    async fn rotate_signing_key(&self, key: &StoredSigningKey, now: i64) -> Result<()> {
+        keys::rotate(self, key, now).await
+    }
+
+    async fn retire_signing_keys(&self, before: i64) -> Result<u64> {
+        keys::retire(self, before).await
     }
 
     // ---- rooms and memberships ----

@@ -328,6 +328,7 @@ async fn replicas_starting_at_once_migrate_one_fresh_schema_once() {
                 "refresh_tokens",
                 "rooms",
                 "sessions",
+                "signing_keys",
                 "users"
             ]
         );

@@ -208,6 +208,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         format!("--session-max-age-secs={}", a.session_max_age_secs),
         format!("--session-idle-secs={}", a.session_idle_secs),
         format!("--signup-limit={}", a.signup_limit),
+        format!("--key-poll-interval-secs={}", a.key_poll_interval_secs),
     ];
     if let Some(q) = a.hash_queue {
         auth_args.push(format!("--hash-queue={q}"));
@@ -644,6 +645,39 @@ impl TestApp {
         ws_connect_anonymous(&self.ws_url)
             .await
             .expect("the WebSocket upgrade is accepted")
+    }
+
+    /// Makes a new token signing key active, as an operator would: `chat
+    /// rotate-key` on the data dir, or `auth rotate-key` with the
+    /// cluster's environment. The new key's kid.
+    pub async fn rotate_signing_key(&self) -> String {
+        if let Some(c) = &self.cluster {
+            let (program, env) = {
+                let c = c.lock().expect("cluster lock");
+                (c.auth.program.clone(), c.auth.env.clone())
+            };
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(program)
+                    .arg("rotate-key")
+                    .envs(env)
+                    .output()
+                    .expect("auth rotate-key runs")
+            })
+            .await
+            .expect("rotate-key");
+            assert!(
+                out.status.success(),
+                "auth rotate-key failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            return stdout.lines().last().unwrap_or_default().trim().to_owned();
+        }
+        let mut cfg = test_config(self.dir.path());
+        (self.tweak)(&mut cfg);
+        within("chat rotate-key", chat::rotate_key(&cfg, None))
+            .await
+            .expect("chat rotate-key")
     }
 
     /// Stops the server: cancels its token and waits for `run` to return.

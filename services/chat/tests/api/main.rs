@@ -10,6 +10,7 @@ mod cluster;
 mod durability;
 mod edge;
 mod helpers;
+mod keys;
 mod messages;
 mod reflection;
 mod roles;

@@ -270,9 +270,15 @@ impl Cluster {
             ("CHAT_SUBJECT_PREFIX".to_owned(), format!("t{id}")),
             ("CHAT_KEY_PREFIX".to_owned(), format!("t{id}")),
             ("CHAT_INTERNAL_SECRET".to_owned(), secret),
+            // Auth replicas share their signing keys through the store,
+            // sealed with this key-encryption key.
             (
-                "CHAT_JWT_KEY_FILE".to_owned(),
-                dir.path().join("jwt.pk8").display().to_string(),
+                "CHAT_KEY_ENCRYPTION_KEY".to_owned(),
+                format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                ),
             ),
             ("CHAT_ARGON2_MEMORY_KIB".to_owned(), "256".to_owned()),
             ("CHAT_ARGON2_ITERATIONS".to_owned(), "1".to_owned()),

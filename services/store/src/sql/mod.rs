@@ -23,6 +23,7 @@
 //! `sqlx::query` does.
 
 pub(crate) mod event;
+pub(crate) mod keys;
 pub(crate) mod log;
 pub(crate) mod roles;
 pub(crate) mod rooms;

@@ -26,8 +26,10 @@ use chat_store::{
 };
 use uuid::Uuid;
 
+mod keys;
 mod roles;
 mod sessions;
+pub use keys::*;
 pub use roles::*;
 pub use sessions::*;
 
@@ -60,6 +62,7 @@ macro_rules! for_each_case {
             concurrent_transfers_leave_exactly_one_owner,
             a_ban_ends_the_membership_and_keeps_the_user_out,
             a_deleted_owner_hands_each_room_to_its_next_member,
+            signing_keys_have_one_active_key_and_rotate,
         }
     };
 }
