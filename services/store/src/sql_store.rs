@@ -93,6 +93,15 @@ impl<B: Backend> Store for B {
         sessions::revoked_since(self, since).await
     }
 
+    async fn ended_sessions(
+        &self,
+        ids: &[SessionId],
+        limits: SessionLimits,
+        now: i64,
+    ) -> Result<Vec<SessionId>> {
+        sessions::ended(self, ids, limits, now).await
+    }
+
     // ---- rooms and memberships ----
 
     async fn create_room(&self, room: &NewRoom, owner: UserId) -> Result<Room> {
