@@ -30,7 +30,7 @@ pub struct Config {
     pub auth: AuthArgs,
 }
 
-pub struct App(GrpcProcess);
+pub struct App(GrpcProcess, CancellationToken);
 
 impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
@@ -46,15 +46,19 @@ impl App {
             .await
             .context("cannot reach Redis")?;
         let key = SigningKey::load_or_generate(&cfg.jwt_key_file)?;
+        let auth_cfg = cfg.auth.config(Some(b.internal_secret.clone()));
+        let svc_reseed_check = auth_cfg.reseed_check;
         let svc = AuthSvc::new(
             store.clone(),
             ephemeral.clone(),
             bus.clone(),
             chat_bus::Subjects::new(b.subject_prefix.clone()),
             &key,
-            cfg.auth.config(Some(b.internal_secret.clone())),
+            auth_cfg,
         );
         svc.seed_revocations().await?;
+        let stop_reseeder = CancellationToken::new();
+        svc.spawn_reseeder(svc_reseed_check, stop_reseeder.clone());
         let routes = chat_proto::with_reflection(
             tonic::service::Routes::new(AuthServiceServer::new(svc)),
             &[chat_proto::AUTH_SERVICE],
@@ -65,7 +69,10 @@ impl App {
             chat_bus::ready_check(bus),
             chat_ephemeral::ready_check(ephemeral),
         ];
-        Ok(App(GrpcProcess::bind(&cfg.listen, routes, checks).await?))
+        Ok(App(
+            GrpcProcess::bind(&cfg.listen, routes, checks).await?,
+            stop_reseeder,
+        ))
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
@@ -78,6 +85,7 @@ impl App {
 
     /// Serves until `stop`; in-flight calls finish first.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let _stop_reseeder = self.1.drop_guard();
         self.0.run(stop).await.map_err(|e| anyhow::anyhow!(e))
     }
 }
