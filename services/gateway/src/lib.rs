@@ -74,6 +74,9 @@ pub struct GatewayConfig {
     /// A WebSocket that sends nothing, not even a pong, for this long is
     /// dropped.
     pub ws_idle_timeout: Duration,
+    /// How often every open WebSocket's session is re-checked with auth
+    /// (the store); zero: only after a bus reconnect.
+    pub session_check_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -97,9 +100,13 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             ws_ping_interval: Duration::from_secs(30),
             ws_idle_timeout: Duration::from_secs(75),
+            session_check_interval: Duration::from_millis(DEFAULT_SESSION_CHECK_MS),
         }
     }
 }
+
+/// See `--ws-session-check-ms`.
+pub const DEFAULT_SESSION_CHECK_MS: u64 = 60_000;
 
 pub use chat_core::health::ReadyCheck;
 
@@ -152,6 +159,17 @@ impl Gateway {
             cfg.rpc_timeout,
         )));
         let publisher = chat_bus::Publisher::new(bus.clone(), subjects.clone());
+        let conns = ws::registry::Registry::new(bus.clone(), subjects.clone());
+        let rechecks = ws::recheck::Rechecks {
+            registry: conns.clone(),
+            auth: ws::recheck::AuthSessions {
+                auth: backends.auth.clone(),
+                internal_secret: cfg.internal_secret.clone(),
+                rpc_timeout: cfg.rpc_timeout,
+            },
+            every: cfg.session_check_interval,
+        };
+        tokio::spawn(rechecks.run(bus.reconnects(), shutdown.clone()));
         Self {
             inner: Arc::new(Inner {
                 metrics: metrics.clone(),
@@ -165,7 +183,7 @@ impl Gateway {
                         factor: cfg.fanout_linger_factor,
                     },
                 )),
-                conns: ws::registry::Registry::new(bus.clone(), subjects.clone()),
+                conns,
                 presence: ws::presence::Presence::new(
                     api.clone(),
                     publisher.clone(),
@@ -322,6 +340,17 @@ pub struct GatewayArgs {
           value_parser = client_addr::parse_trusted)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// How often, in milliseconds, every open WebSocket's session is
+    /// re-checked with auth against the store (one call per 5000 sessions
+    /// for the whole gateway); a socket whose session was revoked or
+    /// outlived its lifetime is closed with 4001. Revocation notices on the
+    /// bus close sockets at once; this catches the ones that were lost. Keep
+    /// it at most the access-token lifetime (`--access-token-ttl`), which
+    /// bounds how long the revocation list remembers a revocation. 0: only
+    /// after a bus reconnect (which always re-checks).
+    #[arg(long, env = "CHAT_WS_SESSION_CHECK_MS", default_value_t = DEFAULT_SESSION_CHECK_MS)]
+    pub ws_session_check_ms: u64,
+
     /// Deadline of each call to auth and room, in milliseconds.
     #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
@@ -346,6 +375,7 @@ impl GatewayArgs {
             trusted_proxies: self.trusted_proxies.clone(),
             ws_ping_interval: Duration::from_millis(self.ws_ping_interval_ms),
             ws_idle_timeout: Duration::from_millis(self.ws_idle_timeout_ms),
+            session_check_interval: Duration::from_millis(self.ws_session_check_ms),
             allowed_origins: self
                 .ws_allowed_origins
                 .iter()

@@ -12,6 +12,7 @@ mod edge;
 mod helpers;
 mod messages;
 mod reflection;
+mod revocation;
 mod roles;
 mod rooms;
 mod sessions;

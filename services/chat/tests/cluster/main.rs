@@ -13,4 +13,5 @@ mod helpers;
 mod admin;
 mod failover;
 mod gaps;
+mod revocation;
 mod tools;
