@@ -319,3 +319,49 @@ async fn revoked_tokens_stay_refused_after_redis_loses_the_revocation_list() {
         .expect_error(401, "unauthorized");
     app.get("/api/v1/users/me", &other).await.expect(200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_tokens_stay_refused_while_redis_is_down() {
+    // A Redis of the test's own, to stop.
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    within("redis-server to listen", async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut opts = cluster_options(|_| {});
+    opts.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+    let app = cluster_app(opts).await;
+    let alice = app.signup("alice").await;
+    let (other, _) = app.new_session(&alice).await;
+    let r = app
+        .post("/api/v1/auth/logout", &alice.access, json!({}))
+        .await;
+    assert_eq!(r.status.as_u16(), 204);
+
+    let _ = redis.kill();
+    let _ = redis.wait();
+    // The store still knows: the revoked token is refused, not trusted.
+    let r = app.get("/api/v1/users/me", &alice.access).await;
+    assert_eq!(r.status.as_u16(), 401, "{}", r.text);
+    // And a live session keeps working, from the store.
+    app.get("/api/v1/users/me", &other).await.expect(200);
+}
