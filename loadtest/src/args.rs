@@ -295,6 +295,21 @@ pub enum Command {
     /// prints JSON lines on stdout.
     #[command(hide = true)]
     Worker,
+    /// Revocation under faults: signs up --users users with one socket
+    /// each through --url, logs them all out after --logout-after seconds
+    /// and counts the sockets still open --watch seconds later (must be
+    /// 0). `loadtest/chaos.sh` runs it during each fault.
+    Revoke {
+        /// Users (sessions), one socket each.
+        #[arg(long, default_value_t = 20)]
+        users: usize,
+        /// Seconds before every user logs out.
+        #[arg(long, default_value_t = 10.0)]
+        logout_after: f64,
+        /// Seconds after the logouts before open sockets are counted.
+        #[arg(long, default_value_t = 15.0)]
+        watch: f64,
+    },
     /// Measures the cost of the receive path's frame scanner against
     /// serde_json (ns per frame).
     #[command(hide = true)]

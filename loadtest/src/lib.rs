@@ -21,7 +21,7 @@
 //! 3. [`setup`] and `merge` (plan);
 //! 4. [`shard`] (clock, hist, os, peers, plan, scan, seqcheck, ws; its
 //!    own parts are ordered in its docs);
-//! 5. [`workers`] (clock, os, plan, shard);
+//! 5. [`workers`] (clock, os, plan, shard); [`revoke`] (os, ws);
 //! 6. this root, [`run`]: all of them. `main` calls the root, [`os`]
 //!    and [`clock`].
 
@@ -34,6 +34,7 @@ pub mod peers;
 pub mod plan;
 pub mod procfs;
 pub mod report;
+pub mod revoke;
 pub mod scan;
 pub mod seqcheck;
 pub mod setup;
@@ -356,6 +357,7 @@ pub async fn run(args: Args) -> Result<Report> {
         server_rss_bytes_max: server.rss_max,
         server_cpu_percent: t.server_cpu,
         loadtest_cpu_percent: t.own_cpu,
+        connections_open_at_end: t.open_at_end,
         ..Report::default()
     };
     let mut recovery = Hist::new();
@@ -388,7 +390,7 @@ pub async fn run(args: Args) -> Result<Report> {
     r.reconnects = total.reconnects;
     r.latency_ms = total.latency.summary();
     r.ack_latency_ms = total.ack_latency.summary();
-    if args.scenario == Scenario::Reconnect {
+    if args.scenario == Scenario::Reconnect || total.reconnects > 0 {
         r.recovery_ms = Some(recovery.summary());
     }
     if t.window_s > 0.0 {
@@ -410,6 +412,8 @@ struct Times {
     window_s: f64,
     server_cpu: f64,
     own_cpu: f64,
+    /// Connections open when the drain ended (before the final close).
+    open_at_end: u64,
 }
 
 /// From connecting to the shards' final figures.
@@ -582,6 +586,7 @@ async fn drive(
 
     // 4. Count what is missing, close, collect.
     let total = agg.total();
+    let open_at_end = total.open;
     let max_seq = if args.protocol.is_peer() {
         total.max_n_per_sender
     } else {
@@ -605,6 +610,7 @@ async fn drive(
             window_s,
             server_cpu: procfs::cpu_percent(s0, s1).unwrap_or(0.0),
             own_cpu: procfs::cpu_percent(m0, m1).unwrap_or(0.0),
+            open_at_end,
         },
     ))
 }

@@ -19,6 +19,11 @@ fn main() -> ExitCode {
             loadtest::scan::bench(frames);
             return ExitCode::SUCCESS;
         }
+        Some(Command::Revoke {
+            users,
+            logout_after,
+            watch,
+        }) => return revoke(&args, users, logout_after, watch),
         None => {}
     }
     let soft = loadtest::os::raise_nofile_limit();
@@ -69,6 +74,53 @@ fn main() -> ExitCode {
             "loadtest: FAIL: {} lost, {} duplicated, {} out of order, {} connections failed",
             report.lost, report.duplicated, report.out_of_order, report.connect_failures
         );
+        ExitCode::from(1)
+    }
+}
+
+/// `loadtest revoke`: see [`loadtest::revoke`].
+fn revoke(args: &Args, users: usize, logout_after: f64, watch: f64) -> ExitCode {
+    let probe = loadtest::revoke::Probe {
+        url: args.url.first().cloned().unwrap_or_default(),
+        users,
+        logout_after: std::time::Duration::from_secs_f64(logout_after.max(0.0)),
+        watch: std::time::Duration::from_secs_f64(watch.max(0.0)),
+        password: args.password.clone(),
+        run_id: args
+            .run_id
+            .clone()
+            .unwrap_or_else(|| format!("{:x}", loadtest::clock::now_us() & 0xff_ffff_ffff)),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match rt.block_on(loadtest::revoke::run(probe)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadtest revoke: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}", report.line());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            eprintln!("loadtest: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::from(1)
     }
 }

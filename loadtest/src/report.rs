@@ -65,6 +65,9 @@ pub struct Report {
     pub reconnect_errors: BTreeMap<String, u64>,
     /// Server-initiated closes (and 1006 for a lost connection) by code.
     pub closes: BTreeMap<String, u64>,
+    /// Connections open at the end of the drain: after closes and
+    /// reconnects, how many were back.
+    pub connections_open_at_end: u64,
 
     pub server_pids: Vec<u32>,
     pub server_rss_bytes_baseline: u64,

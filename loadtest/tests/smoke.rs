@@ -234,3 +234,25 @@ async fn a_server_that_is_not_there_is_a_clear_error() {
         "{e:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_finds_every_logged_out_socket_closed() {
+    let server = Server::start().await;
+    let r = loadtest::revoke::run(loadtest::revoke::Probe {
+        url: server.url.clone(),
+        users: 5,
+        logout_after: std::time::Duration::from_millis(500),
+        watch: std::time::Duration::from_secs(5),
+        password: "loadtest-password".into(),
+        run_id: "smoke".into(),
+    })
+    .await
+    .expect("the probe runs");
+    eprintln!("{}", r.line());
+    assert_eq!(r.open_at_logout, 5, "every socket was open: {:?}", r.drops);
+    assert_eq!(r.logged_out, 5);
+    assert_eq!(r.closed_4001, 5, "each closed with 4001: {:?}", r.drops);
+    assert_eq!(r.still_open, 0);
+    assert!(r.passed);
+    server.stop().await;
+}

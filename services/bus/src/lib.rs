@@ -8,11 +8,14 @@
 //!   revoked, room joined).
 //!
 //! Delivery is at most once: a subscriber may miss a payload (a lagging
-//! in-process receiver, a NATS reconnect). Sequenced events carry their `seq`,
-//! so a gap is visible and the gateway backfills it from the store. A gap at
-//! the *end* of a room (the last events before a quiet spell) shows no gap
-//! until the next event, so after a reconnect ([`Bus::reconnects`]) the
-//! gateway re-checks every room it follows.
+//! in-process receiver, a NATS reconnect, a lost publish). Sequenced events
+//! carry their `seq`, so a gap is visible and the gateway backfills it from
+//! the store. A loss at the *end* of a room (the last events before a quiet
+//! spell) shows no gap until the next event, so the gateway does not rely on
+//! the bus for it: it re-checks every room it follows after a reconnect
+//! ([`Bus::reconnects`]), and its tail check asks room where each room's log
+//! ends every `--tail-check-ms` (one batched `LastSeqs` call) and backfills
+//! what the bus lost, whatever the cause.
 //!
 //! Events go out through one [`Publisher`], which builds and encodes the
 //! `BusEvent` and logs and counts what could not be sent.

@@ -87,6 +87,22 @@ pub trait Ephemeral: Send + Sync + 'static {
     async fn connections(&self, user: UserId) -> Result<u32>;
     /// Which of `users` have an open connection.
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>>;
+    /// Tells the store that this process (a gateway) and so its users'
+    /// connections are alive for `ttl` more; call it every interval well
+    /// under `ttl`. Past `ttl` without one, the gateway is deemed crashed:
+    /// its users show offline and [`Ephemeral::reap_presence`] returns them.
+    /// Also rewrites the gateway's presence when the store lost it. A no-op
+    /// in process (one process cannot outlive its own connections).
+    async fn presence_heartbeat(&self, _ttl: Duration) -> Result<()> {
+        Ok(())
+    }
+    /// Forgets up to `max_users` connections of one crashed gateway (whose
+    /// heartbeat ended); `None` when there is none, else the users that now
+    /// have no connection anywhere (each returned once, to whichever
+    /// process asked first), to be announced offline.
+    async fn reap_presence(&self, _max_users: usize) -> Result<Option<Vec<UserId>>> {
+        Ok(None)
+    }
 
     /// Caches encoded events of `room`'s log (the recent-event cache; a copy,
     /// never the truth). Each `(seq, bytes)` replaces whatever the room had

@@ -6,7 +6,8 @@
 //! check never fails open: when the list cannot answer (the ephemeral store
 //! is unreachable, or was flushed or restarted empty and not re-seeded yet)
 //! it asks the [`SessionSource`] (the store, directly or through auth).
-//! Everything else passes through unchanged.
+//! Everything else passes through unchanged (every method of the trait is
+//! forwarded, defaulted ones included: a new one must be added here too).
 
 use crate::{Ephemeral, EphemeralError, RateDecision, Result};
 use async_trait::async_trait;
@@ -108,6 +109,14 @@ impl Ephemeral for Revocations {
 
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>> {
         self.cache.online(users).await
+    }
+
+    async fn presence_heartbeat(&self, ttl: Duration) -> Result<()> {
+        self.cache.presence_heartbeat(ttl).await
+    }
+
+    async fn reap_presence(&self, max_users: usize) -> Result<Option<Vec<UserId>>> {
+        self.cache.reap_presence(max_users).await
     }
 
     async fn cache_events(&self, room: RoomId, events: &[(Seq, Bytes)], keep: usize) -> Result<()> {

@@ -69,16 +69,22 @@ async fn keys_live_under_the_prefix_with_expiries() {
         (until - now_ms - 60_000.0).abs() < 10_000.0,
         "the revocation ends with its TTL: {until} vs now {now_ms}"
     );
-    for k in [format!("{p}:rl:login:x"), format!("{p}:conns:{u}")] {
+    for k in [format!("{p}:rl:login:x")] {
         let ttl: i64 = c.pttl(&k).await.unwrap();
         assert!(ttl > 0, "{k} must exist and expire (pttl {ttl})");
         keys.push(k);
     }
-    let conns_ttl: i64 = c.pttl(&keys[1]).await.unwrap();
-    assert!(
-        conns_ttl > 3_600_000,
-        "presence must outlive an hour: {conns_ttl}"
-    );
+    // Presence: counts per gateway and per user, without expiry (the
+    // heartbeat, not a TTL, says whether they are current).
+    let gw = e.gateway_id();
+    for k in [
+        format!("{p}:pres:u:{u}"),
+        format!("{p}:pres:gw:{gw}"),
+        format!("{p}:pres:gws"),
+    ] {
+        let ttl: i64 = c.pttl(&k).await.unwrap();
+        assert_eq!(ttl, -1, "{k} must exist without an expiry");
+    }
 
     // Another prefix sees none of it.
     let other = store(&prefix()).await;
@@ -207,19 +213,111 @@ async fn a_rooms_event_cache_expires_after_its_last_write() {
     assert!(e.cached_events(room, 0, 10).await.unwrap().is_empty());
 }
 
+/// Heartbeats from `e` every 200 ms for `how_long`.
+async fn beat_for(e: &RedisEphemeral, ttl: Duration, how_long: Duration) {
+    let end = Instant::now() + how_long;
+    while Instant::now() < end {
+        e.presence_heartbeat(ttl).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
-async fn a_crashed_gateways_users_go_offline_after_the_presence_ttl() {
+async fn a_crashed_gateways_users_go_offline_and_are_reaped_once() {
     let p = prefix();
-    let crashed = store(&p).await.with_presence_ttl(Duration::from_secs(2));
-    let alive = store(&p).await;
-    let u = UserId::new();
+    let ttl = Duration::from_secs(1);
+    let (crashed, alive, other) = (store(&p).await, store(&p).await, store(&p).await);
+    let (u, v) = (UserId::new(), UserId::new());
+    crashed.presence_heartbeat(ttl).await.unwrap();
+    alive.presence_heartbeat(ttl).await.unwrap();
     crashed.connection_opened(u).await.unwrap();
-    drop(crashed); // never closes its connection
-    assert_eq!(alive.online(&[u]).await.unwrap(), vec![true]);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(alive.online(&[u]).await.unwrap(), vec![false]);
+    crashed.connection_opened(v).await.unwrap();
+    assert_eq!(alive.connection_opened(v).await.unwrap(), 2);
+    assert_eq!(alive.online(&[u, v]).await.unwrap(), vec![true, true]);
+    assert_eq!(alive.reap_presence(100).await.unwrap(), None);
+
+    drop(crashed); // never closes its connections, never beats again
+    beat_for(&alive, ttl, Duration::from_millis(1600)).await;
+    // Shown offline as soon as the heartbeat ended, before any reaping.
+    assert_eq!(alive.online(&[u, v]).await.unwrap(), vec![false, true]);
+    assert_eq!(alive.connections(v).await.unwrap(), 1);
+    // One reaper gets the user left with no connection; nobody gets v.
+    assert_eq!(alive.reap_presence(100).await.unwrap(), Some(vec![u]));
+    assert_eq!(other.reap_presence(100).await.unwrap(), None);
+    assert_eq!(alive.reap_presence(100).await.unwrap(), None);
+    assert_eq!(alive.online(&[u, v]).await.unwrap(), vec![false, true]);
     // A late close does not go negative.
     assert_eq!(alive.connection_closed(u).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_big_crashed_gateway_is_reaped_in_batches() {
+    let p = prefix();
+    let ttl = Duration::from_millis(500);
+    let (crashed, alive) = (store(&p).await, store(&p).await);
+    crashed.presence_heartbeat(ttl).await.unwrap();
+    let users: Vec<UserId> = (0..250).map(|_| UserId::new()).collect();
+    for u in &users {
+        crashed.connection_opened(*u).await.unwrap();
+    }
+    drop(crashed);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut reaped = Vec::new();
+    let mut calls = 0;
+    while let Some(batch) = alive.reap_presence(100).await.unwrap() {
+        calls += 1;
+        assert!(calls < 50, "reaping must end");
+        reaped.extend(batch);
+    }
+    assert!(calls >= 3, "batches of about 100: {calls}");
+    reaped.sort();
+    let mut want = users.clone();
+    want.sort();
+    assert_eq!(reaped, want);
+}
+
+#[tokio::test]
+async fn a_connection_open_longer_than_the_presence_ttl_stays_online() {
+    let e = store(&prefix()).await;
+    let ttl = Duration::from_secs(1);
+    let u = UserId::new();
+    e.presence_heartbeat(ttl).await.unwrap();
+    e.connection_opened(u).await.unwrap();
+    beat_for(&e, ttl, Duration::from_millis(2500)).await;
+    assert_eq!(
+        e.online(&[u]).await.unwrap(),
+        vec![true],
+        "the connection is open"
+    );
+    assert_eq!(e.reap_presence(100).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn presence_lost_in_redis_is_rewritten_at_the_next_heartbeat() {
+    let p = prefix();
+    let e = store(&p).await;
+    let ttl = Duration::from_secs(5);
+    let (u, v) = (UserId::new(), UserId::new());
+    e.presence_heartbeat(ttl).await.unwrap();
+    e.connection_opened(u).await.unwrap();
+    e.connection_opened(u).await.unwrap();
+    e.connection_opened(v).await.unwrap();
+    e.connection_closed(v).await.unwrap();
+    // Redis loses the prefix (a restart without persistence).
+    let keys: Vec<String> = e
+        .client()
+        .custom(
+            fred::types::CustomCommand::new_static("KEYS", None, false),
+            vec![format!("{p}:*")],
+        )
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    e.client().del::<(), _>(keys).await.unwrap();
+    assert_eq!(e.online(&[u]).await.unwrap(), vec![false]);
+    e.presence_heartbeat(ttl).await.unwrap();
+    assert_eq!(e.online(&[u, v]).await.unwrap(), vec![true, false]);
+    assert_eq!(e.connections(u).await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -367,6 +465,10 @@ async fn an_outage_gives_quick_errors_then_recovers() {
     // A fresh server: the state is gone (it is ephemeral), the store works.
     assert_eq!(e.online(&[u]).await.unwrap(), vec![false]);
     assert_eq!(e.connection_opened(u).await.unwrap(), 1);
+    // The next heartbeat rewrites the gateway's presence: three opens
+    // (one of which failed to reach Redis), none closed.
+    e.presence_heartbeat(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(e.connections(u).await.unwrap(), 3);
 }
 
 #[tokio::test]

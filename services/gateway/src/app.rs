@@ -91,6 +91,10 @@ pub struct App {
 impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         cfg.backends.check().map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            cfg.gateway.presence_ttl_secs > cfg.gateway.presence_heartbeat_secs,
+            "--presence-ttl-secs must be more than --presence-heartbeat-secs"
+        );
         let b = &cfg.backends;
         let bus = chat_bus::connect(&b.nats_url)
             .await

@@ -74,6 +74,16 @@ pub struct GatewayConfig {
     /// A WebSocket that sends nothing, not even a pong, for this long is
     /// dropped.
     pub ws_idle_timeout: Duration,
+    /// How often the room hubs check their rooms' log ends with room, to
+    /// deliver events whose publish the bus lost (zero: never).
+    pub tail_check: Duration,
+
+    /// How often this gateway tells the ephemeral store that it (and so
+    /// each of its users) is alive, and looks for crashed gateways.
+    pub presence_heartbeat: Duration,
+    /// A gateway not heard from for this long is deemed crashed: its users
+    /// go offline.
+    pub presence_ttl: Duration,
     /// How often every open WebSocket's session is re-checked with auth
     /// (the store); zero: only after a bus reconnect.
     pub session_check_interval: Duration,
@@ -100,6 +110,10 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             ws_ping_interval: Duration::from_secs(30),
             ws_idle_timeout: Duration::from_secs(75),
+            tail_check: Duration::from_secs(1),
+
+            presence_heartbeat: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(15),
             session_check_interval: Duration::from_millis(DEFAULT_SESSION_CHECK_MS),
         }
     }
@@ -159,6 +173,33 @@ impl Gateway {
             cfg.rpc_timeout,
         )));
         let publisher = chat_bus::Publisher::new(bus.clone(), subjects.clone());
+        let hubs = Arc::new(ws::hub::Hubs::new(
+            bus.clone(),
+            subjects.clone(),
+            api.clone(),
+            metrics.clone(),
+            ws::hub::Linger {
+                max: cfg.fanout_linger,
+                factor: cfg.fanout_linger_factor,
+            },
+        ));
+        if !cfg.tail_check.is_zero() {
+            // Ends with the shutdown (or the hubs); not tracked, so that
+            // draining the connections does not wait for it.
+            tokio::spawn(ws::hub::Hubs::check_tails(
+                Arc::downgrade(&hubs),
+                cfg.tail_check,
+                shutdown.clone(),
+            ));
+        }
+
+        let presence = ws::presence::Presence::new(
+            api.clone(),
+            publisher.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+            ws::presence::MAX_ANNOUNCING,
+        );
         let conns = ws::registry::Registry::new(bus.clone(), subjects.clone());
         let rechecks = ws::recheck::Rechecks {
             registry: conns.clone(),
@@ -170,27 +211,13 @@ impl Gateway {
             every: cfg.session_check_interval,
         };
         tokio::spawn(rechecks.run(bus.reconnects(), shutdown.clone()));
+        presence.keep_alive(ephemeral.clone(), cfg.presence_heartbeat, cfg.presence_ttl);
         Self {
             inner: Arc::new(Inner {
-                metrics: metrics.clone(),
-                hubs: Arc::new(ws::hub::Hubs::new(
-                    bus.clone(),
-                    subjects.clone(),
-                    api.clone(),
-                    metrics,
-                    ws::hub::Linger {
-                        max: cfg.fanout_linger,
-                        factor: cfg.fanout_linger_factor,
-                    },
-                )),
+                metrics,
+                hubs,
                 conns,
-                presence: ws::presence::Presence::new(
-                    api.clone(),
-                    publisher.clone(),
-                    tracker.clone(),
-                    shutdown.clone(),
-                    ws::presence::MAX_ANNOUNCING,
-                ),
+                presence,
                 publisher,
                 api,
                 ws_addrs: chat_core::per_addr::PerAddr::new(cfg.max_sockets_per_addr, Vec::new()),
@@ -351,9 +378,35 @@ pub struct GatewayArgs {
     #[arg(long, env = "CHAT_WS_SESSION_CHECK_MS", default_value_t = DEFAULT_SESSION_CHECK_MS)]
     pub ws_session_check_ms: u64,
 
+    /// How often this gateway refreshes its users' presence in the
+    /// ephemeral store (one batched write per interval, whatever the number
+    /// of connections), in seconds.
+    #[arg(long, env = "CHAT_PRESENCE_HEARTBEAT_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub presence_heartbeat_secs: u64,
+
+    /// A gateway whose heartbeat is this many seconds old is deemed
+    /// crashed: its users show offline and their rooms get `presence`
+    /// events (from another gateway) within about this long after the
+    /// crash. Must be more than --presence-heartbeat-secs (3 times is a
+    /// good value: a heartbeat or two may be late without harm).
+    #[arg(long, env = "CHAT_PRESENCE_TTL_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    pub presence_ttl_secs: u64,
+
     /// Deadline of each call to auth and room, in milliseconds.
     #[arg(long, env = "CHAT_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
+
+    /// How often, in milliseconds, the gateway asks room where the log of
+    /// each room with subscribers here ends (one call for all of them) and
+    /// backfills the rooms whose events the bus lost. The bus loses no gap
+    /// silently except a room's last events; this bounds how late those
+    /// arrive: an acknowledged event reaches every subscribed WebSocket
+    /// within this interval plus one log read. 0 turns the check off (a
+    /// lost last event then waits for the room's next one).
+    #[arg(long, env = "CHAT_TAIL_CHECK_MS", default_value_t = 1000)]
+    pub tail_check_ms: u64,
 }
 
 impl GatewayArgs {
@@ -376,6 +429,10 @@ impl GatewayArgs {
             ws_ping_interval: Duration::from_millis(self.ws_ping_interval_ms),
             ws_idle_timeout: Duration::from_millis(self.ws_idle_timeout_ms),
             session_check_interval: Duration::from_millis(self.ws_session_check_ms),
+            tail_check: Duration::from_millis(self.tail_check_ms),
+
+            presence_heartbeat: Duration::from_secs(self.presence_heartbeat_secs),
+            presence_ttl: Duration::from_secs(self.presence_ttl_secs),
             allowed_origins: self
                 .ws_allowed_origins
                 .iter()

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub frames_in: Counter,
     /// Gaps in a room's seq that a hub filled from the log.
     pub backfills: Counter,
+    pub tail_backfills: Counter,
     /// Connections closed with 4009 because they fell behind.
     pub slow_closes: Counter,
     /// Seconds a hub's pass over its local connections took (from the
@@ -36,6 +37,7 @@ impl Default for Metrics {
             deliveries: Counter::default(),
             frames_in: Counter::default(),
             backfills: Counter::default(),
+            tail_backfills: Counter::default(),
             slow_closes: Counter::default(),
             // 100 µs .. ~3.3 s
             handoff_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -67,6 +69,11 @@ impl Default for Metrics {
             "backfills",
             "Gaps in a room's seq filled from the log by a hub",
             m.backfills.clone(),
+        );
+        registry.register(
+            "tail_backfills",
+            "Rooms the tail check found behind their log's end and backfilled",
+            m.tail_backfills.clone(),
         );
         registry.register(
             "slow_closes",

@@ -67,7 +67,17 @@ pub trait RoomRpc: Send + Sync + 'static {
     ) -> Result<pb::Message, ApiError>;
     /// Moves the user's read marker (only ever forward).
     async fn mark_read(&self, who: &Caller, room: RoomId, seq: Seq) -> Result<(), ApiError>;
+    /// The last seq of each live room of `rooms` (at most
+    /// [`LAST_SEQS_BATCH`]), asked as the gateway: the hubs' tail check.
+    /// Without it (a room API that cannot say), there is no tail check.
+    async fn last_seqs(&self, rooms: &[RoomId]) -> Result<Vec<(RoomId, Seq)>, ApiError> {
+        let _ = rooms;
+        Err(ApiError::unavailable("no LastSeqs here"))
+    }
 }
+
+/// Rooms per `LastSeqs` call (room takes at most this many).
+pub const LAST_SEQS_BATCH: usize = 1000;
 
 /// Events per page of a log read.
 const PAGE: Seq = 200;
@@ -268,6 +278,23 @@ impl RoomRpc for GrpcRoom {
             })
             .await?;
         Ok(r.message.unwrap_or_default())
+    }
+
+    async fn last_seqs(&self, rooms: &[RoomId]) -> Result<Vec<(RoomId, Seq)>, ApiError> {
+        let msg = pb::LastSeqsRequest {
+            room_ids: rooms.iter().map(ToString::to_string).collect(),
+        };
+        let r = self
+            .call(
+                Who::Gateway,
+                msg,
+                |mut c, r| async move { c.last_seqs(r).await },
+            )
+            .await?;
+        Ok(r.rooms
+            .into_iter()
+            .filter_map(|r| Some((RoomId::parse(&r.room_id).ok()?, r.last_seq)))
+            .collect())
     }
 
     async fn mark_read(&self, who: &Caller, room: RoomId, seq: Seq) -> Result<(), ApiError> {

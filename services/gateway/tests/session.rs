@@ -201,6 +201,14 @@ impl RoomRpc for FakeRoom {
     async fn mark_read(&self, _who: &Caller, _room: RoomId, _seq: Seq) -> Result<(), ApiError> {
         Err(ApiError::unavailable("the session never marks read"))
     }
+
+    async fn last_seqs(&self, rooms: &[RoomId]) -> Result<Vec<(RoomId, Seq)>, ApiError> {
+        let st = self.state();
+        Ok(rooms
+            .iter()
+            .filter_map(|r| Some((*r, st.logs.get(r)?.last().map_or(0, |e| e.seq))))
+            .collect())
+    }
 }
 
 /// Event `seq` of `room`, as room publishes it.
@@ -1029,4 +1037,51 @@ async fn a_catch_up_failing_half_way_asks_for_4009_not_an_error_frame() {
         "no error frame: {:?}",
         summary(long, &frames)
     );
+}
+
+/// The bus lost the room's last event and nothing follows it: the tail
+/// check finds the log ahead of the hub, which delivers it, once.
+#[tokio::test]
+async fn a_lost_last_event_reaches_the_client_at_the_tail_check() {
+    let mut h = Harness::new().await;
+    let room = h.room.room(2);
+    h.subscribe_live(room, None).await;
+    h.frames().await;
+    h.publish(room, 3).await;
+    assert_eq!(
+        summary(room, &[h.next_frame().await]),
+        strings(&["message 3"])
+    );
+    // Room commits 4; its publish is lost.
+    h.room.append(room, 4);
+
+    h.hubs.check_tails_once().await;
+    assert_eq!(
+        summary(room, &[h.next_frame().await]),
+        strings(&["message 4"])
+    );
+    h.hubs.check_tails_once().await;
+    assert!(h.frames().await.is_empty(), "no duplicate");
+    assert_eq!(h.session.cursor(room), Some(4));
+}
+
+/// A hub that has delivered nothing counts from where its subscriber found
+/// the log: the tail check delivers what came after, not the history.
+#[tokio::test]
+async fn a_hub_that_delivered_nothing_backfills_from_the_subscribe_time_end() {
+    let mut h = Harness::new().await;
+    let room = h.room.room(5);
+    h.subscribe_live(room, None).await;
+    h.frames().await;
+    h.hubs.check_tails_once().await;
+    assert!(h.frames().await.is_empty(), "nothing new, nothing sent");
+    // Room commits 6; its publish is lost.
+    h.room.append(room, 6);
+
+    h.hubs.check_tails_once().await;
+    assert_eq!(
+        summary(room, &[h.next_frame().await]),
+        strings(&["message 6"])
+    );
+    assert!(h.frames().await.is_empty(), "no duplicate");
 }

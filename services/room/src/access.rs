@@ -1,7 +1,8 @@
 //! Who may do what in a room: the caller, from the request's token or a
 //! gateway's assertion, and the room with the caller's membership and role.
 //! Every handler starts here; a private room is `not_found` to outsiders.
-//! Only `ListEvents` also takes the gateway calling as itself.
+//! Only `ListEvents` also takes the gateway calling as itself, and
+//! `LastSeqs` takes nobody else.
 
 use chat_authn::internal::GATEWAY;
 use chat_authn::{Caller, Principal, Verifier};
@@ -72,6 +73,16 @@ impl Access {
             )));
         }
         Ok((room, m))
+    }
+
+    /// Only the gateway calling as itself (`LastSeqs`: its tail check of
+    /// every room it has subscribers in; read-only, seqs only).
+    pub(crate) async fn gateway<T>(&self, req: &Request<T>) -> Result<(), ApiError> {
+        match self.verifier.verify_principal(req).await? {
+            Principal::Service(name) if name == GATEWAY => Ok(()),
+            Principal::Service(_) => Err(ApiError::unauthorized("this call needs the gateway")),
+            Principal::User(_) => Err(ApiError::forbidden("this call is the gateway's")),
+        }
     }
 
     /// The room whose event log the caller may read (`ListEvents`): a

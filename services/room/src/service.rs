@@ -24,6 +24,7 @@ use chat_store::{
 };
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 /// The room service: one per process, behind `RoomServiceServer`.
 pub struct RoomSvc {
@@ -36,10 +37,13 @@ pub struct RoomSvc {
     membership_limit: UserLimit,
     /// Rooms (and DMs) a user creates.
     create_limit: UserLimit,
-    recent: RecentCache,
+    recent: Arc<RecentCache>,
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
+
+/// Room ids one `LastSeqs` call may ask about.
+pub const MAX_LAST_SEQS: usize = 1000;
 
 impl RoomSvc {
     pub fn new(
@@ -65,7 +69,7 @@ impl RoomSvc {
                 cfg.create_limit,
                 cfg.create_window,
             ),
-            recent: RecentCache::new(store.clone(), ephemeral.clone(), &cfg),
+            recent: Arc::new(RecentCache::new(store.clone(), ephemeral.clone(), &cfg)),
             store,
             publisher: Publisher::new(bus, subjects),
             ephemeral,
@@ -97,15 +101,52 @@ impl RoomSvc {
     /// After a commit: publishes `event` and, at the same time, caches it
     /// with the entries its commit changed (`target`: the seq of the message
     /// an edit or deletion changed).
+    ///
+    /// The work runs as a task of its own: the commit is durable, so its
+    /// publish must not depend on the call that made it, which a deadline
+    /// or a client going away drops. The call still waits for it, so an
+    /// ack normally follows the publish.
     async fn committed(&self, room: RoomId, event: pb::RoomEvent, target: Option<Seq>) {
-        // A failed publish is logged by the publisher. The event is
-        // durable; gateways see the gap at the next event (or on
-        // resubscribe) and backfill it from the log.
-        let _ = tokio::join!(
-            self.publisher
-                .to_room(room, pb::bus_event::Kind::RoomEvent(event.clone())),
-            self.recent.committed(room, &event, target),
+        let (publisher, recent) = (self.publisher.clone(), self.recent.clone());
+        let task = tokio::spawn(
+            async move {
+                // A failed publish is logged by the publisher. The event is
+                // durable; gateways backfill it from the log when they see
+                // the gap (at the room's next event or their tail check).
+                let _ = tokio::join!(
+                    publisher.to_room(room, pb::bus_event::Kind::RoomEvent(event.clone())),
+                    recent.committed(room, &event, target),
+                );
+            }
+            .in_current_span(),
         );
+        if let Err(error) = task.await {
+            tracing::error!(%error, room_id = %room, "the publish of a commit failed");
+        }
+    }
+
+    /// A retry of a stored message: publishes it again, as a task of its
+    /// own like [`Self::committed`]. Its first publish may have been lost
+    /// (and the client retries because it saw neither ack nor event);
+    /// gateways drop the event if they have it already.
+    async fn republish(&self, room: RoomId, msg: &chat_store::Message) {
+        let event = convert::event(&Event {
+            room_id: room,
+            seq: msg.seq,
+            kind: EventKind::Message(msg.clone()),
+        });
+        let publisher = self.publisher.clone();
+        let task = tokio::spawn(
+            async move {
+                let _ = publisher
+                    .to_room(room, pb::bus_event::Kind::RoomEvent(event))
+                    .await;
+            }
+            .in_current_span(),
+        );
+        if let Err(error) = task.await {
+            tracing::error!(%error, room_id = %room, "the publish of a retry failed");
+        }
     }
 }
 
@@ -411,6 +452,11 @@ impl RoomService for RoomSvc {
                 kind: EventKind::Message(msg.clone()),
             });
             self.committed(room_id, event, None).await;
+        } else {
+            // A retry within the send limit (the limited path above does not
+            // republish, so retries cannot flood the bus).
+            tracing::debug!(seq = msg.seq, "message retried; publishing it again");
+            self.republish(room_id, &msg).await;
         }
         Ok(Response::new(pb::PostMessageResponse {
             message: Some(convert::message(&msg)),
@@ -514,6 +560,32 @@ impl RoomService for RoomSvc {
         self.committed(room.id, convert::event(&event), Some(r.seq))
             .await;
         Ok(Response::new(pb::DeleteMessageResponse {}))
+    }
+
+    async fn last_seqs(&self, req: Request<pb::LastSeqsRequest>) -> Rpc<pb::LastSeqsResponse> {
+        self.access.gateway(&req).await?;
+        let ids = &req.get_ref().room_ids;
+        if ids.len() > MAX_LAST_SEQS {
+            return Err(ApiError::invalid(
+                "room_ids",
+                format!("at most {MAX_LAST_SEQS} rooms per call"),
+            )
+            .into());
+        }
+        let rooms = ids
+            .iter()
+            .map(|id| RoomId::parse(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let seqs = self.store.last_seqs(&rooms).await?;
+        Ok(Response::new(pb::LastSeqsResponse {
+            rooms: seqs
+                .into_iter()
+                .map(|(room, last_seq)| pb::RoomLastSeq {
+                    room_id: room.to_string(),
+                    last_seq,
+                })
+                .collect(),
+        }))
     }
 
     async fn mark_read(&self, req: Request<pb::MarkReadRequest>) -> Rpc<pb::MarkReadResponse> {

@@ -1,7 +1,7 @@
 //! The gateway calling room as itself (`x-chat-service: gateway` with the
 //! internal secret, no user): a hub backfills a room's log for all its
 //! subscribers at once, so `ListEvents` serves it any live room, and no
-//! other call takes it.
+//! other call takes it; `LastSeqs` (the tail check) takes only it.
 //!
 //! Room is served over gRPC on `127.0.0.1:0` (a SQLite store, the
 //! in-process bus and ephemeral store) and called through a tonic client,
@@ -213,4 +213,39 @@ async fn the_gateway_cannot_post_as_itself() {
         .list_events(as_service(GATEWAY, SECRET, events(&id)))
         .await;
     assert_eq!(got, Ok(vec!["hello".to_owned()]));
+}
+
+#[tokio::test]
+async fn the_gateway_reads_many_rooms_last_seqs_in_one_call_and_nobody_else_does() {
+    let room = Served::start().await;
+    let alice = room.user("alice").await;
+    let public = room.room(&alice, "public").await;
+    let private = room.room(&alice, "private").await;
+    let ask = |ids: Vec<String>| pb::LastSeqsRequest { room_ids: ids };
+    let ids = vec![public.clone(), private.clone(), RoomId::new().to_string()];
+    let mut client = room.client.clone();
+
+    let got = timeout(client.last_seqs(as_service(GATEWAY, SECRET, ask(ids.clone()))))
+        .await
+        .expect("the gateway may ask");
+    let mut got: Vec<(String, i64)> = got
+        .into_inner()
+        .rooms
+        .into_iter()
+        .map(|r| (r.room_id, r.last_seq))
+        .collect();
+    got.sort();
+    let mut want = vec![(public, 1), (private, 1)];
+    want.sort();
+    assert_eq!(got, want, "an unknown room is left out");
+
+    let as_alice = timeout(client.last_seqs(as_user(&alice, ask(ids.clone())))).await;
+    assert_eq!(as_alice.err(), Some(Code::PermissionDenied));
+    let as_other = timeout(client.last_seqs(as_service("loadtest", SECRET, ask(ids)))).await;
+    assert_eq!(as_other.err(), Some(Code::Unauthenticated));
+    let too_many = (0..=chat_room::service::MAX_LAST_SEQS)
+        .map(|_| RoomId::new().to_string())
+        .collect();
+    let too_many = timeout(client.last_seqs(as_service(GATEWAY, SECRET, ask(too_many)))).await;
+    assert_eq!(too_many.err(), Some(Code::InvalidArgument));
 }

@@ -33,6 +33,10 @@ pub use model::*;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Room ids [`Store::last_seqs`] puts in one statement (well under the
+/// bound parameters either database takes).
+pub const LAST_SEQS_CHUNK: usize = 500;
+
 /// Opens the store named by `url` and applies its migrations.
 /// `postgres://` URLs take `schema=` and `max_connections=` parameters too
 /// (see [`postgres`]).
@@ -123,6 +127,11 @@ pub trait Store: Send + Sync + 'static {
     async fn open_dm(&self, room: &NewRoom, a: UserId, b: UserId) -> Result<Room>;
     /// Live (not deleted) room.
     async fn room(&self, id: RoomId) -> Result<Option<Room>>;
+    /// The last seq of each live room of `ids` (deleted and unknown rooms
+    /// are left out), in no particular order: what a gateway's tail check
+    /// compares what it delivered with. Any number of ids; the backend
+    /// reads them [`LAST_SEQS_CHUNK`] at a time.
+    async fn last_seqs(&self, ids: &[RoomId]) -> Result<Vec<(RoomId, Seq)>>;
     /// `NotFound` when the room does not exist.
     async fn update_room(&self, id: RoomId, patch: &RoomPatch) -> Result<Room>;
     async fn delete_room(&self, id: RoomId, now: i64) -> Result<()>;

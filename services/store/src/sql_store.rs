@@ -117,6 +117,10 @@ impl<B: Backend> Store for B {
         rooms::get(self, id).await
     }
 
+    async fn last_seqs(&self, ids: &[RoomId]) -> Result<Vec<(RoomId, Seq)>> {
+        rooms::last_seqs(self, ids).await
+    }
+
     async fn update_room(&self, id: RoomId, patch: &RoomPatch) -> Result<Room> {
         rooms::update(self, id, patch).await
     }

@@ -904,7 +904,17 @@ impl Ws {
 
     /// Skips frames until one matches `pred`, which is returned.
     pub async fn recv_until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        within(what, async {
+        self.recv_until_for(WAIT, what, pred).await
+    }
+
+    /// [`Ws::recv_until`] with a bound of `limit` instead of [`WAIT`].
+    pub async fn recv_until_for(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        within_for(limit, what, async {
             loop {
                 let f = self.read_json().await;
                 if pred(&f) {

@@ -13,5 +13,6 @@ mod helpers;
 mod admin;
 mod failover;
 mod gaps;
+mod presence;
 mod revocation;
 mod tools;

@@ -6,12 +6,25 @@
 //! tracked tasks (a shutdown cancels them and waits for them), a bounded
 //! number at once; past that they are skipped (presence is best effort:
 //! clients read `online` from the member list).
+//!
+//! A crashed gateway announces nothing, so every gateway also runs two
+//! loops ([`Presence::keep_alive`]): a heartbeat that keeps its own users
+//! online in the ephemeral store (one batched write per interval), and a
+//! reaper that, every second, takes the users of gateways whose heartbeat
+//! ended and announces those now offline everywhere (each user is handed
+//! to one reaper only, so each is announced once). The reaper waits for its
+//! announcements (a bounded number at once) rather than skipping them: a
+//! crashed gateway may leave thousands of users at once.
 
 use crate::room_api::RoomApi;
 use chat_authn::Caller;
 use chat_bus::Publisher;
+use chat_core::{SessionId, UserId};
+use chat_ephemeral::Ephemeral;
 use chat_proto::v1 as pb;
+use futures_util::StreamExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +34,19 @@ const MAX_ROOMS: usize = 1000;
 
 /// Announcements under way at once on one gateway, at most.
 pub const MAX_ANNOUNCING: usize = 64;
+
+/// How often the reaper looks for crashed gateways (at most; the heartbeat
+/// interval when that is shorter).
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// Users taken from a crashed gateway per call to the store.
+const REAP_BATCH: usize = 500;
+
+/// Calls to the store per reaper tick, at most (the rest waits a tick).
+const MAX_REAPS_PER_TICK: usize = 1000;
+
+/// Offline announcements of reaped users under way at once.
+const REAP_ANNOUNCING: usize = 16;
 
 /// Announces users' presence in their rooms.
 #[derive(Clone)]
@@ -67,6 +93,77 @@ impl Presence {
             drop(slot);
         });
         true
+    }
+
+    /// Starts the heartbeat and the reaper (see the module doc) as tracked
+    /// tasks that end with the shutdown.
+    pub fn keep_alive(&self, ephemeral: Arc<dyn Ephemeral>, every: Duration, ttl: Duration) {
+        let every = every.max(Duration::from_millis(100));
+        let shutdown = self.shutdown.clone();
+        let store = ephemeral.clone();
+        self.tracker.spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                if let Err(error) = store.presence_heartbeat(ttl).await {
+                    tracing::warn!(%error, "presence heartbeat failed");
+                }
+            }
+        });
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let mut ticks = tokio::time::interval(every.min(REAP_EVERY));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = this.shutdown.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                tokio::select! {
+                    () = this.shutdown.cancelled() => return,
+                    () = this.reap(ephemeral.as_ref()) => {}
+                }
+            }
+        });
+    }
+
+    /// Takes every crashed gateway's users and announces those now offline.
+    async fn reap(&self, store: &dyn Ephemeral) {
+        // Bounded, so that a store that never says "done" cannot spin.
+        for _ in 0..MAX_REAPS_PER_TICK {
+            let users = match store.reap_presence(REAP_BATCH).await {
+                Ok(Some(users)) => users,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reap crashed gateways' presence");
+                    return;
+                }
+            };
+            futures_util::stream::iter(users)
+                .for_each_concurrent(REAP_ANNOUNCING, |user| {
+                    let (api, publisher) = (self.api.clone(), self.publisher.clone());
+                    async move {
+                        tracing::debug!(user_id = %user, "offline: their gateway crashed");
+                        tell_rooms(api, publisher, on_behalf_of(user), false).await;
+                    }
+                })
+                .await;
+        }
+    }
+}
+
+/// Who room is asked for the rooms of a user whose gateway crashed: the
+/// user, asserted by this gateway (the internal secret), in a session of
+/// its own (the user's session died with their gateway).
+fn on_behalf_of(user_id: UserId) -> Caller {
+    Caller {
+        user_id,
+        session_id: SessionId::new(),
+        expires_at: chat_core::time::now_ms() / 1000 + 60,
     }
 }
 

@@ -150,6 +150,7 @@ impl Session {
         let caller = self.conn.caller;
         let last = self.deps.api.rpc().member_last_seq(&caller, room).await?;
         drop(permit);
+        guard.baseline(last);
         let cursor = since.map_or(last, |s| s.min(last));
         self.out().lock().set_cursor(
             room,

@@ -258,6 +258,26 @@ pub(crate) async fn get<B: Backend>(store: &B, id: RoomId) -> Result<Option<Room
     decode_opt(row, rows::room)
 }
 
+/// [`crate::Store::last_seqs`]: one `IN (…)` statement per chunk of ids.
+pub(crate) async fn last_seqs<B: Backend>(store: &B, ids: &[RoomId]) -> Result<Vec<(RoomId, Seq)>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(crate::LAST_SEQS_CHUNK) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, last_seq FROM rooms WHERE deleted_at IS NULL AND id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = stmt::<B::Db>(&sql);
+        for id in chunk {
+            q = q.bind_id(id.0);
+        }
+        for row in q.fetch_all(store.reader()).await? {
+            out.push((row.id("id")?, row.int("last_seq")?));
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) async fn update<B: Backend>(store: &B, id: RoomId, patch: &RoomPatch) -> Result<Room> {
     let row = stmt::<B::Db>(concat!(
         "UPDATE rooms SET name = COALESCE($1, name), topic = COALESCE($2, topic), \

@@ -56,6 +56,7 @@ macro_rules! for_each_case {
             public_room_search_escapes_like_wildcards,
             rooms_and_memberships_follow_their_rules,
             room_access_reads_the_room_and_the_callers_membership,
+            last_seqs_reads_many_live_rooms_at_once,
             only_the_owner_changes_roles_and_a_transfer_keeps_one_owner,
             concurrent_transfers_leave_exactly_one_owner,
             a_ban_ends_the_membership_and_keeps_the_user_out,
@@ -1294,4 +1295,34 @@ pub async fn room_access_reads_the_room_and_the_callers_membership(store: Arc<dy
         .is_none());
     s.delete_room(room.id, T0 + 10).await.unwrap();
     assert!(s.room_access(room.id, alice.id).await.unwrap().is_none());
+}
+
+pub async fn last_seqs_reads_many_live_rooms_at_once(store: Arc<dyn Store>) {
+    let s = &*store;
+    let alice = user(s, "alice").await;
+    let quiet = group(s, alice.id, &[]).await;
+    let busy = group(s, alice.id, &[]).await;
+    let gone = group(s, alice.id, &[]).await;
+    for _ in 0..3 {
+        send(s, busy.id, alice.id, "hi").await;
+    }
+    send(s, gone.id, alice.id, "bye").await;
+    s.delete_room(gone.id, T0 + 10).await.unwrap();
+
+    let mut got = s
+        .last_seqs(&[quiet.id, busy.id, gone.id, RoomId::new()])
+        .await
+        .unwrap();
+    got.sort();
+    let mut want = vec![(quiet.id, 0), (busy.id, 3)];
+    want.sort();
+    assert_eq!(got, want, "live rooms only, each with its last seq");
+    assert!(s.last_seqs(&[]).await.unwrap().is_empty());
+
+    // More ids than one statement takes.
+    let mut many: Vec<RoomId> = (0..chat_store::LAST_SEQS_CHUNK + 10)
+        .map(|_| RoomId::new())
+        .collect();
+    many.push(busy.id);
+    assert_eq!(s.last_seqs(&many).await.unwrap(), vec![(busy.id, 3)]);
 }

@@ -10,6 +10,14 @@
 //!
 //! The layers: `mod` (the map of hubs) -> `room` (one hub's task) ->
 //! `batcher`, `slices`, `fanout`.
+//!
+//! The bus may lose a publish. A gap shows at the room's next event and
+//! is backfilled then; a room's *last* events show none, so the tail check
+//! ([`Hubs::check_tails`], every `--tail-check-ms`) asks room, in one call
+//! for all the rooms with local subscribers, where each log ends, and each
+//! hub behind its log backfills. An acknowledged event thus reaches every
+//! subscribed connection within one interval plus a log read of its
+//! commit, whatever the bus lost.
 
 mod batcher;
 mod fanout;
@@ -19,13 +27,15 @@ mod slices;
 pub use batcher::Linger;
 
 use crate::metrics::Metrics;
-use crate::room_api::RoomApi;
+use crate::room_api::{RoomApi, LAST_SEQS_BATCH};
 use crate::ws::shared::ConnShared;
 use chat_bus::{Bus, Subjects};
-use chat_core::{ApiError, RoomId};
+use chat_core::{ApiError, RoomId, Seq};
 use room::{Hub, HubDeps};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The room hubs of this gateway.
 pub struct Hubs {
@@ -56,6 +66,15 @@ impl Drop for HubGuard {
                 hubs.remove(&self.hub, true);
             }
         }
+    }
+}
+
+impl HubGuard {
+    /// The subscribe found the room's log ending at `seq`, after the hub's
+    /// bus subscription was live: a hub that has delivered nothing yet
+    /// starts from there (see [`Hubs::check_tails`]).
+    pub fn baseline(&self, seq: Seq) {
+        self.hub.baseline(seq);
     }
 }
 
@@ -115,6 +134,46 @@ impl Hubs {
             ));
         }
         Ok(guard)
+    }
+
+    /// The tail check, every `every` until `stop` (or until the hubs are
+    /// gone): see [`Self::check_tails_once`].
+    pub async fn check_tails(hubs: Weak<Self>, every: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(hubs) = hubs.upgrade() else {
+                return;
+            };
+            hubs.check_tails_once().await;
+        }
+    }
+
+    /// Asks room where the log of every room with a hub here ends, in one
+    /// call (per [`LAST_SEQS_BATCH`] rooms), and tells each hub; a hub
+    /// behind backfills. Nothing runs per message: one call per interval.
+    pub async fn check_tails_once(&self) {
+        let hubs: Vec<Arc<Hub>> = self.lock().values().cloned().collect();
+        for chunk in hubs.chunks(LAST_SEQS_BATCH) {
+            let rooms: Vec<RoomId> = chunk.iter().map(|h| h.room).collect();
+            match self.api.rpc().last_seqs(&rooms).await {
+                Ok(ends) => {
+                    let ends: HashMap<RoomId, Seq> = ends.into_iter().collect();
+                    for hub in chunk {
+                        if let Some(&end) = ends.get(&hub.room) {
+                            hub.tail_at(end);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, rooms = rooms.len(), "tail check failed");
+                }
+            }
+        }
     }
 
     /// Rooms with a live hub on this gateway.

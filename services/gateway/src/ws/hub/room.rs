@@ -2,6 +2,12 @@
 //! room's bus subject in, puts it in seq order (a gap is backfilled from
 //! room's log, a duplicate dropped), renders each event once and hands the
 //! batches to the subscribers slice by slice.
+//!
+//! A room's last events leave no gap on the bus until its next event, so
+//! the tail check ([`super::Hubs::check_tails`]) tells each hub where its
+//! room's log ends ([`Hub::tail_at`]); a hub behind it backfills. A hub
+//! that has delivered nothing yet starts from the seq its first
+//! subscriber saw at subscribe time ([`Hub::baseline`]).
 
 use super::batcher::{sleep_until, Batcher, Linger, BATCH_MAX};
 use super::fanout::fan_out;
@@ -16,6 +22,7 @@ use chat_core::{ApiError, RoomId, Seq};
 use chat_proto::v1 as pb;
 use futures_util::{FutureExt, StreamExt};
 use prost::Message as _;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -39,18 +46,30 @@ pub(super) struct Hub {
     /// `None` until the bus subscription is tried, then whether it is in
     /// place.
     pub ready: watch::Receiver<Option<bool>>,
+    /// Where the room's log ended at the last tail check (for the task).
+    tail: watch::Sender<Seq>,
+    /// The lowest seq a subscriber's subscribe found the log at
+    /// ([`NO_BASELINE`] until one did): where the task starts from while
+    /// it has delivered nothing.
+    baseline: AtomicI64,
 }
+
+/// No subscribe has told the hub where the log was yet.
+const NO_BASELINE: i64 = i64::MAX;
 
 impl Hub {
     /// A hub for `room`, its task started: it subscribes to the room's
     /// subject (see `ready`) and runs until `stop`.
     pub fn start(room: RoomId, deps: HubDeps) -> Arc<Hub> {
         let (ready_tx, ready) = watch::channel(None);
+        let (tail, tail_rx) = watch::channel(0);
         let hub = Arc::new(Hub {
             room,
             subscribers: Mutex::new(Subscribers::default()),
             stop: CancellationToken::new(),
             ready,
+            tail,
+            baseline: AtomicI64::new(NO_BASELINE),
         });
         let pump = Pump {
             room,
@@ -62,8 +81,21 @@ impl Hub {
             metrics: deps.metrics,
         };
         let stop = hub.stop.clone();
-        tokio::spawn(pump.run(deps.bus, deps.subject, ready_tx, stop));
+        tokio::spawn(pump.run(deps.bus, deps.subject, ready_tx, tail_rx, stop));
         hub
+    }
+
+    /// A subscriber found the room's log ending at `seq` (after the bus
+    /// subscription was live): whatever comes after it reaches the hub by
+    /// the bus or is backfilled from here.
+    pub fn baseline(&self, seq: Seq) {
+        self.baseline.fetch_min(seq, Ordering::Relaxed);
+    }
+
+    /// The tail check found the room's log ending at `seq`: the task
+    /// backfills up to it if it has not delivered that far.
+    pub fn tail_at(&self, seq: Seq) {
+        self.tail.send_replace(seq);
     }
 
     pub fn subs(&self) -> MutexGuard<'_, Subscribers> {
@@ -104,6 +136,7 @@ impl Pump {
         bus: Arc<dyn Bus>,
         subject: String,
         ready: watch::Sender<Option<bool>>,
+        mut tail: watch::Receiver<Seq>,
         stop: CancellationToken,
     ) {
         let mut reconnects = bus.reconnects();
@@ -152,6 +185,15 @@ impl Pump {
                         self.rolling.seal(&mut self.batch);
                     }
                 }
+                // Last: what the bus brought before the check was answered
+                // is taken in first, so an event merely in flight at the
+                // check is seldom read from the log as well.
+                changed = tail.changed() => {
+                    if changed.is_ok() {
+                        let end = *tail.borrow_and_update();
+                        self.at_tail(end).await;
+                    }
+                }
             }
         }
     }
@@ -160,11 +202,36 @@ impl Pump {
     /// the room's last events leave no visible gap, so the log is read
     /// again from the last seq delivered.
     async fn after_reconnect(&mut self) {
-        if let Some(l) = self.last {
+        if let Some(l) = self.position() {
             tracing::info!(room_id = %self.room, after_seq = l, "bus reconnected; re-reading the log");
             self.backfill(l, None).await;
             self.rolling.seal(&mut self.batch);
         }
+    }
+
+    /// Where the hub stands in the room's log: the last seq delivered, or
+    /// (before any) the subscribe-time baseline.
+    fn position(&self) -> Option<Seq> {
+        self.last.or_else(|| {
+            let b = self.hub.upgrade()?.baseline.load(Ordering::Relaxed);
+            (b != NO_BASELINE).then_some(b)
+        })
+    }
+
+    /// The tail check found the log ending at `end`: events up to it that
+    /// the bus lost (a quiet room's last ones show no gap) are read from
+    /// the log.
+    async fn at_tail(&mut self, end: Seq) {
+        let Some(from) = self.position() else {
+            return;
+        };
+        if end <= from {
+            return;
+        }
+        tracing::debug!(room_id = %self.room, after_seq = from, seq = end, "behind the log's end; backfilling");
+        self.metrics.tail_backfills.inc();
+        self.backfill(from, Some(end)).await;
+        self.rolling.seal(&mut self.batch);
     }
 
     /// The subscription ended (the bus gave up on it): the subscribers
@@ -203,7 +270,7 @@ impl Pump {
     async fn take_in(&mut self, payload: &[u8]) {
         match decode(payload) {
             Some(pb::bus_event::Kind::RoomEvent(e)) => {
-                if let Some(l) = self.last {
+                if let Some(l) = self.position() {
                     if e.seq <= l {
                         return;
                     }
