@@ -92,6 +92,7 @@ pub struct App {
     process: GrpcProcess,
     keys: KeyRing,
     poll: std::time::Duration,
+    stop_reseeder: CancellationToken,
 }
 
 impl App {
@@ -111,13 +112,15 @@ impl App {
         let key = crate::keyring::active_key(store.as_ref(), &kek, cfg.jwt_key_file.as_deref())
             .await
             .context("cannot load the token signing key")?;
+        let auth_cfg = cfg.auth.config(Some(b.internal_secret.clone()));
+        let svc_reseed_check = auth_cfg.reseed_check;
         let svc = AuthSvc::new(
             store.clone(),
             ephemeral.clone(),
             bus.clone(),
             chat_bus::Subjects::new(b.subject_prefix.clone()),
             &key,
-            cfg.auth.config(Some(b.internal_secret.clone())),
+            auth_cfg,
         );
         let keys = KeyRing::new(
             store.clone(),
@@ -129,6 +132,8 @@ impl App {
         keys.sync().await.context("cannot read the signing keys")?;
         let svc = svc.with_key_ring(keys.clone(), cfg.auth.keys_unknown_kid_interval());
         svc.seed_revocations().await?;
+        let stop_reseeder = CancellationToken::new();
+        svc.spawn_reseeder(svc_reseed_check, stop_reseeder.clone());
         let routes = chat_proto::with_reflection(
             tonic::service::Routes::new(AuthServiceServer::new(svc)),
             &[chat_proto::AUTH_SERVICE],
@@ -143,6 +148,7 @@ impl App {
             process: GrpcProcess::bind(&cfg.listen, routes, checks).await?,
             keys,
             poll: cfg.auth.key_poll_interval(),
+            stop_reseeder,
         })
     }
 
@@ -156,6 +162,7 @@ impl App {
 
     /// Serves until `stop`; in-flight calls finish first.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let _stop_reseeder = self.stop_reseeder.drop_guard();
         self.keys.keep_in_sync(self.poll, stop.clone());
         self.process.run(stop).await.map_err(|e| anyhow::anyhow!(e))
     }

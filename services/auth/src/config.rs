@@ -47,6 +47,19 @@ pub struct AuthConfig {
     pub session_idle: Duration,
     /// Lets gateways call on a connected user's behalf (see [`Verifier`]).
     pub internal_secret: Option<String>,
+    /// How often auth checks that the revocation list was not emptied (a
+    /// Redis flush or restart) and re-seeds it from the store.
+    pub reseed_check: Duration,
+}
+
+impl AuthConfig {
+    /// The session lifetimes, as the store takes them.
+    pub fn session_limits(&self) -> chat_store::SessionLimits {
+        chat_store::SessionLimits {
+            max_age_ms: self.session_max_age.as_millis() as i64,
+            idle_ms: self.session_idle.as_millis() as i64,
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -63,6 +76,7 @@ impl Default for AuthConfig {
             hash_concurrency: password::default_concurrency(),
             hash_queue: 4 * password::default_concurrency(),
             refresh_grace: Duration::from_secs(10),
+            reseed_check: Duration::from_millis(DEFAULT_RESEED_CHECK_MS),
             session_max_age: Duration::from_secs(DEFAULT_SESSION_MAX_AGE_SECS),
             session_idle: Duration::from_secs(DEFAULT_SESSION_IDLE_SECS),
             internal_secret: None,
@@ -164,7 +178,19 @@ pub struct AuthArgs {
     /// this many seconds; such a token may wait up to this long.
     #[arg(long, env = "CHAT_KEYS_UNKNOWN_KID_INTERVAL_SECS", default_value_t = 2)]
     pub keys_unknown_kid_interval_secs: u64,
+
+    /// How often, in milliseconds, auth checks that the revocation list in
+    /// Redis still holds its seed marker and, when a flush or a restart
+    /// without persistence emptied it, re-seeds it from the store. Until
+    /// then every service asks the store instead, so nothing revoked comes
+    /// back meanwhile; this only bounds how long that slower path lasts.
+    #[arg(long, env = "CHAT_REVOCATION_RESEED_MS", default_value_t = DEFAULT_RESEED_CHECK_MS,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub revocation_reseed_ms: u64,
 }
+
+/// See `--revocation-reseed-ms`.
+pub const DEFAULT_RESEED_CHECK_MS: u64 = 5_000;
 
 impl AuthArgs {
     pub fn key_poll_interval(&self) -> Duration {
@@ -203,6 +229,7 @@ impl AuthArgs {
             session_max_age: Duration::from_secs(self.session_max_age_secs),
             session_idle: Duration::from_secs(self.session_idle_secs),
             internal_secret,
+            reseed_check: Duration::from_millis(self.revocation_reseed_ms),
         }
     }
 }

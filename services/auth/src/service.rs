@@ -39,6 +39,15 @@ impl AuthSvc {
         key: &SigningKey,
         cfg: AuthConfig,
     ) -> Self {
+        // Revocation checks fall back to the store when the list cannot
+        // answer (unreachable, or emptied and not re-seeded yet).
+        let ephemeral = chat_ephemeral::Revocations::wrap(
+            ephemeral,
+            Arc::new(StoreSessions {
+                store: store.clone(),
+                limits: cfg.session_limits(),
+            }),
+        );
         let public = key.public_key();
         let mut verifier = Verifier::new(std::slice::from_ref(&public), ephemeral.clone());
         if let Some(secret) = &cfg.internal_secret {
@@ -79,19 +88,52 @@ impl AuthSvc {
     }
 
     /// Puts sessions revoked within the last access-token lifetime back on the
-    /// revocation list (run at start: the in-process list does not survive a
-    /// restart, the store does).
+    /// revocation list, then marks it seeded (run at start, and whenever the
+    /// list is found emptied: the in-process list does not survive a restart,
+    /// Redis may be flushed, the store keeps them all).
     pub async fn seed_revocations(&self) -> Result<usize, ApiError> {
-        let ttl = self.cfg.access_ttl + Duration::from_secs(10);
-        let since = time::now_ms() - ttl.as_millis() as i64;
-        let ids = self.store.sessions_revoked_since(since).await?;
-        for id in &ids {
-            if let Err(error) = self.ephemeral.revoke_session(*id, ttl).await {
-                tracing::warn!(%error, "cannot seed revocation list");
-                break;
+        seed(
+            self.store.as_ref(),
+            self.ephemeral.as_ref(),
+            self.revocation_ttl(),
+        )
+        .await
+    }
+
+    /// Re-seeds the revocation list whenever it finds it emptied (a Redis
+    /// flush, or a restart without persistence), checking every `every`
+    /// until `shutdown`. Until it is re-seeded, revocation checks ask the
+    /// store ([`chat_ephemeral::Revocations`]).
+    pub fn spawn_reseeder(&self, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
+        let (store, ephemeral) = (self.store.clone(), self.ephemeral.clone());
+        let ttl = self.revocation_ttl();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match ephemeral.revocations_seeded().await {
+                    Ok(true) => {}
+                    Ok(false) => match seed(store.as_ref(), ephemeral.as_ref(), ttl).await {
+                        Ok(n) => tracing::info!(
+                            sessions = n,
+                            "revocation list found emptied; re-seeded from the store"
+                        ),
+                        Err(error) => tracing::warn!(%error, "cannot re-seed the revocation list"),
+                    },
+                    Err(error) => tracing::debug!(%error, "revocation list unreachable"),
+                }
             }
-        }
-        Ok(ids.len())
+        });
+    }
+
+    /// How long a revocation stays on the list: past the last access token
+    /// of the session.
+    fn revocation_ttl(&self) -> Duration {
+        self.cfg.access_ttl + Duration::from_secs(10)
     }
 
     async fn issue_session(
@@ -134,7 +176,7 @@ impl AuthSvc {
     /// and gRPC stop accepting the access token) and the user's bus subject
     /// (gateways close the session's WebSockets with 4001).
     async fn announce_revoked(&self, user: UserId, sessions: &[SessionId]) {
-        let ttl = self.cfg.access_ttl + Duration::from_secs(10);
+        let ttl = self.revocation_ttl();
         for sid in sessions {
             if let Err(error) = self.ephemeral.revoke_session(*sid, ttl).await {
                 tracing::warn!(%error, session_id = %sid, "cannot record revocation");
@@ -423,10 +465,7 @@ impl AuthService for AuthSvc {
                 &seal(&r.refresh_token, &next),
                 time::now_ms(),
                 self.cfg.refresh_grace.as_millis() as i64,
-                SessionLimits {
-                    max_age_ms: self.cfg.session_max_age.as_millis() as i64,
-                    idle_ms: self.cfg.session_idle.as_millis() as i64,
-                },
+                self.cfg.session_limits(),
             )
             .await?;
         match outcome {
@@ -467,6 +506,34 @@ impl AuthService for AuthSvc {
             .await?;
         self.announce_revoked(c.user_id, &[c.session_id]).await;
         Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn check_sessions(
+        &self,
+        req: Request<pb::CheckSessionsRequest>,
+    ) -> Result<Response<pb::CheckSessionsResponse>, Status> {
+        match self.verifier.verify_principal(&req).await? {
+            chat_authn::Principal::Service(_) => {}
+            chat_authn::Principal::User(_) => {
+                return Err(ApiError::forbidden("for services only").into());
+            }
+        }
+        let r = req.into_inner();
+        if r.session_ids.len() > MAX_CHECKED_SESSIONS {
+            return Err(ApiError::invalid("session_ids", "at most 10000 at once").into());
+        }
+        let ids = r
+            .session_ids
+            .iter()
+            .map(|s| SessionId::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ended = self
+            .store
+            .ended_sessions(&ids, self.cfg.session_limits(), time::now_ms())
+            .await?;
+        Ok(Response::new(pb::CheckSessionsResponse {
+            ended: ended.iter().map(ToString::to_string).collect(),
+        }))
     }
 
     async fn list_sessions(
@@ -612,5 +679,48 @@ impl AuthService for AuthSvc {
                 })
                 .collect(),
         }))
+    }
+}
+
+/// See [`AuthSvc::seed_revocations`].
+async fn seed(
+    store: &dyn Store,
+    ephemeral: &dyn Ephemeral,
+    ttl: Duration,
+) -> Result<usize, ApiError> {
+    let since = time::now_ms() - ttl.as_millis() as i64;
+    let ids = store.sessions_revoked_since(since).await?;
+    for id in &ids {
+        if let Err(error) = ephemeral.revoke_session(*id, ttl).await {
+            tracing::warn!(%error, "cannot seed revocation list");
+            return Ok(0);
+        }
+    }
+    // Only a complete list is marked: until then checks ask the store.
+    if let Err(error) = ephemeral.mark_revocations_seeded().await {
+        tracing::warn!(%error, "cannot mark the revocation list seeded");
+    }
+    Ok(ids.len())
+}
+
+/// Session ids one `CheckSessions` call may ask about.
+const MAX_CHECKED_SESSIONS: usize = 10_000;
+
+/// The store as a [`chat_ephemeral::SessionSource`].
+struct StoreSessions {
+    store: Arc<dyn Store>,
+    limits: SessionLimits,
+}
+
+#[async_trait::async_trait]
+impl chat_ephemeral::SessionSource for StoreSessions {
+    async fn ended(
+        &self,
+        ids: &[SessionId],
+    ) -> Result<Vec<SessionId>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self
+            .store
+            .ended_sessions(ids, self.limits, time::now_ms())
+            .await?)
     }
 }

@@ -325,11 +325,21 @@ impl Verifier {
         })
     }
 
-    /// Full check: signature and the session not revoked. If the revocation
-    /// list cannot be reached the signed, short-lived token is accepted (and
-    /// a warning logged): losing the ephemeral store must not log everyone out.
+    /// Full check: signature and the session not revoked. The revocation
+    /// list is a cache of the store's: built with a
+    /// [`chat_ephemeral::Revocations`], the store answers when the list
+    /// cannot. When nothing can answer the token is refused with
+    /// `unavailable` (never trusted: a revoked session must not come back
+    /// because Redis is down).
     pub async fn verify(&self, token: &str) -> Result<Caller, ApiError> {
         let caller = self.verify_signature_fresh(token).await?;
+        self.check_revoked(caller).await
+    }
+
+    /// Whether `caller`'s session is still live (a socket re-checks the
+    /// session it authenticated with): `unauthorized` when revoked,
+    /// `unavailable` when nothing can tell.
+    pub async fn check_session(&self, caller: Caller) -> Result<Caller, ApiError> {
         self.check_revoked(caller).await
     }
 
@@ -338,8 +348,10 @@ impl Verifier {
             Ok(true) => Err(ApiError::unauthorized("session revoked")),
             Ok(false) => Ok(caller),
             Err(error) => {
-                tracing::warn!(error = %error, "revocation list unreachable; trusting token signature");
-                Ok(caller)
+                tracing::warn!(error = %error, "cannot check revocations; refusing the token");
+                Err(ApiError::unavailable(
+                    "cannot check the session right now; retry",
+                ))
             }
         }
     }

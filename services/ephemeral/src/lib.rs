@@ -2,12 +2,16 @@
 //! access token stops working before it expires), presence, rate-limit
 //! counters and a cache of each room's recent events (so resumes and
 //! backfills need not read the store). Nothing here is the source of truth:
-//! losing it logs nobody out and loses no message (revocations are re-seeded
-//! from the store at start; the event cache is only ever a copy of the log).
+//! losing it logs nobody out and loses no message. Revocations are only a
+//! cache of the store's: [`Revocations`] asks the store when the list
+//! cannot answer (unreachable, or emptied by a flush), and auth re-seeds
+//! the list at start and whenever it finds it emptied; the event cache is
+//! only ever a copy of the log.
 
 pub mod limit;
 pub mod memory;
 pub mod redis;
+pub mod revocations;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,6 +21,7 @@ use std::time::Duration;
 
 pub use memory::MemoryEphemeral;
 pub use redis::RedisEphemeral;
+pub use revocations::{Revocations, SessionSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EphemeralError {
@@ -49,6 +54,23 @@ pub trait Ephemeral: Send + Sync + 'static {
     /// Remembers a revoked session for `ttl` (the access token lifetime).
     async fn revoke_session(&self, id: SessionId, ttl: Duration) -> Result<()>;
     async fn is_session_revoked(&self, id: SessionId) -> Result<bool>;
+    /// Like [`Self::is_session_revoked`], but `None` instead of "not
+    /// revoked" when the list cannot vouch for it: it lost its contents (a
+    /// Redis flush or restart) and was not re-seeded from the store since.
+    /// The caller then asks the store ([`Revocations`] does).
+    async fn session_revocation(&self, id: SessionId) -> Result<Option<bool>> {
+        self.is_session_revoked(id).await.map(Some)
+    }
+    /// Whether the revocation list was seeded from the store since it was
+    /// last emptied (see [`Self::mark_revocations_seeded`]).
+    async fn revocations_seeded(&self) -> Result<bool> {
+        Ok(true)
+    }
+    /// Records that the list now holds every recent revocation of the
+    /// store (after a re-seed).
+    async fn mark_revocations_seeded(&self) -> Result<()> {
+        Ok(())
+    }
     /// Counts one hit on `key` in a fixed window of `window`; more than
     /// `limit` hits in the window are `Limited`.
     async fn hit(&self, key: &str, limit: u32, window: Duration) -> Result<RateDecision>;

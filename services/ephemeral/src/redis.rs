@@ -7,6 +7,10 @@
 //!   expiry); ended ones are pruned at each revocation. The set itself has
 //!   no TTL, so a `volatile-*` eviction policy can never drop it (see
 //!   below);
+//! - `{prefix}:revoked:seeded`: set (without a TTL) once the list holds
+//!   every recent revocation of the store. Its absence means the list was
+//!   flushed or Redis restarted empty: a "not revoked" answer is then
+//!   [`None`] (ask the store), until auth re-seeds the list;
 //! - `{prefix}:rl:{key}`: a fixed-window counter, expiring with its window;
 //! - presence (see below): `{prefix}:pres:gws`, `{prefix}:pres:gw:{gateway}`,
 //!   `{prefix}:pres:u:{user_id}` and `{prefix}:pres:synced:{gateway}`;
@@ -247,6 +251,20 @@ end
 return 0
 ";
 
+/// Like [`IS_REVOKED`], but -1 when the answer would be 0 and the list
+/// lost its seed marker (`KEYS[2]`): a flush or a restart without
+/// persistence emptied it, so "not revoked" cannot be trusted.
+const IS_REVOKED_CHECKED: &str = r"
+local ends = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ends and tonumber(ends) > now then
+  return 1
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return -1
+end
+return 0
+";
+
 /// Caches a room's events: `ARGV` = keep, TTL in ms, then (seq, member)
 /// pairs. Each seq's old member goes before the new one comes; then the
 /// oldest beyond `keep` go, and the expiry restarts. Returns the size.
@@ -272,6 +290,7 @@ pub struct RedisEphemeral {
     recent_ttl: Duration,
     revoke: Script,
     is_revoked: Script,
+    is_revoked_checked: Script,
     hit: Script,
     peek: Script,
     opened: Script,
@@ -348,6 +367,7 @@ impl RedisEphemeral {
             recent_ttl: DEFAULT_RECENT_TTL,
             revoke: Script::from_lua(format!("{NOW_MS}{REVOKE}")),
             is_revoked: Script::from_lua(format!("{NOW_MS}{IS_REVOKED}")),
+            is_revoked_checked: Script::from_lua(format!("{NOW_MS}{IS_REVOKED_CHECKED}")),
             hit: Script::from_lua(HIT),
             peek: Script::from_lua(PEEK),
             opened: Script::from_lua(format!("{NOW_MS}{LIVE}{OPENED}")),
@@ -391,6 +411,13 @@ impl RedisEphemeral {
         } else {
             format!("{}:revoked", self.prefix)
         }
+    }
+
+    /// Set once the revocation list holds every recent revocation of the
+    /// store (see [`Ephemeral::mark_revocations_seeded`]); gone after a
+    /// flush or a restart without persistence.
+    fn seeded_key(&self) -> String {
+        format!("{}:seeded", self.revoked_key())
     }
 
     /// The prefix of every presence key (`{prefix}:pres:`).
@@ -512,6 +539,41 @@ impl Ephemeral for RedisEphemeral {
             .await
             .map_err(unavailable)?;
         Ok(n == 1)
+    }
+
+    async fn session_revocation(&self, id: SessionId) -> Result<Option<bool>> {
+        let n: i64 = self
+            .is_revoked_checked
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.revoked_key(), self.seeded_key()],
+                id.to_string(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(match n {
+            1 => Some(true),
+            0 => Some(false),
+            _ => None,
+        })
+    }
+
+    async fn revocations_seeded(&self) -> Result<bool> {
+        let n: i64 = self
+            .client
+            .exists(self.seeded_key())
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    async fn mark_revocations_seeded(&self) -> Result<()> {
+        let () = self
+            .client
+            .set(self.seeded_key(), "1", None, None, false)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn hit(&self, key: &str, limit: u32, window: Duration) -> Result<RateDecision> {

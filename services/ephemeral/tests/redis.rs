@@ -470,3 +470,32 @@ async fn an_outage_gives_quick_errors_then_recovers() {
     e.presence_heartbeat(Duration::from_secs(5)).await.unwrap();
     assert_eq!(e.connections(u).await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn an_emptied_revocation_list_cannot_vouch_for_a_session_until_reseeded() {
+    let p = prefix();
+    let e = store(&p).await;
+    let (revoked, live) = (SessionId::new(), SessionId::new());
+    e.revoke_session(revoked, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Never seeded: "not revoked" is not an answer.
+    assert!(!e.revocations_seeded().await.unwrap());
+    assert_eq!(e.session_revocation(live).await.unwrap(), None);
+    assert_eq!(e.session_revocation(revoked).await.unwrap(), Some(true));
+    e.mark_revocations_seeded().await.unwrap();
+    assert!(e.revocations_seeded().await.unwrap());
+    assert_eq!(e.session_revocation(live).await.unwrap(), Some(false));
+    let c = e.client();
+    let ttl: i64 = c.pttl(format!("{p}:revoked:seeded")).await.unwrap();
+    assert_eq!(ttl, -1, "the seed mark never expires (nor is evicted)");
+
+    // A flush of this prefix's keys (a restart without persistence).
+    let _: i64 = c
+        .del(vec![format!("{p}:revoked"), format!("{p}:revoked:seeded")])
+        .await
+        .unwrap();
+    assert!(!e.revocations_seeded().await.unwrap());
+    assert_eq!(e.session_revocation(revoked).await.unwrap(), None);
+    assert_eq!(e.session_revocation(live).await.unwrap(), None);
+}

@@ -105,6 +105,19 @@ impl App {
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
             .await
             .context("cannot reach Redis")?;
+        let auth_channel = balanced_channel(&cfg.auth_url)?;
+        // Revocation checks fall back to auth (the store) when the list
+        // cannot answer (unreachable, or emptied and not re-seeded yet).
+        let ephemeral = chat_ephemeral::Revocations::wrap(
+            ephemeral,
+            std::sync::Arc::new(crate::ws::recheck::AuthSessions {
+                auth: chat_proto::v1::auth_service_client::AuthServiceClient::new(
+                    auth_channel.clone(),
+                ),
+                internal_secret: b.internal_secret.clone(),
+                rpc_timeout: Duration::from_millis(cfg.gateway.rpc_timeout_ms),
+            }),
+        );
         let keys = chat_authn::fetch_public_keys_from(&cfg.auth_url, Duration::from_secs(60))
             .await
             .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
@@ -115,10 +128,7 @@ impl App {
                 cfg.keys.unknown_kid_interval(),
             );
         verifier.keep_keys_fresh(cfg.keys.refresh_every(), shutdown.clone());
-        let backends = Backends::new(
-            balanced_channel(&cfg.auth_url)?,
-            balanced_channel(&cfg.room_url)?,
-        );
+        let backends = Backends::new(auth_channel, balanced_channel(&cfg.room_url)?);
         let ready = vec![
             chat_bus::ready_check(bus.clone()),
             chat_ephemeral::ready_check(ephemeral.clone()),

@@ -84,6 +84,9 @@ pub struct GatewayConfig {
     /// A gateway not heard from for this long is deemed crashed: its users
     /// go offline.
     pub presence_ttl: Duration,
+    /// How often every open WebSocket's session is re-checked with auth
+    /// (the store); zero: only after a bus reconnect.
+    pub session_check_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -111,9 +114,13 @@ impl Default for GatewayConfig {
 
             presence_heartbeat: Duration::from_secs(5),
             presence_ttl: Duration::from_secs(15),
+            session_check_interval: Duration::from_millis(DEFAULT_SESSION_CHECK_MS),
         }
     }
 }
+
+/// See `--ws-session-check-ms`.
+pub const DEFAULT_SESSION_CHECK_MS: u64 = 60_000;
 
 pub use chat_core::health::ReadyCheck;
 
@@ -193,12 +200,23 @@ impl Gateway {
             shutdown.clone(),
             ws::presence::MAX_ANNOUNCING,
         );
+        let conns = ws::registry::Registry::new(bus.clone(), subjects.clone());
+        let rechecks = ws::recheck::Rechecks {
+            registry: conns.clone(),
+            auth: ws::recheck::AuthSessions {
+                auth: backends.auth.clone(),
+                internal_secret: cfg.internal_secret.clone(),
+                rpc_timeout: cfg.rpc_timeout,
+            },
+            every: cfg.session_check_interval,
+        };
+        tokio::spawn(rechecks.run(bus.reconnects(), shutdown.clone()));
         presence.keep_alive(ephemeral.clone(), cfg.presence_heartbeat, cfg.presence_ttl);
         Self {
             inner: Arc::new(Inner {
                 metrics,
                 hubs,
-                conns: ws::registry::Registry::new(bus.clone(), subjects.clone()),
+                conns,
                 presence,
                 publisher,
                 api,
@@ -349,6 +367,17 @@ pub struct GatewayArgs {
           value_parser = client_addr::parse_trusted)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// How often, in milliseconds, every open WebSocket's session is
+    /// re-checked with auth against the store (one call per 5000 sessions
+    /// for the whole gateway); a socket whose session was revoked or
+    /// outlived its lifetime is closed with 4001. Revocation notices on the
+    /// bus close sockets at once; this catches the ones that were lost. Keep
+    /// it at most the access-token lifetime (`--access-token-ttl`), which
+    /// bounds how long the revocation list remembers a revocation. 0: only
+    /// after a bus reconnect (which always re-checks).
+    #[arg(long, env = "CHAT_WS_SESSION_CHECK_MS", default_value_t = DEFAULT_SESSION_CHECK_MS)]
+    pub ws_session_check_ms: u64,
+
     /// How often this gateway refreshes its users' presence in the
     /// ephemeral store (one batched write per interval, whatever the number
     /// of connections), in seconds.
@@ -399,6 +428,7 @@ impl GatewayArgs {
             trusted_proxies: self.trusted_proxies.clone(),
             ws_ping_interval: Duration::from_millis(self.ws_ping_interval_ms),
             ws_idle_timeout: Duration::from_millis(self.ws_idle_timeout_ms),
+            session_check_interval: Duration::from_millis(self.ws_session_check_ms),
             tail_check: Duration::from_millis(self.tail_check_ms),
 
             presence_heartbeat: Duration::from_secs(self.presence_heartbeat_secs),

@@ -9,6 +9,7 @@ use chat_core::config::{BackendArgs, ListenArgs};
 use chat_core::serve::GrpcProcess;
 use chat_proto::v1::room_service_server::RoomServiceServer;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +59,10 @@ impl App {
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
             .await
             .context("cannot reach Redis")?;
+        // Revocation checks fall back to the store when the list cannot
+        // answer (unreachable, or emptied and not re-seeded yet).
+        let ephemeral =
+            chat_ephemeral::Revocations::wrap(ephemeral, Arc::new(StoreSessions(store.clone())));
         let keys = chat_authn::fetch_public_keys_from(&cfg.auth_url, Duration::from_secs(60))
             .await
             .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
@@ -105,5 +110,24 @@ impl App {
         self.verifier
             .keep_keys_fresh(self.refresh_keys, stop.clone());
         self.process.run(stop).await.map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// The store as the source of truth behind the revocation list: a session
+/// revoked or whose user is gone (lifetimes are auth's to enforce, when a
+/// refresh is refused).
+struct StoreSessions(Arc<dyn chat_store::Store>);
+
+#[async_trait::async_trait]
+impl chat_ephemeral::SessionSource for StoreSessions {
+    async fn ended(
+        &self,
+        ids: &[chat_core::SessionId],
+    ) -> Result<Vec<chat_core::SessionId>, Box<dyn std::error::Error + Send + Sync>> {
+        let limits = chat_store::SessionLimits::NONE;
+        Ok(self
+            .0
+            .ended_sessions(ids, limits, chat_core::time::now_ms())
+            .await?)
     }
 }

@@ -108,6 +108,15 @@ pub trait Store: Send + Sync + 'static {
     /// Sessions revoked at or after `since` (to seed the revocation list at
     /// start-up, so a restart does not revive a logged-out access token).
     async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<SessionId>>;
+    /// Which of `ids` have ended at `now`: revoked, their user deleted,
+    /// past `limits`, or unknown (the source of truth gateways re-check
+    /// open WebSockets against; the revocation list is only its cache).
+    async fn ended_sessions(
+        &self,
+        ids: &[SessionId],
+        limits: SessionLimits,
+        now: i64,
+    ) -> Result<Vec<SessionId>>;
 
     // ---- token signing keys ----
 

@@ -93,6 +93,15 @@ impl<B: Backend> Store for B {
         sessions::revoked_since(self, since).await
     }
 
+    async fn ended_sessions(
+        &self,
+        ids: &[SessionId],
+        limits: SessionLimits,
+        now: i64,
+    ) -> Result<Vec<SessionId>> {
+        sessions::ended(self, ids, limits, now).await
+    }
+
     // ---- token signing keys ----
 
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>> {

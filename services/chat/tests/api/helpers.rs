@@ -185,6 +185,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         format!("--ws-max-per-addr={}", g.ws_max_per_addr),
         format!("--ws-ping-interval-ms={}", g.ws_ping_interval_ms),
         format!("--ws-idle-timeout-ms={}", g.ws_idle_timeout_ms),
+        format!("--ws-session-check-ms={}", g.ws_session_check_ms),
         format!("--first-byte-timeout-ms={}", h.first_byte_timeout_ms),
         format!("--header-timeout-ms={}", h.header_timeout_ms),
         format!("--idle-timeout-ms={}", h.idle_timeout_ms),

@@ -13,6 +13,7 @@ mod helpers;
 mod keys;
 mod messages;
 mod reflection;
+mod revocation;
 mod roles;
 mod rooms;
 mod sessions;

@@ -15,4 +15,5 @@ mod failover;
 mod gaps;
 mod keys;
 mod presence;
+mod revocation;
 mod tools;

@@ -67,6 +67,8 @@ pub struct Options {
     pub gateway_args: Vec<String>,
     /// A NATS of the test's own (e.g. to restart it); the shared one if None.
     pub nats_url: Option<String>,
+    /// A Redis of the test's own (e.g. to stop it); the shared one if None.
+    pub redis_url: Option<String>,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             room_args: vec![],
             gateway_args: vec![],
             nats_url: None,
+            redis_url: None,
         }
     }
 }
@@ -262,7 +265,10 @@ impl Cluster {
                 "CHAT_DATABASE_URL".to_owned(),
                 format!("{POSTGRES}?schema={schema}&max_connections=5"),
             ),
-            ("CHAT_REDIS_URL".to_owned(), REDIS.to_owned()),
+            (
+                "CHAT_REDIS_URL".to_owned(),
+                opts.redis_url.clone().unwrap_or_else(|| REDIS.to_owned()),
+            ),
             (
                 "CHAT_NATS_URL".to_owned(),
                 opts.nats_url.clone().unwrap_or_else(|| NATS.to_owned()),

@@ -35,6 +35,22 @@ pub async fn run(gw: Gateway, io: Io, caller: Caller) {
         io.close(Close::RESTARTING).await;
         return;
     };
+    // A revocation between the token check and the subscription to the
+    // user's notices was announced to nobody here: its mark on the
+    // revocation list (written before the notice) is seen now.
+    match inner.verifier.check_session(caller).await {
+        Ok(_) => {}
+        Err(e) if e.code == chat_core::ErrorCode::Unauthorized => {
+            io.close(Close::UNAUTHORIZED.because("session revoked"))
+                .await;
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(parent: &span, %error, "cannot re-check the session");
+            io.close(Close::RESTARTING).await;
+            return;
+        }
+    }
     match inner.ephemeral.connection_opened(caller.user_id).await {
         Ok(n) if n > inner.cfg.max_sockets_per_user => {
             // One account must not hold an unbounded share of the

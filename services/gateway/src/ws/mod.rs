@@ -10,7 +10,8 @@
 //!   gap backfill, membership changes;
 //! - [`hub`] (one bus subscription per room per gateway, fanning a room's
 //!   events out) and [`presence`]; [`registry`] (every connection, by
-//!   user: revocations, membership notices, shutdown);
+//!   user: revocations, membership notices, shutdown) and [`recheck`]
+//!   (every socket's session and rooms re-checked, for lost notices);
 //! - leaves: [`io`] (the socket), [`out`] (every byte the server sends),
 //!   [`frames`] (pre-framed batches), [`shared`] (what others may touch of
 //!   a connection), [`close`] (the close codes).
@@ -29,6 +30,7 @@ pub mod hub;
 mod io;
 pub mod out;
 pub mod presence;
+pub mod recheck;
 pub mod registry;
 pub mod session;
 pub mod shared;

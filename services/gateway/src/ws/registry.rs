@@ -10,11 +10,12 @@ use chat_core::{SessionId, UserId};
 use chat_proto::v1 as pb;
 use futures_util::StreamExt;
 use prost::Message as _;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+#[derive(Clone)]
 pub struct Registry {
     bus: Arc<dyn Bus>,
     subjects: Subjects,
@@ -137,6 +138,41 @@ impl Registry {
         for e in users.values() {
             for c in e.conns.values() {
                 c.close(close);
+            }
+        }
+    }
+
+    /// The sessions of the open connections, each once.
+    pub fn sessions(&self) -> Vec<SessionId> {
+        let users = self.lock();
+        let set: HashSet<SessionId> = users
+            .values()
+            .flat_map(|e| e.conns.values().map(|c| c.caller.session_id))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Closes every connection of the `ended` sessions with `close`; how
+    /// many.
+    pub fn close_sessions(&self, ended: &HashSet<SessionId>, close: Close) -> usize {
+        let users = self.lock();
+        let mut n = 0;
+        for c in users.values().flat_map(|e| e.conns.values()) {
+            if ended.contains(&c.caller.session_id) {
+                c.close(close);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Asks every connection to re-check that its user is still a member
+    /// of each room it is subscribed to (after notices may have been lost).
+    pub fn recheck_memberships(&self) {
+        let users = self.lock();
+        for c in users.values().flat_map(|e| e.conns.values()) {
+            if c.tx.try_send(Outbound::Recheck).is_err() {
+                c.close(Close::TOO_SLOW);
             }
         }
     }

@@ -280,7 +280,63 @@ impl Session {
         match item {
             Outbound::Room { batch, from } => self.room_batch(&batch, from).await,
             Outbound::Membership(m) => self.membership(*m).await,
+            Outbound::Recheck => self.recheck_memberships().await,
         }
+    }
+
+    /// Ends, with `unsubscribed`, the subscriptions of rooms the user is no
+    /// longer a member of (a kick or ban whose notice was lost); under
+    /// `subscribe_all`, also follows the rooms joined meanwhile. Runs in
+    /// the connection's task, so no subscribe of this connection races it;
+    /// a later removal comes as a notice. A session refused meanwhile
+    /// closes the connection with 4001.
+    async fn recheck_memberships(&mut self) -> Result<(), End> {
+        if self.rooms.is_empty() && !self.all {
+            return Ok(());
+        }
+        // Each a call to room: after a reconnect every socket asks at once,
+        // so they take turns with the subscribes.
+        let turn = self.deps.subscribes.clone();
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(self.deps.rpc_timeout, turn.acquire_owned()).await
+        else {
+            tracing::warn!("no turn to re-check memberships");
+            return Ok(());
+        };
+        let mine: BTreeSet<RoomId> =
+            match self.deps.api.my_rooms(&self.conn.caller, usize::MAX).await {
+                Ok(rooms) => rooms.into_iter().collect(),
+                Err(e) if e.code == ErrorCode::Unauthorized => {
+                    return Err(End::Close(Close::UNAUTHORIZED.because("session ended")));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot re-check memberships");
+                    return Ok(());
+                }
+            };
+        for room in self.rooms() {
+            if !mine.contains(&room) && self.unsubscribe(room) {
+                tracing::debug!(room_id = %room, "no longer a member: unsubscribed");
+                self.send(&encode(&ServerFrame::Unsubscribed {
+                    room_id: &room.to_string(),
+                    r#ref: None,
+                }))?;
+            }
+        }
+        if self.all {
+            // Rooms joined meanwhile, followed as their notice would have.
+            for room in mine {
+                if !self.is_subscribed(room) {
+                    let joined = pb::MemberChange {
+                        room_id: room.to_string(),
+                        user_id: self.conn.caller.user_id.to_string(),
+                        joined: true,
+                    };
+                    Box::pin(self.membership(joined)).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Room items the hub handed over: written in seq order from the

@@ -20,6 +20,10 @@ pub enum Outbound {
     /// The user joined or left a room (from the user's subject); boxed to
     /// keep every connection's queue small.
     Membership(Box<pb::MemberChange>),
+    /// Notices may have been lost (a bus reconnect): re-check with room
+    /// that the user is still a member of every room subscribed, and end
+    /// the subscriptions of the rooms it no longer is.
+    Recheck,
 }
 
 /// A connection as the hubs and the registry see it.

@@ -265,3 +265,44 @@ pub(crate) async fn revoked_since<B: Backend>(store: &B, since: i64) -> Result<V
             .await?;
     rows.iter().map(|row| row.id("id")).collect()
 }
+
+/// Ids bound per `IN (…)` list: well below every dialect's bind limit.
+const ENDED_CHUNK: usize = 500;
+
+/// Which of `ids` have ended at `now`: revoked, their user deleted, past
+/// `limits`, or unknown.
+pub(crate) async fn ended<B: Backend>(
+    store: &B,
+    ids: &[SessionId],
+    limits: SessionLimits,
+    now: i64,
+) -> Result<Vec<SessionId>> {
+    let mut ended = Vec::new();
+    for chunk in ids.chunks(ENDED_CHUNK) {
+        let list = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT s.id, s.created_at, s.last_used_at, s.revoked_at, u.deleted_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id IN ({list})"
+        );
+        let mut q = stmt::<B::Db>(&sql);
+        for id in chunk {
+            q = q.bind_id(id.0);
+        }
+        let rows = q.fetch_all(store.reader()).await?;
+        let mut live = std::collections::HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let id: SessionId = row.id("id")?;
+            let over = row.opt_int("revoked_at")?.is_some()
+                || row.opt_int("deleted_at")?.is_some()
+                || limits.expired(row.int("created_at")?, row.int("last_used_at")?, now);
+            if !over {
+                live.insert(id);
+            }
+        }
+        ended.extend(chunk.iter().filter(|id| !live.contains(id)).copied());
+    }
+    Ok(ended)
+}

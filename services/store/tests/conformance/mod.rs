@@ -45,6 +45,7 @@ macro_rules! for_each_case {
             revoked_sessions_refuse_rotation_and_leave_the_live_list,
             a_session_past_its_max_age_refuses_rotation_and_ends,
             an_idle_refresh_token_is_refused_and_ends_its_session,
+            ended_sessions_are_the_revoked_deleted_expired_and_unknown,
             concurrent_appends_get_gapless_unique_seqs,
             a_repeated_client_msg_id_returns_the_original_message,
             only_members_can_append_to_a_live_room,

@@ -102,3 +102,42 @@ pub async fn an_idle_refresh_token_is_refused_and_ends_its_session(store: Arc<dy
     );
     assert!(live_sessions(s, alice.id).await.is_empty());
 }
+
+pub async fn ended_sessions_are_the_revoked_deleted_expired_and_unknown(store: Arc<dyn Store>) {
+    let s = &*store;
+    let alice = user(s, "alice").await;
+    let bob = user(s, "bob").await;
+    let live = session(s, alice.id, T0, &hash("live")).await;
+    let revoked = session(s, alice.id, T0, &hash("revoked")).await;
+    let old = session(s, alice.id, T0 - 10_000, &hash("old")).await;
+    let deleted = session(s, bob.id, T0, &hash("deleted")).await;
+    let unknown = chat_core::SessionId::new();
+    assert!(s.revoke_session(alice.id, revoked, T0 + 1).await.unwrap());
+    s.delete_user(bob.id, T0 + 2).await.unwrap();
+    let ids = [live, revoked, old, deleted, unknown];
+    let ended = s
+        .ended_sessions(&ids, SessionLimits::NONE, T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(ended, vec![revoked, deleted, unknown]);
+    let limits = SessionLimits {
+        max_age_ms: 5_000,
+        idle_ms: 0,
+    };
+    let ended = s.ended_sessions(&ids, limits, T0 + 3).await.unwrap();
+    assert_eq!(ended, vec![revoked, old, deleted, unknown]);
+    // More ids than one statement binds.
+    let many: Vec<_> = (0..1_200).map(|_| chat_core::SessionId::new()).collect();
+    let mut with_live = many.clone();
+    with_live.push(live);
+    let ended = s
+        .ended_sessions(&with_live, SessionLimits::NONE, T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(ended, many);
+    assert!(s
+        .ended_sessions(&[], SessionLimits::NONE, T0)
+        .await
+        .unwrap()
+        .is_empty());
+}
