@@ -92,7 +92,7 @@ impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         cfg.backends.check().map_err(anyhow::Error::msg)?;
         let b = &cfg.backends;
-        let bus = chat_bus::connect(&b.nats_url)
+        let bus = chat_bus::connect(&b.nats_url, chat_bus::BusKey::derive(&b.internal_secret))
             .await
             .context("cannot reach NATS")?;
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)

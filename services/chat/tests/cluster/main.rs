@@ -11,6 +11,7 @@ mod cluster;
 mod helpers;
 
 mod admin;
+mod busauth;
 mod failover;
 mod gaps;
 mod tools;
