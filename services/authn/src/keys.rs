@@ -37,14 +37,28 @@ pub async fn fetch_public_keys(
     url: &str,
     deadline: std::time::Duration,
 ) -> Result<Vec<PublicKey>, tonic::Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    fetch_public_keys_from(endpoint, deadline).await
+}
+
+/// [`fetch_public_keys`] through `endpoint` (e.g. one set up for TLS).
+pub async fn fetch_public_keys_from(
+    endpoint: tonic::transport::Endpoint,
+    deadline: std::time::Duration,
+) -> Result<Vec<PublicKey>, tonic::Status> {
     use chat_proto::v1::auth_service_client::AuthServiceClient;
+    let url = endpoint.uri().to_string();
+    let url = url.as_str();
     let give_up = tokio::time::Instant::now() + deadline;
     let mut wait = std::time::Duration::from_millis(100);
     loop {
         let attempt = async {
-            let mut client = AuthServiceClient::connect(url.to_owned())
+            let channel = endpoint
+                .connect()
                 .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
+            let mut client = AuthServiceClient::new(channel);
             let mut req = tonic::Request::new(chat_proto::v1::GetPublicKeysRequest {});
             req.set_timeout(std::time::Duration::from_secs(5));
             client.get_public_keys(req).await

@@ -11,5 +11,5 @@ pub mod internal;
 pub mod keys;
 pub mod verifier;
 
-pub use keys::{fetch_public_keys, PublicKey};
+pub use keys::{fetch_public_keys, fetch_public_keys_from, PublicKey};
 pub use verifier::{bearer, strip_bearer, Caller, Claims, Principal, Verifier, ISSUER};

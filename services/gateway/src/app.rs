@@ -5,7 +5,7 @@
 use crate::{Backends, Gateway, GatewayArgs};
 use anyhow::Context;
 use chat_authn::Verifier;
-use chat_core::config::BackendArgs;
+use chat_core::config::{BackendArgs, GrpcClientArgs};
 use chat_core::health::ReadyCheck;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +28,7 @@ pub struct Config {
     pub admin_addr: SocketAddr,
 
     /// auth's gRPC URL(s), comma-separated; calls are balanced over them.
+    /// `https://` ones are verified against --grpc-tls-ca.
     #[arg(
         long,
         env = "CHAT_AUTH_URL",
@@ -37,6 +38,7 @@ pub struct Config {
     pub auth_url: Vec<String>,
 
     /// room's gRPC URL(s), comma-separated; calls are balanced over them.
+    /// `https://` ones are verified against --grpc-tls-ca.
     #[arg(
         long,
         env = "CHAT_ROOM_URL",
@@ -44,6 +46,9 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub room_url: Vec<String>,
+
+    #[command(flatten)]
+    pub grpc_client: GrpcClientArgs,
 
     #[command(flatten)]
     pub backends: BackendArgs,
@@ -60,19 +65,20 @@ pub struct Config {
 }
 
 /// A channel balanced over `urls`, connecting lazily (start-up order does
-/// not matter) and reconnecting on its own.
-pub fn balanced_channel(urls: &[String]) -> anyhow::Result<Channel> {
+/// not matter) and reconnecting on its own; `https://` URLs over TLS.
+pub fn balanced_channel(urls: &[String], client: &GrpcClientArgs) -> anyhow::Result<Channel> {
     let endpoints = urls
         .iter()
         .map(|u| {
-            Endpoint::from_shared(u.clone())
-                .map(|e| {
+            client
+                .endpoint(u)
+                .map(|e: Endpoint| {
                     e.connect_timeout(Duration::from_secs(2))
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(20))
                         .keep_alive_timeout(Duration::from_secs(10))
                 })
-                .with_context(|| format!("bad gRPC URL {u:?}"))
+                .map_err(anyhow::Error::msg)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(!endpoints.is_empty(), "no gRPC URL given");
@@ -99,14 +105,18 @@ impl App {
             .await
             .context("cannot reach Redis")?;
         let first_auth = cfg.auth_url.first().cloned().unwrap_or_default();
-        let keys = chat_authn::fetch_public_keys(&first_auth, Duration::from_secs(60))
+        let auth = cfg
+            .grpc_client
+            .endpoint(&first_auth)
+            .map_err(anyhow::Error::msg)?;
+        let keys = chat_authn::fetch_public_keys_from(auth, Duration::from_secs(60))
             .await
             .with_context(|| format!("cannot fetch public keys from auth at {first_auth}"))?;
         let verifier =
             Verifier::new(&keys, ephemeral.clone()).with_internal_secret(&b.internal_secret);
         let backends = Backends::new(
-            balanced_channel(&cfg.auth_url)?,
-            balanced_channel(&cfg.room_url)?,
+            balanced_channel(&cfg.auth_url, &cfg.grpc_client)?,
+            balanced_channel(&cfg.room_url, &cfg.grpc_client)?,
         );
         let ready = vec![
             chat_bus::ready_check(bus.clone()),

@@ -5,7 +5,7 @@
 use crate::{RoomArgs, RoomSvc};
 use anyhow::Context;
 use chat_authn::Verifier;
-use chat_core::config::{BackendArgs, ListenArgs};
+use chat_core::config::{BackendArgs, GrpcClientArgs, ListenArgs};
 use chat_core::serve::GrpcProcess;
 use chat_proto::v1::room_service_server::RoomServiceServer;
 use std::net::SocketAddr;
@@ -22,9 +22,13 @@ pub struct Config {
     #[command(flatten)]
     pub backends: BackendArgs,
 
-    /// auth's gRPC URL, to fetch the token-verifying public keys at start.
+    /// auth's gRPC URL, to fetch the token-verifying public keys at start
+    /// (`https://…` with --grpc-tls-ca when auth serves TLS).
     #[arg(long, env = "CHAT_AUTH_URL", default_value = "http://127.0.0.1:50061")]
     pub auth_url: String,
+
+    #[command(flatten)]
+    pub grpc_client: GrpcClientArgs,
 
     #[command(flatten)]
     pub room: RoomArgs,
@@ -45,7 +49,11 @@ impl App {
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
             .await
             .context("cannot reach Redis")?;
-        let keys = chat_authn::fetch_public_keys(&cfg.auth_url, Duration::from_secs(60))
+        let auth = cfg
+            .grpc_client
+            .endpoint(&cfg.auth_url)
+            .map_err(anyhow::Error::msg)?;
+        let keys = chat_authn::fetch_public_keys_from(auth, Duration::from_secs(60))
             .await
             .with_context(|| format!("cannot fetch public keys from auth at {}", cfg.auth_url))?;
         let verifier =

@@ -14,4 +14,5 @@ mod admin;
 mod busauth;
 mod failover;
 mod gaps;
+mod tls;
 mod tools;
