@@ -102,7 +102,7 @@ impl App {
         let store = chat_store::connect(&b.database_url)
             .await
             .context("cannot open the store")?;
-        let bus = chat_bus::connect(&b.nats_url)
+        let bus = chat_bus::connect(&b.nats_url, chat_bus::BusKey::derive(&b.internal_secret))
             .await
             .context("cannot reach NATS")?;
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)

@@ -64,16 +64,15 @@ pub async fn fetch_public_keys(
     url: &str,
     deadline: std::time::Duration,
 ) -> Result<Vec<PublicKey>, tonic::Status> {
-    fetch_public_keys_from(&[url.to_owned()], deadline).await
+    fetch_public_keys_from(&AuthKeys::new(vec![url.to_owned()]), deadline).await
 }
 
-/// [`fetch_public_keys`] from the first of `urls` that answers (each is
-/// tried in turn), retrying until `deadline`.
+/// [`fetch_public_keys`] from the first of `source`'s replicas that
+/// answers (each is tried in turn), retrying until `deadline`.
 pub async fn fetch_public_keys_from(
-    urls: &[String],
+    source: &AuthKeys,
     deadline: std::time::Duration,
 ) -> Result<Vec<PublicKey>, tonic::Status> {
-    let source = AuthKeys::new(urls.to_vec());
     let give_up = tokio::time::Instant::now() + deadline;
     let mut wait = std::time::Duration::from_millis(100);
     loop {
@@ -92,23 +91,46 @@ pub async fn fetch_public_keys_from(
     }
 }
 
-/// Auth's `GetPublicKeys` at any of several URLs: a [`KeySource`] that
-/// asks each replica in turn until one answers.
+/// Auth's `GetPublicKeys` at any of several replicas: a [`KeySource`] that
+/// asks each in turn until one answers.
 #[derive(Clone, Debug)]
 pub struct AuthKeys {
-    urls: Vec<String>,
+    /// Each replica's URL (for logs) and endpoint (TLS set up, if any), or
+    /// why its URL is not one.
+    endpoints: Vec<(String, Result<tonic::transport::Endpoint, String>)>,
 }
 
 impl AuthKeys {
+    /// Plain-text (or system-default TLS) endpoints at `urls`.
     pub fn new(urls: Vec<String>) -> Self {
-        Self { urls }
+        let endpoints = urls
+            .into_iter()
+            .map(|u| {
+                let e = tonic::transport::Endpoint::from_shared(u.clone())
+                    .map_err(|e| e.to_string());
+                (u, e)
+            })
+            .collect();
+        Self { endpoints }
     }
 
-    async fn fetch_one(url: &str) -> Result<Vec<PublicKey>, tonic::Status> {
+    /// Endpoints made by the caller (e.g. with the CA for `https://`).
+    pub fn from_endpoints(endpoints: Vec<tonic::transport::Endpoint>) -> Self {
+        let endpoints = endpoints
+            .into_iter()
+            .map(|e| (e.uri().to_string(), Ok(e)))
+            .collect();
+        Self { endpoints }
+    }
+
+    async fn fetch_one(
+        endpoint: &Result<tonic::transport::Endpoint, String>,
+    ) -> Result<Vec<PublicKey>, tonic::Status> {
         use chat_proto::v1::auth_service_client::AuthServiceClient;
         let timeout = std::time::Duration::from_secs(5);
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        let endpoint = endpoint
+            .clone()
+            .map_err(tonic::Status::invalid_argument)?
             .connect_timeout(timeout)
             .timeout(timeout);
         let channel = endpoint
@@ -138,8 +160,8 @@ impl AuthKeys {
     /// The keys from the first URL that answers; the last error if none.
     pub async fn fetch(&self) -> Result<Vec<PublicKey>, tonic::Status> {
         let mut last = tonic::Status::invalid_argument("no auth URL given");
-        for url in &self.urls {
-            match Self::fetch_one(url).await {
+        for (url, endpoint) in &self.endpoints {
+            match Self::fetch_one(endpoint).await {
                 Ok(keys) => return Ok(keys),
                 Err(e) => {
                     tracing::debug!(error = %e.message(), url, "cannot fetch public keys");

@@ -19,10 +19,15 @@
 //!
 //! Events go out through one [`Publisher`], which builds and encodes the
 //! `BusEvent` and logs and counts what could not be sent.
+//!
+//! Every payload is authenticated: [`connect`] returns a [`SignedBus`], which
+//! seals what it publishes with the cluster's [`BusKey`] and drops (and
+//! counts) whatever it receives that was not sealed with it.
 
 pub mod memory;
 pub mod nats;
 pub mod publisher;
+pub mod signed;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,6 +37,7 @@ use std::sync::Arc;
 pub use memory::MemoryBus;
 pub use nats::NatsBus;
 pub use publisher::Publisher;
+pub use signed::{BusKey, SignedBus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -67,20 +73,29 @@ pub trait Bus: Send + Sync + 'static {
     /// gateway must re-check each room it follows against the store. Starts
     /// at 0; the in-process bus never changes it (and never closes it).
     fn reconnects(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Payloads received and dropped because they failed authentication
+    /// (see [`SignedBus`]); 0 for a bus that does not check.
+    fn rejected(&self) -> u64 {
+        0
+    }
 }
 
 /// Opens the bus named by `url`: `memory` for the in-process bus,
-/// `nats://host:port` (or `tls://…`, or several comma-separated) for NATS.
-pub async fn connect(url: &str) -> Result<Arc<dyn Bus>> {
-    match url {
-        "memory" | "memory://" => Ok(Arc::new(MemoryBus::default())),
+/// `nats://host:port` (or `tls://…`, or several comma-separated) for NATS;
+/// payloads on it are authenticated with `key` (see [`SignedBus`]).
+pub async fn connect(url: &str, key: BusKey) -> Result<Arc<dyn Bus>> {
+    let bus: Arc<dyn Bus> = match url {
+        "memory" | "memory://" => Arc::new(MemoryBus::default()),
         u if u.starts_with("nats://") || u.starts_with("tls://") => {
-            Ok(Arc::new(NatsBus::connect(u).await?))
+            Arc::new(NatsBus::connect(u).await?)
         }
-        _ => Err(BusError::Config(format!(
-            "unsupported bus URL {url:?} (expected memory or nats://host:port)"
-        ))),
-    }
+        _ => {
+            return Err(BusError::Config(format!(
+                "unsupported bus URL {url:?} (expected memory or nats://host:port)"
+            )))
+        }
+    };
+    Ok(Arc::new(SignedBus::new(bus, key)))
 }
 
 /// Builds subject names under one prefix.

@@ -31,10 +31,12 @@ bus_conformance!(pair());
 
 #[tokio::test]
 async fn connect_by_url_scheme() {
-    let bus = chat_bus::connect(&url()).await.unwrap();
+    let bus = chat_bus::connect(&url(), chat_bus::BusKey::random())
+        .await
+        .unwrap();
     bus.ping().await.unwrap();
     assert!(matches!(
-        chat_bus::connect("nats://no such host:4222").await,
+        chat_bus::connect("nats://no such host:4222", chat_bus::BusKey::random()).await,
         Err(BusError::Config(_))
     ));
 }

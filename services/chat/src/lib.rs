@@ -71,7 +71,7 @@ impl App {
         let store = chat_store::connect(&store_url)
             .await
             .with_context(|| format!("cannot open the store at {store_url}"))?;
-        let bus = chat_bus::connect("memory").await?;
+        let bus = chat_bus::connect("memory", chat_bus::BusKey::random()).await?;
         let ephemeral: Arc<dyn Ephemeral> = Arc::new(
             MemoryEphemeral::default().with_recent_cache_bytes(cfg.room.recent_cache_bytes),
         );

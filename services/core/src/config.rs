@@ -91,6 +91,56 @@ pub struct ListenArgs {
     #[arg(long, env = "CHAT_GRPC_REFLECTION", default_value_t = false,
           action = clap::ArgAction::Set)]
     pub grpc_reflection: bool,
+
+    /// PEM certificate (chain) to serve gRPC over TLS with; clients then
+    /// use `https://` URLs and `--grpc-tls-ca`. Unset: plaintext gRPC (keep
+    /// the port on a private network).
+    #[arg(long, env = "CHAT_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(long, env = "CHAT_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<std::path::PathBuf>,
+}
+
+/// How a process calls other services' gRPC: `https://` URLs are verified
+/// against this CA.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct GrpcClientArgs {
+    /// PEM CA certificate(s) that services' gRPC TLS certificates are
+    /// checked against; needed for `https://` service URLs.
+    #[arg(long, env = "CHAT_GRPC_TLS_CA")]
+    pub grpc_tls_ca: Option<std::path::PathBuf>,
+}
+
+impl GrpcClientArgs {
+    /// The client TLS settings, when a CA is configured.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+        let Some(path) = &self.grpc_tls_ca else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read --grpc-tls-ca {}: {e}", path.display()))?;
+        Ok(Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        ))
+    }
+
+    /// An endpoint for `url`: over TLS (checked against the CA) for
+    /// `https://`, plaintext for `http://`.
+    pub fn endpoint(&self, url: &str) -> Result<tonic::transport::Endpoint, String> {
+        let e = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("bad gRPC URL {url:?}: {e}"))?;
+        if !url.starts_with("https://") {
+            return Ok(e);
+        }
+        let tls = self
+            .tls()?
+            .ok_or_else(|| format!("gRPC URL {url:?} is https: set --grpc-tls-ca"))?;
+        e.tls_config(tls)
+            .map_err(|e| format!("TLS for gRPC URL {url:?}: {e}"))
+    }
 }
 
 /// Limits of the client-facing HTTP listener (`chat`, `gateway`): every

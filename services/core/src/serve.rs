@@ -20,8 +20,22 @@ pub async fn grpc(
     routes: tonic::service::Routes,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    grpc_with(listener, routes, None, stop).await
+}
+
+/// [`grpc`], over TLS when `tls` is given (a plaintext client is refused).
+pub async fn grpc_with(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         // h2's limit of pending reset streams (20, then GOAWAY) stays as it
@@ -450,6 +464,31 @@ pub struct GrpcProcess {
     http: TcpListener,
     routes: tonic::service::Routes,
     health: axum::Router,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+/// The server TLS settings of `--grpc-tls-cert`/`--grpc-tls-key`, checked
+/// now (a bad file fails the start, not the first call).
+async fn server_tls(
+    listen: &crate::config::ListenArgs,
+) -> std::io::Result<Option<tonic::transport::ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&listen.grpc_tls_cert, &listen.grpc_tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        let p = p.to_owned();
+        async move {
+            tokio::fs::read(&p).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot read {}: {e}", p.display()))
+            })
+        }
+    };
+    let identity = tonic::transport::Identity::from_pem(read(cert).await?, read(key).await?);
+    let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    tonic::transport::Server::builder()
+        .tls_config(tls.clone())
+        .map_err(|e| std::io::Error::other(format!("bad --grpc-tls-cert/--grpc-tls-key: {e}")))?;
+    Ok(Some(tls))
 }
 
 impl GrpcProcess {
@@ -459,11 +498,13 @@ impl GrpcProcess {
         routes: tonic::service::Routes,
         checks: Vec<crate::health::ReadyCheck>,
     ) -> std::io::Result<Self> {
+        let tls = server_tls(listen).await?;
         Ok(Self {
             grpc: bind(listen.grpc_addr).await?,
             http: bind(listen.http_addr).await?,
             routes,
             health: crate::health::router(checks),
+            tls,
         })
     }
 
@@ -486,7 +527,7 @@ impl GrpcProcess {
             HttpLimits::default(),
             stop.clone(),
         ));
-        grpc(self.grpc, self.routes, stop).await?;
+        grpc_with(self.grpc, self.routes, self.tls, stop).await?;
         http.await??;
         Ok(())
     }

@@ -5,7 +5,7 @@
 use crate::{Backends, Gateway, GatewayArgs};
 use anyhow::Context;
 use chat_authn::Verifier;
-use chat_core::config::BackendArgs;
+use chat_core::config::{BackendArgs, GrpcClientArgs};
 use chat_core::health::ReadyCheck;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +28,7 @@ pub struct Config {
     pub admin_addr: SocketAddr,
 
     /// auth's gRPC URL(s), comma-separated; calls are balanced over them.
+    /// `https://` ones are verified against --grpc-tls-ca.
     #[arg(
         long,
         env = "CHAT_AUTH_URL",
@@ -37,6 +38,7 @@ pub struct Config {
     pub auth_url: Vec<String>,
 
     /// room's gRPC URL(s), comma-separated; calls are balanced over them.
+    /// `https://` ones are verified against --grpc-tls-ca.
     #[arg(
         long,
         env = "CHAT_ROOM_URL",
@@ -44,6 +46,9 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub room_url: Vec<String>,
+
+    #[command(flatten)]
+    pub grpc_client: GrpcClientArgs,
 
     #[command(flatten)]
     pub backends: BackendArgs,
@@ -63,19 +68,20 @@ pub struct Config {
 }
 
 /// A channel balanced over `urls`, connecting lazily (start-up order does
-/// not matter) and reconnecting on its own.
-pub fn balanced_channel(urls: &[String]) -> anyhow::Result<Channel> {
+/// not matter) and reconnecting on its own; `https://` URLs over TLS.
+pub fn balanced_channel(urls: &[String], client: &GrpcClientArgs) -> anyhow::Result<Channel> {
     let endpoints = urls
         .iter()
         .map(|u| {
-            Endpoint::from_shared(u.clone())
-                .map(|e| {
+            client
+                .endpoint(u)
+                .map(|e: Endpoint| {
                     e.connect_timeout(Duration::from_secs(2))
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(20))
                         .keep_alive_timeout(Duration::from_secs(10))
                 })
-                .with_context(|| format!("bad gRPC URL {u:?}"))
+                .map_err(anyhow::Error::msg)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(!endpoints.is_empty(), "no gRPC URL given");
@@ -99,13 +105,13 @@ impl App {
             "--presence-ttl-secs must be more than --presence-heartbeat-secs"
         );
         let b = &cfg.backends;
-        let bus = chat_bus::connect(&b.nats_url)
+        let bus = chat_bus::connect(&b.nats_url, chat_bus::BusKey::derive(&b.internal_secret))
             .await
             .context("cannot reach NATS")?;
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
             .await
             .context("cannot reach Redis")?;
-        let auth_channel = balanced_channel(&cfg.auth_url)?;
+        let auth_channel = balanced_channel(&cfg.auth_url, &cfg.grpc_client)?;
         // Revocation checks fall back to auth (the store) when the list
         // cannot answer (unreachable, or emptied and not re-seeded yet).
         let ephemeral = chat_ephemeral::Revocations::wrap(
@@ -118,17 +124,27 @@ impl App {
                 rpc_timeout: Duration::from_millis(cfg.gateway.rpc_timeout_ms),
             }),
         );
-        let keys = chat_authn::fetch_public_keys_from(&cfg.auth_url, Duration::from_secs(60))
+        let auth_keys = chat_authn::AuthKeys::from_endpoints(
+            cfg.auth_url
+                .iter()
+                .map(|u| cfg.grpc_client.endpoint(u))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
+        );
+        let keys = chat_authn::fetch_public_keys_from(&auth_keys, Duration::from_secs(60))
             .await
             .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
         let verifier = Verifier::new(&keys, ephemeral.clone())
             .with_internal_secret(&b.internal_secret)
             .with_key_source(
-                std::sync::Arc::new(chat_authn::AuthKeys::new(cfg.auth_url.clone())),
+                std::sync::Arc::new(auth_keys),
                 cfg.keys.unknown_kid_interval(),
             );
         verifier.keep_keys_fresh(cfg.keys.refresh_every(), shutdown.clone());
-        let backends = Backends::new(auth_channel, balanced_channel(&cfg.room_url)?);
+        let backends = Backends::new(
+            auth_channel,
+            balanced_channel(&cfg.room_url, &cfg.grpc_client)?,
+        );
         let ready = vec![
             chat_bus::ready_check(bus.clone()),
             chat_ephemeral::ready_check(ephemeral.clone()),

@@ -166,7 +166,11 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Self {
         let tracker = TaskTracker::new();
-        let metrics = Arc::new(metrics::Metrics::default());
+        let metrics = {
+            let mut m = metrics::Metrics::default();
+            m.watch_bus(bus.clone());
+            Arc::new(m)
+        };
         let api = room_api::RoomApi::new(Arc::new(room_api::GrpcRoom::new(
             backends.clone(),
             cfg.internal_secret.clone(),

@@ -95,6 +95,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Exposes `bus`'s count of payloads dropped for failing authentication
+    /// as `chat_bus_rejected_total` (forgeries, or a service with another
+    /// internal secret).
+    pub fn watch_bus(&mut self, bus: std::sync::Arc<dyn chat_bus::Bus>) {
+        self.registry.register_collector(Box::new(BusRejected(bus)));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -102,5 +109,60 @@ impl Metrics {
             tracing::error!(%error, "cannot encode metrics");
         }
         out
+    }
+}
+
+/// Reads the bus's rejection count at scrape time.
+struct BusRejected(std::sync::Arc<dyn chat_bus::Bus>);
+
+impl std::fmt::Debug for BusRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BusRejected")
+    }
+}
+
+impl prometheus_client::collector::Collector for BusRejected {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let counter = prometheus_client::metrics::counter::ConstCounter::new(self.0.rejected());
+        let metric = encoder.encode_descriptor(
+            "bus_rejected",
+            "Bus payloads dropped because they failed authentication",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use chat_bus::{Bus, BusKey, MemoryBus, SignedBus};
+    use futures_util::StreamExt;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn rejected_bus_payloads_are_exposed() {
+        let raw: Arc<dyn Bus> = Arc::new(MemoryBus::default());
+        let bus: Arc<dyn Bus> = Arc::new(SignedBus::new(raw.clone(), BusKey::random()));
+        let mut m = Metrics::default();
+        m.watch_bus(bus.clone());
+        assert!(m.render().contains("chat_bus_rejected_total 0"));
+        let mut sub = bus.subscribe("s").await.unwrap();
+        raw.publish("s", Bytes::from_static(b"forged"))
+            .await
+            .unwrap();
+        bus.publish("s", Bytes::from_static(b"ok")).await.unwrap();
+        assert_eq!(sub.next().await.as_deref(), Some(&b"ok"[..]));
+        assert!(
+            m.render().contains("chat_bus_rejected_total 1"),
+            "{}",
+            m.render()
+        );
     }
 }

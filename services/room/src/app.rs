@@ -5,7 +5,7 @@
 use crate::{RoomArgs, RoomSvc};
 use anyhow::Context;
 use chat_authn::Verifier;
-use chat_core::config::{BackendArgs, ListenArgs};
+use chat_core::config::{BackendArgs, GrpcClientArgs, ListenArgs};
 use chat_core::serve::GrpcProcess;
 use chat_proto::v1::room_service_server::RoomServiceServer;
 use std::net::SocketAddr;
@@ -24,7 +24,8 @@ pub struct Config {
     pub backends: BackendArgs,
 
     /// auth's gRPC URL(s), comma-separated, to fetch the token-verifying
-    /// public keys from (each is tried in turn).
+    /// public keys from (each is tried in turn; `https://…` with
+    /// --grpc-tls-ca when auth serves TLS).
     #[arg(
         long,
         env = "CHAT_AUTH_URL",
@@ -35,6 +36,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub keys: chat_authn::KeyRefreshArgs,
+
+    #[command(flatten)]
+    pub grpc_client: GrpcClientArgs,
 
     #[command(flatten)]
     pub room: RoomArgs,
@@ -53,7 +57,7 @@ impl App {
         let store = chat_store::connect(&b.database_url)
             .await
             .context("cannot open the store")?;
-        let bus = chat_bus::connect(&b.nats_url)
+        let bus = chat_bus::connect(&b.nats_url, chat_bus::BusKey::derive(&b.internal_secret))
             .await
             .context("cannot reach NATS")?;
         let ephemeral = chat_ephemeral::connect(&b.redis_url, &b.key_prefix)
@@ -63,13 +67,20 @@ impl App {
         // answer (unreachable, or emptied and not re-seeded yet).
         let ephemeral =
             chat_ephemeral::Revocations::wrap(ephemeral, Arc::new(StoreSessions(store.clone())));
-        let keys = chat_authn::fetch_public_keys_from(&cfg.auth_url, Duration::from_secs(60))
+        let auth_keys = chat_authn::AuthKeys::from_endpoints(
+            cfg.auth_url
+                .iter()
+                .map(|u| cfg.grpc_client.endpoint(u))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
+        );
+        let keys = chat_authn::fetch_public_keys_from(&auth_keys, Duration::from_secs(60))
             .await
             .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
         let verifier = Verifier::new(&keys, ephemeral.clone())
             .with_internal_secret(&b.internal_secret)
             .with_key_source(
-                std::sync::Arc::new(chat_authn::AuthKeys::new(cfg.auth_url.clone())),
+                std::sync::Arc::new(auth_keys),
                 cfg.keys.unknown_kid_interval(),
             );
         let svc = RoomSvc::new(

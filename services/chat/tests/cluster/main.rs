@@ -11,9 +11,11 @@ mod cluster;
 mod helpers;
 
 mod admin;
+mod busauth;
 mod failover;
 mod gaps;
 mod keys;
 mod presence;
 mod revocation;
+mod tls;
 mod tools;

@@ -266,3 +266,146 @@ async fn the_cluster_script_starts_a_working_stack_and_stops_everything() {
         .arg(format!("DROP SCHEMA IF EXISTS s_{id} CASCADE"))
         .output();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_script_runs_its_own_nats_and_redis_with_passwords() {
+    use std::os::unix::fs::PermissionsExt;
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let state = tempfile::tempdir().expect("temp dir");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_gateway"))
+        .parent()
+        .expect("bin dir")
+        .to_owned();
+    let lb_port = free_port();
+    // NATS and Redis take the two ports below the base; auth, room and one
+    // gateway 2 each from it.
+    let first = free_ports(8);
+    let (nats_port, redis_port, base) = (first, first + 1, first + 2);
+    let script = repo_root().join("deploy/local/cluster");
+    let run = |args: &[&str]| {
+        Command::new(&script)
+            .args(args)
+            .env("CHAT_CLUSTER_DIR", state.path())
+            .env("CHAT_BIN_DIR", &bin_dir)
+            .env("CHAT_CLUSTER_BASE_PORT", base.to_string())
+            .env("CHAT_DATABASE_URL", format!("{POSTGRES}?schema=s_{id}"))
+            .env_remove("CHAT_REDIS_URL")
+            .env_remove("CHAT_NATS_URL")
+            .env("CHAT_SUBJECT_PREFIX", format!("s{id}"))
+            .env("CHAT_KEY_PREFIX", format!("s{id}"))
+            .env("CHAT_ARGON2_MEMORY_KIB", "256")
+            .output()
+            .expect("the cluster script runs")
+    };
+    let up = within_for(Duration::from_secs(120), "cluster up", async {
+        let port = lb_port.to_string();
+        tokio::task::block_in_place(|| run(&["up", "--gateways", "1", "--port", &port]))
+    })
+    .await;
+    let up_out = String::from_utf8_lossy(&up.stdout).into_owned();
+    let down = || {
+        let out = tokio::task::block_in_place(|| run(&["down"]));
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-q", "-c"])
+            .arg(format!("DROP SCHEMA IF EXISTS s_{id} CASCADE"))
+            .output();
+        out
+    };
+    if !up.status.success() {
+        down();
+        panic!(
+            "cluster up failed:\n{up_out}\n{}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+    }
+    assert!(
+        up_out.contains(&format!("nats://127.0.0.1:{nats_port}")),
+        "{up_out}"
+    );
+    assert!(
+        up_out.contains(&format!("redis://127.0.0.1:{redis_port}")),
+        "{up_out}"
+    );
+    assert_eq!(up_out.matches("running").count(), 6, "{up_out}");
+
+    // The passwords are generated and kept for the operator's eyes only.
+    for f in ["nats-password", "redis-password", "internal-secret"] {
+        let meta = std::fs::metadata(state.path().join(f)).expect(f);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+        assert!(meta.len() >= 32, "{f} is too short");
+    }
+    // Neither answers without them.
+    let nats = chat_bus::NatsBus::connect(&format!("nats://127.0.0.1:{nats_port}")).await;
+    assert!(nats.is_err(), "NATS let a client in without a password");
+    let pass = std::fs::read_to_string(state.path().join("nats-password")).expect("password");
+    let with_pass = format!("nats://chat:{}@127.0.0.1:{nats_port}", pass.trim());
+    assert!(chat_bus::NatsBus::connect(&with_pass).await.is_ok());
+    let ping = Command::new("redis-cli")
+        .args(["-p", &redis_port.to_string(), "ping"])
+        .output()
+        .expect("redis-cli runs");
+    let ping_out = String::from_utf8_lossy(&ping.stdout);
+    assert!(ping_out.contains("NOAUTH"), "Redis answered {ping_out:?}");
+
+    // The stack works on them: a message goes through room, NATS and the
+    // gateway to a subscribed socket.
+    let lb = format!("http://127.0.0.1:{lb_port}");
+    let client = reqwest::Client::new();
+    let signup: Value = client
+        .post(format!("{lb}/api/v1/auth/signup"))
+        .json(
+            &serde_json::json!({"username": format!("u{id}"), "password": "correct horse battery"}),
+        )
+        .send()
+        .await
+        .expect("signup")
+        .json()
+        .await
+        .expect("signup JSON");
+    let token = signup["access_token"].as_str().expect("a token").to_owned();
+    let room: Value = client
+        .post(format!("{lb}/api/v1/rooms"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "r", "visibility": "public"}))
+        .send()
+        .await
+        .expect("create room")
+        .json()
+        .await
+        .expect("room JSON");
+    let room = room["id"].as_str().expect("a room id").to_owned();
+    let mut ws = crate::helpers::ws_connect(&format!("ws://127.0.0.1:{lb_port}/ws"), &token)
+        .await
+        .expect("a WebSocket");
+    ws.subscribe(&room, None).await;
+    let sent = client
+        .post(format!("{lb}/api/v1/rooms/{room}/messages"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"body": "over NATS", "client_msg_id": "m1"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(sent.status().as_u16(), 201);
+    assert_eq!(
+        within("the message", ws.recv_event()).await["body"],
+        "over NATS"
+    );
+
+    let pids: Vec<String> = std::fs::read_dir(state.path())
+        .expect("state dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|s| s.trim().to_owned())
+        .collect();
+    assert_eq!(pids.len(), 6, "auth, room, gateway, nats, redis, haproxy");
+    assert!(down().status.success());
+    for pid in &pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "process {pid} still runs after down"
+        );
+    }
+}

@@ -69,6 +69,17 @@ pub struct Options {
     pub nats_url: Option<String>,
     /// A Redis of the test's own (e.g. to stop it); the shared one if None.
     pub redis_url: Option<String>,
+    /// gRPC between the services over TLS: auth and room serve this
+    /// certificate, room and gateways check it against `ca` (https URLs).
+    pub grpc_tls: Option<GrpcTls>,
+}
+
+/// PEM files for [`Options::grpc_tls`].
+#[derive(Clone, Debug)]
+pub struct GrpcTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl Default for Options {
@@ -81,6 +92,7 @@ impl Default for Options {
             gateway_args: vec![],
             nats_url: None,
             redis_url: None,
+            grpc_tls: None,
         }
     }
 }
@@ -312,6 +324,22 @@ impl Cluster {
             "--http-addr".into(),
             format!("127.0.0.1:{ah}"),
         ];
+        let scheme = if opts.grpc_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let (serve_tls, client_tls) = match &opts.grpc_tls {
+            Some(t) => (
+                vec![
+                    format!("--grpc-tls-cert={}", t.cert.display()),
+                    format!("--grpc-tls-key={}", t.key.display()),
+                ],
+                vec![format!("--grpc-tls-ca={}", t.ca.display())],
+            ),
+            None => (vec![], vec![]),
+        };
+        auth_args.extend(serve_tls.iter().cloned());
         auth_args.extend(opts.auth_args.iter().cloned());
         let mut auth = proc(
             "auth",
@@ -320,7 +348,7 @@ impl Cluster {
             format!("http://127.0.0.1:{ah}/readyz"),
         );
         auth.spawn();
-        let auth_grpc = format!("http://127.0.0.1:{ag}");
+        let auth_grpc = format!("{scheme}://127.0.0.1:{ag}");
 
         let mut rooms = Vec::new();
         let mut room_grpcs = Vec::new();
@@ -334,6 +362,8 @@ impl Cluster {
                 "--auth-url".into(),
                 auth_grpc.clone(),
             ];
+            args.extend(serve_tls.iter().cloned());
+            args.extend(client_tls.iter().cloned());
             args.extend(opts.room_args.iter().cloned());
             let mut p = proc(
                 &format!("room-{i}"),
@@ -343,7 +373,7 @@ impl Cluster {
             );
             p.spawn();
             rooms.push(p);
-            room_grpcs.push(format!("http://127.0.0.1:{rg}"));
+            room_grpcs.push(format!("{scheme}://127.0.0.1:{rg}"));
         }
 
         let mut gateways = Vec::new();
@@ -363,6 +393,7 @@ impl Cluster {
                 // HAProxy, in front, names the client in X-Forwarded-For.
                 "--trusted-proxies=127.0.0.1".into(),
             ];
+            args.extend(client_tls.iter().cloned());
             args.extend(opts.gateway_args.iter().cloned());
             let mut p = proc(
                 &format!("gateway-{i}"),
