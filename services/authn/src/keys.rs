@@ -106,8 +106,8 @@ impl AuthKeys {
         let endpoints = urls
             .into_iter()
             .map(|u| {
-                let e = tonic::transport::Endpoint::from_shared(u.clone())
-                    .map_err(|e| e.to_string());
+                let e =
+                    tonic::transport::Endpoint::from_shared(u.clone()).map_err(|e| e.to_string());
                 (u, e)
             })
             .collect();
