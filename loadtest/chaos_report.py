@@ -54,7 +54,7 @@ def main():
         )
         all_ok &= ok
         rows.append(
-            "| {f} | {acked} | **{lost}** | **{dup}** | {ooo} | {closes} | {back}/{want} | {rp50:.0} / {rmax:.0} | {sr}{refused} | {unacked} | **{still}** of {users} ({cut}) | {cms} | {res} |".format(
+            "| {f} | {acked} | **{lost}** | **{dup}** | {ooo} | {closes} | {back}/{want} | {rp50:.0f} / {rmax:.0f} | {sr}{refused} | {unacked} | **{still}** of {users} ({cut}) | {cms} | {res} |".format(
                 f=f,
                 acked=lt["acked"],
                 lost=lt["lost"],

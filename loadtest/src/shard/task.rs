@@ -94,6 +94,9 @@ impl Task {
 
     fn closed(&mut self, code: u16) {
         self.ws = None;
+        // Recovery is timed from here to `subscribed` after the resume
+        // (a planned drop sets it earlier, when it happens).
+        self.c.dropped_at.get_or_insert_with(Instant::now);
         self.ctx.stats.open.fetch_sub(1, Relaxed);
         bump(&self.ctx.stats.closes, code.to_string());
     }

@@ -71,7 +71,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(5);
 /// How long a gateway counts as alive after a connection opens on it,
 /// until its first heartbeat says otherwise (see the module doc).
-pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(15);
+pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(12);
 /// Users written per script when a gateway rewrites its presence.
 const RESYNC_BATCH: usize = 500;
 

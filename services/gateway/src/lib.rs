@@ -112,8 +112,8 @@ impl Default for GatewayConfig {
             ws_idle_timeout: Duration::from_secs(75),
             tail_check: Duration::from_secs(1),
 
-            presence_heartbeat: Duration::from_secs(5),
-            presence_ttl: Duration::from_secs(15),
+            presence_heartbeat: Duration::from_secs(4),
+            presence_ttl: Duration::from_secs(12),
             session_check_interval: Duration::from_millis(DEFAULT_SESSION_CHECK_MS),
         }
     }
@@ -385,7 +385,7 @@ pub struct GatewayArgs {
     /// How often this gateway refreshes its users' presence in the
     /// ephemeral store (one batched write per interval, whatever the number
     /// of connections), in seconds.
-    #[arg(long, env = "CHAT_PRESENCE_HEARTBEAT_SECS", default_value_t = 5,
+    #[arg(long, env = "CHAT_PRESENCE_HEARTBEAT_SECS", default_value_t = 4,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub presence_heartbeat_secs: u64,
 
@@ -394,7 +394,7 @@ pub struct GatewayArgs {
     /// events (from another gateway) within about this long after the
     /// crash. Must be more than --presence-heartbeat-secs (3 times is a
     /// good value: a heartbeat or two may be late without harm).
-    #[arg(long, env = "CHAT_PRESENCE_TTL_SECS", default_value_t = 15,
+    #[arg(long, env = "CHAT_PRESENCE_TTL_SECS", default_value_t = 12,
           value_parser = clap::value_parser!(u64).range(2..=86_400))]
     pub presence_ttl_secs: u64,
 
