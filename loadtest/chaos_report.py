@@ -104,7 +104,10 @@ Columns: *acked lost* counts, per connection, the seqs up to its room's highest 
 that never arrived (after resumes); *recovery* is a dropped connection's time from the drop
 to `subscribed` after its resume; *sends refused* are sends answered with an error (the
 client was told; nothing was acked), by code; *unacked at end* were sent and neither acked
-nor refused when the run ended (the client still holds them and would resend).
+nor refused when the run ended (the client still holds them and would resend);
+*slowest cut-off* runs from the logout attempt that succeeded to the socket's 4001 (or its
+refused reconnect): with NATS or Redis down, a socket is cut off once they are back and
+the gateway re-checks its sessions, so those faults show their outage in it.
 """
     with open(out, "w") as f:
         f.write(text)
