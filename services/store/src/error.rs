@@ -28,6 +28,11 @@ pub enum StoreError {
     /// overload, worth retrying (503), not a fault (500).
     #[error("store busy")]
     Busy,
+    /// The connection to the database failed or the server is shutting
+    /// down or restarting: nothing was committed by the failed call, and a
+    /// retry may well succeed (503), not a fault (500).
+    #[error("store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {
@@ -35,8 +40,23 @@ impl StoreError {
         let e: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
         match e.downcast_ref::<sqlx::Error>() {
             Some(sqlx::Error::PoolTimedOut) => StoreError::Busy,
+            Some(se) if connection_lost(se) => StoreError::Unavailable(e),
             _ => StoreError::Backend(e),
         }
+    }
+}
+
+/// The database went away under the call (a crash, a restart, a network
+/// fault), as opposed to a fault in the call itself.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // Postgres: class 08 (connection exception), 57P01..57P03
+            // (admin or crash shutdown, cannot connect now).
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }
 
@@ -56,6 +76,7 @@ impl From<StoreError> for ApiError {
                 ApiError::conflict("the owner must transfer ownership to another member first")
             }
             StoreError::Busy => ApiError::unavailable("the store is busy; retry"),
+            StoreError::Unavailable(_) => ApiError::unavailable("the store is unavailable; retry"),
             StoreError::Config(_) | StoreError::Backend(_) => ApiError::internal(&e),
         }
     }
@@ -78,5 +99,16 @@ mod tests {
         assert_eq!(ApiError::from(e).code, chat_core::ErrorCode::Unavailable);
         let other = StoreError::backend(sqlx::Error::RowNotFound);
         assert_eq!(ApiError::from(other).code, chat_core::ErrorCode::Internal);
+    }
+
+    #[test]
+    fn a_lost_database_connection_is_unavailable_not_internal() {
+        // What an in-flight call gets when PostgreSQL crashes or restarts.
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        for e in [sqlx::Error::Io(reset), sqlx::Error::PoolClosed] {
+            let e = StoreError::backend(e);
+            assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+            assert_eq!(ApiError::from(e).code, chat_core::ErrorCode::Unavailable);
+        }
     }
 }

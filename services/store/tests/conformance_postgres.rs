@@ -407,7 +407,10 @@ async fn an_unreachable_server_is_an_error_not_a_hang() {
     .await
     .expect("connect gives up within its acquire timeout");
     assert!(
-        matches!(res, Err(StoreError::Backend(_) | StoreError::Busy)),
+        matches!(
+            res,
+            Err(StoreError::Backend(_) | StoreError::Busy | StoreError::Unavailable(_))
+        ),
         "{res:?}"
     );
 }
