@@ -112,18 +112,12 @@ async fn a_logout_during_a_bus_outage_closes_the_socket_after_the_reconnect() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     nats.up().await;
 
-    let closed = within_for(
+    within_for(
         Duration::from_secs(30),
         "the logged-out socket to close after the bus came back",
-        ws.expect_close(),
+        ws.expect_close_code(4001),
     )
     .await;
-    assert_eq!(
-        closed.code,
-        Some(4001),
-        "frames before: {:?}",
-        closed.frames
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,18 +133,12 @@ async fn a_socket_whose_logout_notice_was_lost_closes_within_the_check_interval(
         .await;
     assert_eq!(r.status.as_u16(), 204, "{}", r.text);
     // The bus stays down: only the periodic re-check can tell.
-    let closed = within_for(
+    within_for(
         Duration::from_secs(30),
         "the logged-out socket to close with the bus down",
-        ws.expect_close(),
+        ws.expect_close_code(4001),
     )
     .await;
-    assert_eq!(
-        closed.code,
-        Some(4001),
-        "frames before: {:?}",
-        closed.frames
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
