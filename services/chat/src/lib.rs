@@ -35,8 +35,7 @@ pub async fn rotate_key(
     cfg: &Config,
     key_file: Option<&std::path::Path>,
 ) -> anyhow::Result<String> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    create_private_dir(&cfg.data_dir)?;
     let kek = cfg.kek()?;
     let store = chat_store::connect(&cfg.store_url())
         .await
@@ -45,6 +44,32 @@ pub async fn rotate_key(
     chat_auth::keyring::active_key(store.as_ref(), &kek, Some(&cfg.jwt_key_path())).await?;
     let key = key_file.map(chat_auth::SigningKey::load).transpose()?;
     Ok(chat_auth::keyring::rotate(store.as_ref(), &kek, key).await?)
+}
+
+/// Creates the data dir (and its parents) readable by this user only: it
+/// holds password hashes, sessions and every message.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))
+}
+
+/// The SQLite files are this user's only, even in a data dir the operator
+/// made with looser permissions (SQLite gives its -wal and -shm files the
+/// database file's mode).
+fn keep_private(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["chat.db", "chat.db-wal", "chat.db-shm"] {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A built server: listeners bound, store migrated, services wired.
@@ -65,12 +90,12 @@ pub struct App {
 impl App {
     /// Binds, opens and migrates the store, loads or creates the signing key.
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+        create_private_dir(&cfg.data_dir)?;
         let store_url = cfg.store_url();
         let store = chat_store::connect(&store_url)
             .await
             .with_context(|| format!("cannot open the store at {store_url}"))?;
+        keep_private(&cfg.data_dir)?;
         let bus = chat_bus::connect("memory", chat_bus::BusKey::random()).await?;
         let ephemeral: Arc<dyn Ephemeral> = Arc::new(
             MemoryEphemeral::default().with_recent_cache_bytes(cfg.room.recent_cache_bytes),
@@ -264,5 +289,38 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).map_or(0, |m| m.permissions().mode() & 0o777)
+    }
+
+    #[tokio::test]
+    async fn the_data_dir_and_the_database_are_readable_by_this_user_only() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("new").join("data");
+        let app = App::build(Config::ephemeral(&dir), CancellationToken::new())
+            .await
+            .expect("the server builds");
+        assert_eq!(mode(&dir), 0o700, "a data dir it creates");
+        assert_eq!(mode(&dir.join("chat.db")), 0o600, "the database");
+        drop(app);
+
+        // A data dir the operator made with looser permissions: the
+        // database files are still private.
+        let loose = tmp.path().join("loose");
+        std::fs::create_dir(&loose).expect("dir");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let app = App::build(Config::ephemeral(&loose), CancellationToken::new())
+            .await
+            .expect("the server builds");
+        assert_eq!(mode(&loose.join("chat.db")), 0o600);
+        drop(app);
     }
 }
