@@ -91,6 +91,23 @@ pub async fn fetch_public_keys_from(
     }
 }
 
+/// The verifier of a service other than auth: auth's public keys fetched
+/// from `source` (waiting up to `deadline` for a replica to answer, so that
+/// services may start in any order), and fetched from it again when a token
+/// names an unknown `kid` (at most once per `unknown_kid_interval`).
+pub async fn verifier_from_auth(
+    source: AuthKeys,
+    ephemeral: std::sync::Arc<dyn chat_ephemeral::Ephemeral>,
+    internal_secret: &str,
+    unknown_kid_interval: std::time::Duration,
+    deadline: std::time::Duration,
+) -> Result<crate::Verifier, tonic::Status> {
+    let keys = fetch_public_keys_from(&source, deadline).await?;
+    Ok(crate::Verifier::new(&keys, ephemeral)
+        .with_internal_secret(internal_secret)
+        .with_key_source(std::sync::Arc::new(source), unknown_kid_interval))
+}
+
 /// Auth's `GetPublicKeys` at any of several replicas: a [`KeySource`] that
 /// asks each in turn until one answers.
 #[derive(Clone, Debug)]

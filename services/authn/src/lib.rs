@@ -11,5 +11,8 @@ pub mod internal;
 pub mod keys;
 pub mod verifier;
 
-pub use keys::{fetch_public_keys, fetch_public_keys_from, AuthKeys, KeyRefreshArgs, PublicKey};
+pub use keys::{
+    fetch_public_keys, fetch_public_keys_from, verifier_from_auth, AuthKeys, KeyRefreshArgs,
+    PublicKey,
+};
 pub use verifier::{bearer, strip_bearer, Caller, Claims, KeySource, Principal, Verifier, ISSUER};

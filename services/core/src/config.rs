@@ -141,6 +141,11 @@ impl GrpcClientArgs {
         e.tls_config(tls)
             .map_err(|e| format!("TLS for gRPC URL {url:?}: {e}"))
     }
+
+    /// [`Self::endpoint`] for each of `urls`.
+    pub fn endpoints(&self, urls: &[String]) -> Result<Vec<tonic::transport::Endpoint>, String> {
+        urls.iter().map(|u| self.endpoint(u)).collect()
+    }
 }
 
 /// Limits of the client-facing HTTP listener (`chat`, `gateway`): every

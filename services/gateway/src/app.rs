@@ -4,7 +4,6 @@
 
 use crate::{Backends, Gateway, GatewayArgs};
 use anyhow::Context;
-use chat_authn::Verifier;
 use chat_core::config::{BackendArgs, GrpcClientArgs};
 use chat_core::health::ReadyCheck;
 use std::net::SocketAddr;
@@ -125,21 +124,19 @@ impl App {
             }),
         );
         let auth_keys = chat_authn::AuthKeys::from_endpoints(
-            cfg.auth_url
-                .iter()
-                .map(|u| cfg.grpc_client.endpoint(u))
-                .collect::<Result<_, _>>()
+            cfg.grpc_client
+                .endpoints(&cfg.auth_url)
                 .map_err(anyhow::Error::msg)?,
         );
-        let keys = chat_authn::fetch_public_keys_from(&auth_keys, Duration::from_secs(60))
-            .await
-            .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
-        let verifier = Verifier::new(&keys, ephemeral.clone())
-            .with_internal_secret(&b.internal_secret)
-            .with_key_source(
-                std::sync::Arc::new(auth_keys),
-                cfg.keys.unknown_kid_interval(),
-            );
+        let verifier = chat_authn::verifier_from_auth(
+            auth_keys,
+            ephemeral.clone(),
+            &b.internal_secret,
+            cfg.keys.unknown_kid_interval(),
+            Duration::from_secs(60),
+        )
+        .await
+        .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
         verifier.keep_keys_fresh(cfg.keys.refresh_every(), shutdown.clone());
         let backends = Backends::new(
             auth_channel,

@@ -68,21 +68,19 @@ impl App {
         let ephemeral =
             chat_ephemeral::Revocations::wrap(ephemeral, Arc::new(StoreSessions(store.clone())));
         let auth_keys = chat_authn::AuthKeys::from_endpoints(
-            cfg.auth_url
-                .iter()
-                .map(|u| cfg.grpc_client.endpoint(u))
-                .collect::<Result<_, _>>()
+            cfg.grpc_client
+                .endpoints(&cfg.auth_url)
                 .map_err(anyhow::Error::msg)?,
         );
-        let keys = chat_authn::fetch_public_keys_from(&auth_keys, Duration::from_secs(60))
-            .await
-            .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
-        let verifier = Verifier::new(&keys, ephemeral.clone())
-            .with_internal_secret(&b.internal_secret)
-            .with_key_source(
-                std::sync::Arc::new(auth_keys),
-                cfg.keys.unknown_kid_interval(),
-            );
+        let verifier = chat_authn::verifier_from_auth(
+            auth_keys,
+            ephemeral.clone(),
+            &b.internal_secret,
+            cfg.keys.unknown_kid_interval(),
+            Duration::from_secs(60),
+        )
+        .await
+        .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
         let svc = RoomSvc::new(
             store.clone(),
             bus.clone(),
