@@ -14,6 +14,7 @@ use std::future::Future;
 use chat_core::{Seq, UserId};
 use sqlx::{Database, Executor, Transaction};
 
+use crate::group_commit::GroupCommit;
 use crate::sql::event::NewEvent;
 use crate::sql::Dialect;
 use crate::{NewRoom, Result, Room};
@@ -21,6 +22,10 @@ use crate::{NewRoom, Result, Room};
 /// A store on one SQL database: `PgStore` or `SqliteStore`.
 pub(crate) trait Backend: Send + Sync + 'static {
     type Db: Dialect;
+
+    /// The queue in front of the group-commit writers, if this handle has
+    /// one (the writers' own handles do not: their appends run directly).
+    fn group_commit(&self) -> Option<&GroupCommit>;
 
     /// Where reads run.
     fn reader(&self) -> impl Executor<'_, Database = Self::Db>;

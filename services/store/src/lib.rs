@@ -18,6 +18,7 @@
 
 mod backend;
 pub mod error;
+mod group_commit;
 pub mod model;
 pub mod postgres;
 mod sql;

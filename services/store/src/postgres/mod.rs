@@ -12,6 +12,10 @@
 //!   taken from `rooms.last_seq` in the statement that inserts the event
 //!   (`log.rs`), so seqs have no gaps (a rollback gives the seq back) and no
 //!   repeats.
+//! - Message appends are group-committed (`crate::group_commit`, two
+//!   writers per store): a batch locks all its rooms in one statement, in
+//!   id order, so batches of two replicas sharing rooms queue on the first
+//!   shared room instead of deadlocking.
 //! - The dedupe lookup of `append_message` runs after the lock is taken, in
 //!   a statement of its own (a fresh snapshot): a concurrent identical send
 //!   waits for the first to commit and then finds it. The partial unique
@@ -79,6 +83,7 @@ use sqlx::{ConnectOptions, Connection, Executor, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::backend::Backend;
+use crate::group_commit::{GroupCommit, DEFAULT_QUEUE};
 use crate::sql::event::NewEvent;
 use crate::sql::rooms::{mark_read_sql, public_rooms_sql};
 use crate::sql::rows::db_err;
@@ -88,6 +93,9 @@ use crate::{NewRoom, Result, Room, StoreError};
 
 /// Pool size unless the URL says `max_connections=N`.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// Group-commit writers per store: while one commits, the next takes the
+/// appends queued meanwhile (every writer holds a pooled connection).
+const GROUP_COMMIT_WRITERS: usize = 2;
 /// How long a query waits for a pooled connection (or for a new one to
 /// connect) before it fails instead of hanging the request.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,6 +118,8 @@ impl Dialect for Postgres {
     /// so inserting a membership does not wait for it.
     const ROOM_LOG: &'static str =
         "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE";
+    const ROOMS_LOG: &'static str = "SELECT id FROM rooms \
+         WHERE deleted_at IS NULL AND id IN ({ids}) ORDER BY id FOR NO KEY UPDATE";
     const PUBLIC_ROOMS: &'static str = public_rooms_sql!("ILIKE");
     const MARK_READ: &'static str = mark_read_sql!("GREATEST", "LEAST");
 }
@@ -124,6 +134,8 @@ impl RowsAffected for PgQueryResult {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Message appends, committed in batches by [`GROUP_COMMIT_WRITERS`].
+    group: Option<GroupCommit>,
 }
 
 impl PgStore {
@@ -152,12 +164,21 @@ impl PgStore {
             max_connections = url.max_connections,
             "postgres store ready"
         );
-        Ok(Self { pool })
+        let direct = Self { pool, group: None };
+        let writers = GROUP_COMMIT_WRITERS.min(url.max_connections as usize);
+        Ok(Self {
+            group: Some(GroupCommit::start(direct.clone(), writers, DEFAULT_QUEUE)),
+            ..direct
+        })
     }
 }
 
 impl Backend for PgStore {
     type Db = Postgres;
+
+    fn group_commit(&self) -> Option<&GroupCommit> {
+        self.group.as_ref()
+    }
 
     fn reader(&self) -> impl Executor<'_, Database = Postgres> {
         &self.pool

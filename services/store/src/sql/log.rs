@@ -92,7 +92,17 @@ pub(crate) async fn sent<'c, D: Dialect>(
     decode_opt(row, rows::message)
 }
 
+/// Appends `msg`: through the store's group commit when it has one, else
+/// in a transaction of its own ([`append_one`]).
 pub(crate) async fn append<B: Backend>(store: &B, msg: &NewMessage) -> Result<(Message, bool)> {
+    match store.group_commit() {
+        Some(group) => group.append(msg).await,
+        None => append_one(store, msg).await,
+    }
+}
+
+/// Appends `msg` in a write transaction of its own.
+pub(crate) async fn append_one<B: Backend>(store: &B, msg: &NewMessage) -> Result<(Message, bool)> {
     let mut tx = store.write_tx().await?;
     // The lock comes first: a concurrent send of the same client_msg_id
     // waits here until ours commits, then finds it below.

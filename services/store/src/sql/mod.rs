@@ -22,6 +22,7 @@
 //! statements through [`AsExecutor`]. [`Stmt`] puts these together as
 //! `sqlx::query` does.
 
+pub(crate) mod append;
 pub(crate) mod event;
 pub(crate) mod keys;
 pub(crate) mod log;
@@ -31,6 +32,7 @@ pub(crate) mod rows;
 pub(crate) mod sessions;
 pub(crate) mod users;
 
+use sqlx::database::HasStatementCache;
 use sqlx::error::BoxDynError;
 use sqlx::query::Query;
 use sqlx::{Arguments, Connection, Database, Decode, Encode, Executor, IntoArguments, Type};
@@ -45,19 +47,19 @@ use crate::Result;
 /// `sqlx::Sqlite`, each in its backend's module.
 pub(crate) trait Dialect:
     for<'q> Database<
-    Row: Columns,
-    QueryResult: RowsAffected,
-    Connection: AsExecutor,
-    Arguments<'q>: IntoArguments<'q, Self>
-                       + Bind<'q, i64>
-                       + Bind<'q, Option<i64>>
-                       + Bind<'q, &'q str>
-                       + Bind<'q, Option<&'q str>>
-                       + Bind<'q, &'q String>
-                       + Bind<'q, &'q [u8]>
-                       + Bind<'q, <Self as Dialect>::Uuid>
-                       + Bind<'q, Option<<Self as Dialect>::Uuid>>,
->
+        Row: Columns,
+        QueryResult: RowsAffected,
+        Connection: AsExecutor,
+        Arguments<'q>: IntoArguments<'q, Self>
+                           + Bind<'q, i64>
+                           + Bind<'q, Option<i64>>
+                           + Bind<'q, &'q str>
+                           + Bind<'q, Option<&'q str>>
+                           + Bind<'q, &'q String>
+                           + Bind<'q, &'q [u8]>
+                           + Bind<'q, <Self as Dialect>::Uuid>
+                           + Bind<'q, Option<<Self as Dialect>::Uuid>>,
+    > + HasStatementCache
 {
     /// How the database keeps a UUID column: natively on Postgres, as
     /// hyphenated text on SQLite.
@@ -86,6 +88,12 @@ pub(crate) trait Dialect:
     /// different rooms never meet); under a single writer it is a check.
     /// Role changes and bans take it too ([`roles`]).
     const ROOM_LOG: &'static str;
+
+    /// The live rooms among `{ids}` (a list of placeholders, spliced in),
+    /// in id order, their logs then the caller's as with [`Self::ROOM_LOG`]:
+    /// where writers run in parallel, every batch locks its rooms in this
+    /// one order, so two batches queue rather than deadlock.
+    const ROOMS_LOG: &'static str;
 
     /// Public group rooms whose name contains `$1` case-insensitively
     /// ([`rooms::public_rooms_sql`]: `ILIKE` or `LIKE`).
@@ -142,6 +150,7 @@ pub(crate) fn stmt<D: Dialect>(sql: &str) -> Stmt<'_, D> {
         sql,
         args: Default::default(),
         error: None,
+        persistent: true,
     }
 }
 
@@ -149,6 +158,7 @@ pub(crate) struct Stmt<'q, D: Dialect> {
     sql: &'q str,
     args: D::Arguments<'q>,
     error: Option<BoxDynError>,
+    persistent: bool,
 }
 
 impl<'q, D: Dialect> Stmt<'q, D> {
@@ -159,6 +169,13 @@ impl<'q, D: Dialect> Stmt<'q, D> {
         if self.error.is_none() {
             self.error = self.args.push(value).err();
         }
+        self
+    }
+
+    /// Not kept prepared on the connection: for statements built at run
+    /// time (a batch's), whose texts are too many to cache.
+    pub(crate) fn transient(mut self) -> Self {
+        self.persistent = false;
         self
     }
 
@@ -174,7 +191,7 @@ impl<'q, D: Dialect> Stmt<'q, D> {
     fn query(self) -> Result<Query<'q, D, D::Arguments<'q>>> {
         match self.error {
             Some(e) => Err(db_err(sqlx::Error::Encode(e))),
-            None => Ok(sqlx::query_with(self.sql, self.args)),
+            None => Ok(sqlx::query_with(self.sql, self.args).persistent(self.persistent)),
         }
     }
 

@@ -7,7 +7,9 @@
 //! same file waits (busy timeout) instead of failing mid-transaction. Reads
 //! go through the reader pool and run beside the writer, as WAL allows.
 //! `synchronous = FULL` makes a committed (acknowledged) message survive a
-//! crash or power loss.
+//! crash or power loss. Message appends are group-committed
+//! (`crate::group_commit`): the one writer commits every append queued
+//! while its last commit ran in one transaction, one fsync for them all.
 //!
 //! The statements, how they are bound and how their rows are decoded are
 //! shared with Postgres in `crate::sql` (only runtime-checked queries with
@@ -33,6 +35,7 @@ use sqlx::{Executor, Sqlite, Transaction};
 use uuid::fmt::Hyphenated;
 
 use crate::backend::Backend;
+use crate::group_commit::{GroupCommit, DEFAULT_QUEUE};
 use crate::sql::event::NewEvent;
 use crate::sql::rooms::{mark_read_sql, public_rooms_sql};
 use crate::sql::rows::db_err;
@@ -55,6 +58,8 @@ impl Dialect for Sqlite {
     const ROTATING_TOKEN: &'static str = rotating_token_sql!("");
     const LIVE_ROOM: &'static str = "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL";
     const ROOM_LOG: &'static str = Self::LIVE_ROOM;
+    const ROOMS_LOG: &'static str =
+        "SELECT id FROM rooms WHERE deleted_at IS NULL AND id IN ({ids}) ORDER BY id";
     const PUBLIC_ROOMS: &'static str = public_rooms_sql!("LIKE");
     const MARK_READ: &'static str = mark_read_sql!("MAX", "MIN");
 }
@@ -72,6 +77,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Several connections: reads only.
     reader: SqlitePool,
+    /// Message appends, committed in batches by one writer.
+    group: Option<GroupCommit>,
 }
 
 impl SqliteStore {
@@ -100,10 +107,7 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::backend)?;
             MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
-            return Ok(Self {
-                writer: pool.clone(),
-                reader: pool,
-            });
+            return Ok(Self::with_group_commit(pool.clone(), pool));
         }
 
         create_parent_dir(options.get_filename()).await?;
@@ -118,12 +122,30 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(StoreError::backend)?;
-        Ok(Self { writer, reader })
+        Ok(Self::with_group_commit(writer, reader))
+    }
+
+    /// The store on these pools, with its one group-commit writer (the
+    /// writer pool has one connection: a second writer would only wait).
+    fn with_group_commit(writer: SqlitePool, reader: SqlitePool) -> Self {
+        let direct = Self {
+            writer,
+            reader,
+            group: None,
+        };
+        Self {
+            group: Some(GroupCommit::start(direct.clone(), 1, DEFAULT_QUEUE)),
+            ..direct
+        }
     }
 }
 
 impl Backend for SqliteStore {
     type Db = Sqlite;
+
+    fn group_commit(&self) -> Option<&GroupCommit> {
+        self.group.as_ref()
+    }
 
     fn reader(&self) -> impl Executor<'_, Database = Sqlite> {
         &self.reader

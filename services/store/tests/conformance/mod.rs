@@ -47,6 +47,7 @@ macro_rules! for_each_case {
             an_idle_refresh_token_is_refused_and_ends_its_session,
             ended_sessions_are_the_revoked_deleted_expired_and_unknown,
             concurrent_appends_get_gapless_unique_seqs,
+            appends_in_flight_together_each_get_their_own_answer,
             a_repeated_client_msg_id_returns_the_original_message,
             only_members_can_append_to_a_live_room,
             edits_and_deletions_are_events_with_their_own_seq,
@@ -635,6 +636,103 @@ pub async fn concurrent_appends_get_gapless_unique_seqs(store: Arc<dyn Store>) {
         events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         (1..=total).collect::<Vec<_>>()
     );
+}
+
+/// Appends sent at once share commits (group commit): each must still get
+/// exactly the answer it would get alone, whatever else is in its batch.
+pub async fn appends_in_flight_together_each_get_their_own_answer(store: Arc<dyn Store>) {
+    const ROOMS: usize = 5;
+    const PER_ROOM: usize = 40;
+    let s = &*store;
+    let alice = user(s, "alice").await;
+    let eve = user(s, "eve").await;
+    let mut rooms = Vec::new();
+    for _ in 0..ROOMS {
+        rooms.push(group(s, alice.id, &[]).await.id);
+    }
+    let gone = group(s, alice.id, &[]).await.id;
+    s.delete_room(gone, T0 + 5).await.unwrap();
+
+    enum Want {
+        New(RoomId),
+        NotMember,
+        NotFound,
+        Repeat,
+    }
+    let mut sends = Vec::new();
+    for i in 0..PER_ROOM {
+        for &room in &rooms {
+            sends.push((
+                new_message(room, alice.id, &format!("c{i}"), "hi"),
+                Want::New(room),
+            ));
+        }
+        if i % 10 == 0 {
+            sends.push((
+                new_message(rooms[0], eve.id, &format!("e{i}"), "no"),
+                Want::NotMember,
+            ));
+            sends.push((
+                new_message(gone, alice.id, &format!("g{i}"), "no"),
+                Want::NotFound,
+            ));
+            sends.push((
+                new_message(RoomId::new(), alice.id, "x", "no"),
+                Want::NotFound,
+            ));
+            // The same send five times at once: one message.
+            for _ in 0..5 {
+                sends.push((
+                    new_message(rooms[1], alice.id, "same", "once"),
+                    Want::Repeat,
+                ));
+            }
+        }
+    }
+    let answers =
+        futures_util::future::join_all(sends.iter().map(|(m, _)| s.append_message(m))).await;
+
+    let mut seqs: std::collections::HashMap<RoomId, Vec<Seq>> = Default::default();
+    let mut repeats = Vec::new();
+    for ((sent, want), answer) in sends.iter().zip(answers) {
+        match want {
+            Want::New(room) => {
+                let (msg, new) = answer.expect("a member's append");
+                assert!(new);
+                assert_eq!(
+                    (msg.room_id, &msg.client_msg_id),
+                    (*room, &sent.client_msg_id)
+                );
+                seqs.entry(*room).or_default().push(msg.seq);
+            }
+            Want::NotMember => assert!(matches!(answer, Err(StoreError::NotMember)), "{answer:?}"),
+            Want::NotFound => assert!(matches!(answer, Err(StoreError::NotFound)), "{answer:?}"),
+            Want::Repeat => repeats.push(answer.expect("a repeated append")),
+        }
+    }
+    let created: Vec<_> = repeats.iter().filter(|(_, new)| *new).collect();
+    assert_eq!(created.len(), 1, "one of the repeated sends appends");
+    let original = &created[0].0;
+    assert!(
+        repeats.iter().all(|(m, _)| m == original),
+        "the rest get it back"
+    );
+    seqs.entry(rooms[1]).or_default().push(original.seq);
+
+    for &room in &rooms {
+        let mut got = seqs.remove(&room).unwrap_or_default();
+        got.sort_unstable();
+        let n = got.len() as Seq;
+        assert_eq!(got, (1..=n).collect::<Vec<_>>(), "gapless, unique seqs");
+        let (events, _) = s.list_events(room, 0, 1000).await.unwrap();
+        assert_eq!(
+            events.len() as Seq,
+            n,
+            "exactly the new messages are stored"
+        );
+        assert_eq!(s.room(room).await.unwrap().unwrap().last_seq, n);
+    }
+    assert!(s.list_events(gone, 0, 10).await.unwrap().0.is_empty());
 }
 
 pub async fn a_repeated_client_msg_id_returns_the_original_message(store: Arc<dyn Store>) {
