@@ -118,6 +118,7 @@ impl Dialect for Postgres {
     /// so inserting a membership does not wait for it.
     const ROOM_LOG: &'static str =
         "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE";
+    const NUMBERED: bool = true;
     const ROOMS_LOG: &'static str = "SELECT id FROM rooms \
          WHERE deleted_at IS NULL AND id IN ({ids}) ORDER BY id FOR NO KEY UPDATE";
     const PUBLIC_ROOMS: &'static str = public_rooms_sql!("ILIKE");

@@ -37,20 +37,40 @@ pub(crate) type Appended = Result<(Message, bool)>;
 /// insert well under both drivers' parameter limits.
 pub(crate) const MAX_BATCH: usize = 512;
 
-/// `($s, $s+1, …), (…)`: `rows` tuples of `cols` numbered placeholders,
-/// the first numbered `first`.
-fn tuples(rows: usize, cols: usize, first: usize) -> String {
-    let mut sql = String::with_capacity(rows * cols * 5);
+/// The placeholder of the `n`th bound value (from 1), in a statement
+/// whose values are bound in the order their placeholders appear:
+/// numbered on Postgres, anonymous on SQLite ([`Dialect::NUMBERED`]).
+fn param<D: Dialect>(n: usize) -> String {
+    if D::NUMBERED {
+        format!("${n}")
+    } else {
+        "?".to_owned()
+    }
+}
+
+/// `(p1, p2, …), (…)`: `rows` tuples of `cols` placeholders, the first for
+/// the `first`th bound value.
+fn tuples<D: Dialect>(rows: usize, cols: usize, first: usize) -> String {
+    let mut sql = String::with_capacity(rows * cols * 6);
     let mut n = first;
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
         for c in 0..cols {
-            let _ = write!(sql, "{}${n}", if c == 0 { "" } else { ", " });
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&param::<D>(n));
             n += 1;
         }
         sql.push(')');
     }
     sql
+}
+
+/// `p1, p2, …`: `n` placeholders, the first for the `first`th value.
+fn list<D: Dialect>(n: usize, first: usize) -> String {
+    let items: Vec<String> = (first..first + n).map(param::<D>).collect();
+    items.join(", ")
 }
 
 /// Appends `msgs` in one transaction; one answer per message, in order. An
@@ -154,8 +174,7 @@ async fn lock_rooms<'c, D: Dialect>(
     if rooms.is_empty() {
         return Ok(HashSet::new());
     }
-    let list: Vec<String> = (1..=rooms.len()).map(|n| format!("${n}")).collect();
-    let sql = D::ROOMS_LOG.replace("{ids}", &list.join(", "));
+    let sql = D::ROOMS_LOG.replace("{ids}", &list::<D>(rooms.len(), 1));
     let mut q = stmt::<D>(&sql).transient();
     for r in rooms {
         q = q.bind_id(r.0);
@@ -180,7 +199,7 @@ async fn memberships<'c, D: Dialect>(
     let sql = format!(
         "SELECT m.room_id, m.user_id FROM (VALUES {}) AS v CROSS JOIN memberships m \
          WHERE m.room_id = v.column1 AND m.user_id = v.column2",
-        tuples(pairs.len(), 2, 1)
+        tuples::<D>(pairs.len(), 2, 1)
     );
     let mut q = stmt::<D>(&sql).transient();
     for (room, user) in pairs {
@@ -211,7 +230,7 @@ async fn already_sent<'c, 'm, D: Dialect>(
              WHERE e.room_id = v.column1 AND e.sender_id = v.column2 \
              AND e.client_msg_id = v.column3 AND e.kind = 'message'"
         ),
-        tuples(msgs.len(), 3, 1)
+        tuples::<D>(msgs.len(), 3, 1)
     );
     let mut q = stmt::<D>(&sql).transient();
     for m in msgs {
@@ -244,21 +263,28 @@ async fn bump_seqs<'c, D: Dialect>(
     if counts.is_empty() {
         return Ok(HashMap::new());
     }
+    // `CASE id WHEN id1 THEN n1 … END WHERE id IN (id1, …)`: the ids are
+    // bound twice, so that values follow their placeholders in order.
     let mut cases = String::new();
-    let mut ids = Vec::with_capacity(counts.len());
     for k in 0..counts.len() {
-        let (id, n) = (2 * k + 1, 2 * k + 2);
-        let _ = write!(cases, " WHEN ${id} THEN ${n}");
-        ids.push(format!("${id}"));
+        let _ = write!(
+            cases,
+            " WHEN {} THEN {}",
+            param::<D>(2 * k + 1),
+            param::<D>(2 * k + 2)
+        );
     }
     let sql = format!(
         "UPDATE rooms SET last_seq = last_seq + CASE id{cases} END \
          WHERE id IN ({}) RETURNING id, last_seq",
-        ids.join(", ")
+        list::<D>(counts.len(), 2 * counts.len() + 1)
     );
     let mut q = stmt::<D>(&sql).transient();
     for (room, n) in counts {
         q = q.bind_id(room.0).bind(*n);
+    }
+    for room in counts.keys() {
+        q = q.bind_id(room.0);
     }
     let mut first = HashMap::with_capacity(counts.len());
     for row in q.fetch_all(ex).await? {
@@ -281,20 +307,22 @@ async fn insert<'c, D: Dialect>(
     if new.is_empty() {
         return Ok(());
     }
-    let mut values = String::with_capacity(new.len() * 64);
+    let mut values = String::with_capacity(new.len() * 72);
     for k in 0..new.len() {
-        let p = 7 * k;
+        // room_id, seq, message_id, sender_id, body, client_msg_id,
+        // created_at: bound in this order, the other columns constant.
+        let p: Vec<String> = (7 * k + 1..=7 * k + 7).map(param::<D>).collect();
         let _ = write!(
             values,
-            "{}(${}, ${}, 'message', ${}, ${}, ${}, ${}, ${}, NULL, FALSE, NULL)",
+            "{}({}, {}, 'message', {}, {}, {}, {}, {}, NULL, FALSE, NULL)",
             if k == 0 { "" } else { ", " },
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4,
-            p + 5,
-            p + 6,
-            p + 7,
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4],
+            p[5],
+            p[6],
         );
     }
     let sql = format!(
@@ -328,7 +356,9 @@ mod tests {
 
     #[test]
     fn tuples_number_their_placeholders_in_order() {
-        assert_eq!(tuples(2, 3, 1), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(tuples(1, 2, 5), "($5, $6)");
+        use sqlx::{Postgres, Sqlite};
+        assert_eq!(tuples::<Postgres>(2, 3, 1), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(tuples::<Sqlite>(1, 2, 5), "(?, ?)");
+        assert_eq!(super::list::<Postgres>(3, 4), "$4, $5, $6");
     }
 }

@@ -89,6 +89,13 @@ pub(crate) trait Dialect:
     /// Role changes and bans take it too ([`roles`]).
     const ROOM_LOG: &'static str;
 
+    /// Whether the batch statements built at run time number their
+    /// placeholders (`$N`, Postgres) or leave them anonymous (`?`, SQLite:
+    /// there `$N` is a *named* parameter, which its parser and
+    /// `sqlite3_bind_parameter_name` look up among all the others, so a
+    /// statement of thousands of them is quadratic to prepare and bind).
+    const NUMBERED: bool;
+
     /// The live rooms among `{ids}` (a list of placeholders, spliced in),
     /// in id order, their logs then the caller's as with [`Self::ROOM_LOG`]:
     /// where writers run in parallel, every batch locks its rooms in this

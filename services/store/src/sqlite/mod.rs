@@ -58,6 +58,7 @@ impl Dialect for Sqlite {
     const ROTATING_TOKEN: &'static str = rotating_token_sql!("");
     const LIVE_ROOM: &'static str = "SELECT 1 FROM rooms WHERE id = $1 AND deleted_at IS NULL";
     const ROOM_LOG: &'static str = Self::LIVE_ROOM;
+    const NUMBERED: bool = false;
     const ROOMS_LOG: &'static str =
         "SELECT id FROM rooms WHERE deleted_at IS NULL AND id IN ({ids}) ORDER BY id";
     const PUBLIC_ROOMS: &'static str = public_rooms_sql!("LIKE");
