@@ -1,7 +1,8 @@
 //! The all-in-one server: auth, room and gateway in one process, on the
 //! embedded backends (SQLite under the data dir, the in-process bus and
 //! ephemeral store). The gateway reaches auth and room through the same
-//! gRPC clients as in the distributed mode, over an in-process channel; the
+//! gRPC clients as in the distributed mode, calling their router in process
+//! (`chat_gateway::backends::in_process`); the
 //! same services are also served on `--grpc-addr` (with reflection unless
 //! `--grpc-reflection false`). `/readyz` and `/metrics` are on their own
 //! listener, `--admin-addr`.
@@ -16,15 +17,13 @@ use chat_gateway::{Backends, Gateway};
 use chat_proto::v1::auth_service_server::AuthServiceServer;
 use chat_proto::v1::room_service_server::RoomServiceServer;
 use chat_room::RoomSvc;
-use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Server;
 
 pub use config::{Command, Config};
 
@@ -80,7 +79,6 @@ pub struct App {
     router: axum::Router,
     admin_router: axum::Router,
     grpc_router: tonic::service::Routes,
-    in_process: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>,
     gateway: Gateway,
     shutdown: CancellationToken,
     drain: Duration,
@@ -151,20 +149,8 @@ impl App {
             cfg.grpc_reflection,
         )?;
 
-        // The gateway's channel to auth and room: HTTP/2 over in-memory pipes.
-        let (pipe_tx, pipe_rx) = tokio::sync::mpsc::channel::<tokio::io::DuplexStream>(64);
-        let channel = Endpoint::from_static("http://in-process.invalid")
-            .connect_with_connector_lazy(tower::service_fn(move |_| {
-                let pipe_tx = pipe_tx.clone();
-                async move {
-                    let (client, server) = tokio::io::duplex(256 * 1024);
-                    pipe_tx
-                        .send(server)
-                        .await
-                        .map_err(|_| std::io::Error::other("in-process gRPC server is gone"))?;
-                    Ok::<_, std::io::Error>(TokioIo::new(client))
-                }
-            }));
+        // The gateway calls auth and room through their router, in process.
+        let in_process = chat_gateway::backends::in_process(grpc_router.clone());
 
         let ready = vec![
             chat_store::ready_check(store.clone()),
@@ -172,7 +158,7 @@ impl App {
             chat_ephemeral::ready_check(ephemeral.clone()),
         ];
         let gateway = Gateway::new(
-            Backends::new(channel.clone(), channel),
+            Backends::new(in_process.clone(), in_process),
             verifier,
             ephemeral,
             bus,
@@ -198,7 +184,6 @@ impl App {
             router,
             admin_router,
             grpc_router,
-            in_process: pipe_rx,
             gateway,
             shutdown,
             drain: Duration::from_secs(cfg.shutdown_timeout_secs),
@@ -246,17 +231,6 @@ impl App {
                     .await
             })
         };
-        let in_process = {
-            let routes = self.grpc_router;
-            let stop = grpc_stop.clone();
-            let incoming = ReceiverStream::new(self.in_process).map(Ok::<_, std::io::Error>);
-            tokio::spawn(async move {
-                Server::builder()
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-            })
-        };
         let admin = tokio::spawn(chat_core::serve::http(
             self.admin,
             self.admin_router,
@@ -278,14 +252,10 @@ impl App {
             Ok(Err(error)) => tracing::warn!(%error, "admin listener ended with an error"),
             Err(error) => tracing::warn!(%error, "admin listener task failed"),
         }
-        for (name, task) in [("grpc", tcp_grpc), ("in-process grpc", in_process)] {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, server = name, "gRPC server ended with an error")
-                }
-                Err(error) => tracing::warn!(%error, server = name, "gRPC server task failed"),
-            }
+        match tcp_grpc.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "gRPC server ended with an error"),
+            Err(error) => tracing::warn!(%error, "gRPC server task failed"),
         }
         tracing::info!("stopped");
         Ok(())

@@ -2,7 +2,7 @@
 //! clients, gRPC clients to auth and room (any number of replicas each),
 //! NATS for room events and Redis for revocations, presence and limits.
 
-use crate::{Backends, Gateway, GatewayArgs};
+use crate::{backends, Backends, Gateway, GatewayArgs};
 use anyhow::Context;
 use chat_core::config::{BackendArgs, GrpcClientArgs};
 use chat_core::health::ReadyCheck;
@@ -117,7 +117,7 @@ impl App {
             ephemeral,
             std::sync::Arc::new(crate::ws::recheck::AuthSessions {
                 auth: chat_proto::v1::auth_service_client::AuthServiceClient::new(
-                    auth_channel.clone(),
+                    backends::network(auth_channel.clone()),
                 ),
                 internal_secret: b.internal_secret.clone(),
                 rpc_timeout: Duration::from_millis(cfg.gateway.rpc_timeout_ms),
@@ -139,8 +139,8 @@ impl App {
         .with_context(|| format!("cannot fetch public keys from auth at {:?}", cfg.auth_url))?;
         verifier.keep_keys_fresh(cfg.keys.refresh_every(), shutdown.clone());
         let backends = Backends::new(
-            auth_channel,
-            balanced_channel(&cfg.room_url, &cfg.grpc_client)?,
+            backends::network(auth_channel),
+            backends::network(balanced_channel(&cfg.room_url, &cfg.grpc_client)?),
         );
         let ready = vec![
             chat_bus::ready_check(bus.clone()),

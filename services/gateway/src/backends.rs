@@ -1,23 +1,101 @@
 //! The gateway's way to auth and room: generated gRPC clients over a
-//! `Channel`. In the all-in-one server that channel is in process; in the
-//! distributed mode it is a network connection. The code is the same.
+//! [`Transport`]. In the distributed mode that is a network `Channel`; in
+//! the all-in-one server it is the services' own router, called in process
+//! (no HTTP/2 framing, no connection task: a call is a function call that
+//! still encodes its messages, so both modes run the same service code with
+//! the same metadata). The client code is the same.
 
 use chat_authn::internal::{assert_service, assert_user, GATEWAY};
 use chat_authn::Caller;
 use chat_proto::v1::auth_service_client::AuthServiceClient;
 use chat_proto::v1::room_service_client::RoomServiceClient;
 use std::time::Duration;
+use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
+use tower::util::BoxCloneSyncService;
+use tower::{service_fn, ServiceExt};
+
+/// What a gRPC client of the gateway sends its HTTP requests through.
+pub type Transport = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    TransportError,
+>;
+
+/// A [`Transport`] that could not carry a call (a network channel's
+/// connection error; the in-process transport has none).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct TransportError(#[from] tonic::transport::Error);
+
+/// A network channel as a [`Transport`].
+pub fn network(channel: Channel) -> Transport {
+    BoxCloneSyncService::new(channel.map_err(TransportError))
+}
+
+/// A server-side gRPC service (the all-in-one's router of auth and room)
+/// as a [`Transport`], called in process. The `grpc-timeout` a client
+/// sets is enforced here, as a network server would.
+pub fn in_process<S>(service: S) -> Transport
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(service_fn(move |req: http::Request<tonic::body::Body>| {
+        let mut service = service.clone();
+        async move {
+            let deadline = req
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_grpc_timeout);
+            let call = match service.ready().await {
+                Ok(ready) => ready.call(req),
+                Err(never) => match never {},
+            };
+            let res = match deadline {
+                Some(d) => match tokio::time::timeout(d, call).await {
+                    Ok(res) => res,
+                    Err(_) => Ok(tonic::Status::deadline_exceeded("deadline exceeded").into_http()),
+                },
+                None => call.await,
+            };
+            res.map_err(|never| match never {})
+        }
+    }))
+}
+
+/// A `grpc-timeout` header value (`<digits><unit>`, unit `H M S m u n`).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 #[derive(Clone)]
 pub struct Backends {
-    pub auth: AuthServiceClient<Channel>,
-    pub room: RoomServiceClient<Channel>,
+    pub auth: AuthServiceClient<Transport>,
+    pub room: RoomServiceClient<Transport>,
 }
 
 impl Backends {
-    pub fn new(auth: Channel, room: Channel) -> Self {
+    pub fn new(auth: Transport, room: Transport) -> Self {
         Self {
             auth: AuthServiceClient::new(auth),
             room: RoomServiceClient::new(room),
@@ -94,6 +172,18 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        use super::parse_grpc_timeout as p;
+        assert_eq!(p("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(p("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(p("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(p("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(p(""), None);
+        assert_eq!(p("S"), None);
+        assert_eq!(p("5x"), None);
+    }
+
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -186,7 +186,7 @@ impl GrpcRoom {
     where
         M: Clone,
         F: Fn(
-            pb::room_service_client::RoomServiceClient<tonic::transport::Channel>,
+            pb::room_service_client::RoomServiceClient<crate::backends::Transport>,
             tonic::Request<M>,
         ) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,

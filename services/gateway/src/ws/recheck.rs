@@ -27,7 +27,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// Sessions asked about per call to auth.
 pub const CHECK_BATCH: usize = 5_000;
@@ -107,7 +106,7 @@ impl Rechecks {
 /// Auth as the source of truth behind the gateway's revocation list
 /// (`chat_ephemeral::Revocations`): its `CheckSessions`.
 pub struct AuthSessions {
-    pub auth: AuthServiceClient<Channel>,
+    pub auth: AuthServiceClient<crate::backends::Transport>,
     pub internal_secret: String,
     pub rpc_timeout: Duration,
 }
