@@ -7,22 +7,27 @@
 #
 #   scripts/benchmarks.sh                 everything (~15 minutes, plus the
 #                                         peers' first install)
-#   ONLY="aio" scripts/benchmarks.sh      just some parts: aio dist dist100k peers
-#                                          (and linger, not in the default set);
+#   ONLY="aio" scripts/benchmarks.sh      just some parts: aio dist dist100k
+#                                          manyrooms peers (and linger, not in
+#                                          the default set);
 #                                         renders to $OUT/BENCHMARKS.md, or with
 #                                         UPDATE=1 to BENCHMARKS.md from every
 #                                         run in $OUT
 #
 # Environment: OUT (default /tmp/chat-benchmarks), TARGET_SECS (seconds of
 # the 15,000-connection run; 60), PEERS_N / PEERS_RATE (2000 / 50) and
-# PEERS_HEAVY_N / PEERS_HEAVY_RATE (10000 / 117) for the two peer tables.
+# PEERS_HEAVY_N / PEERS_HEAVY_RATE (10000 / 117) for the two peer tables;
+# for manyrooms (the highest rate held over many rooms, `--find-max`, all-in-one
+# and distributed): MANYROOMS_N / MANYROOMS_ROOMS (10000 / 1000),
+# MANYROOMS_RATE (the first step's rate; 250), MANYROOMS_SECS (each step's
+# sending; 10), MANYROOMS_STEPS (8) and MANYROOMS_MODES ("aio dist").
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chat-target}"
 OUT="${OUT:-/tmp/chat-benchmarks}"
 ONLY_GIVEN="${ONLY:-}"
-ONLY="${ONLY:-aio dist dist100k peers}"
+ONLY="${ONLY:-aio dist dist100k manyrooms peers}"
 TARGET_SECS="${TARGET_SECS:-60}"
 mkdir -p "$OUT"
 bin="$OUT/bin"
@@ -64,6 +69,16 @@ cluster_env() {
         CHAT_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres?schema=chat_bench&max_connections=20" \
         CHAT_SUBJECT_PREFIX=chat_bench CHAT_KEY_PREFIX=chat_bench
 }
+# cluster_up GATEWAYS: a fresh distributed stack (after cluster_env) on an
+# empty schema; sets gws (the gateways' URLs) and pids (their pids).
+cluster_up() {
+    psql -q -h 127.0.0.1 -U postgres -c "DROP SCHEMA IF EXISTS chat_bench CASCADE" postgres >/dev/null 2>&1 || true
+    "$root/deploy/local/cluster" down >/dev/null 2>&1 || true
+    "$root/deploy/local/cluster" up --gateways "$1" >/dev/null
+    gws=$(for f in "$OUT"/cluster/gateway-*.addr; do printf 'http://%s,' "$(cat "$f")"; done)
+    gws=${gws%,}
+    pids=$(cat "$OUT"/cluster/gateway-*.pid | paste -sd,)
+}
 cleanup() {
     stop_aio
     if [ -d "$OUT/cluster" ]; then (cluster_env && "$root/deploy/local/cluster" down >/dev/null 2>&1) || true; fi
@@ -78,7 +93,7 @@ run() {
     [ -n "${PIN:-}" ] && pin=(taskset -c "$PIN")
     echo "benchmarks: $name ($what)" >&2
     printf '%s\n%s\n%s\n' "$mode" "$what" "${pin[*]}${pin:+ }loadtest $*" >"$OUT/$name.cmd"
-    timeout 900 "${pin[@]}" "$bin/loadtest" "$@" --json "$OUT/$name.json" >"$OUT/$name.log" 2>&1 || true
+    timeout "${RUN_TIMEOUT:-900}" "${pin[@]}" "$bin/loadtest" "$@" --json "$OUT/$name.json" >"$OUT/$name.log" 2>&1 || true
     tail -3 "$OUT/$name.log" >&2
 }
 
@@ -108,18 +123,34 @@ fi
 
 if [[ " $ONLY " == *" dist "* ]]; then
     cluster_env
-    psql -q -h 127.0.0.1 -U postgres -c "DROP SCHEMA IF EXISTS chat_bench CASCADE" postgres >/dev/null 2>&1 || true
-    "$root/deploy/local/cluster" down >/dev/null 2>&1 || true
-    "$root/deploy/local/cluster" up --gateways 2 >/dev/null
-    gws=$(for f in "$OUT"/cluster/gateway-*.addr; do printf 'http://%s,' "$(cat "$f")"; done)
-    gws=${gws%,}
-    pids=$(cat "$OUT"/cluster/gateway-*.pid | paste -sd,)
+    cluster_up 2
     run dist-idle distributed "idle, 2 gateways" --url "$gws" --server-pid "$pids" --scenario idle --connections 19000 --duration 10
     run dist-room-5k distributed "one room over 2 gateways" --url "$gws" --server-pid "$pids" --scenario room --connections 5000 --rate 117 --duration 20
     run dist-rooms distributed "rooms: durable messages/s on Postgres" --url "$gws" --server-pid "$pids" --scenario rooms --connections 10000 --rooms 1000 --rate 1000 --duration 10
     run dist-reconnect distributed "reconnect over 2 gateways" --url "$gws" --server-pid "$pids" --scenario reconnect --connections 2000 --rate 30 --duration 15
     run dist-lb distributed "one room through HAProxy" --url "http://127.0.0.1:8300" --server-pid "$pids" --scenario room --connections 4000 --rate 50 --duration 10
     "$root/deploy/local/cluster" down >/dev/null
+fi
+
+if [[ " $ONLY " == *" manyrooms "* ]]; then
+    # The ceiling over many rooms: the highest rate whose run passes (nothing
+    # lost, every send acked, 95% of the rate held), found by --find-max.
+    MODES="${MANYROOMS_MODES:-aio dist}"
+    many=(--scenario rooms --connections "${MANYROOMS_N:-10000}" --rooms "${MANYROOMS_ROOMS:-1000}"
+        --rate "${MANYROOMS_RATE:-250}" --duration "${MANYROOMS_SECS:-10}" --drain-max 20
+        --find-max --find-max-steps "${MANYROOMS_STEPS:-8}")
+    what="many rooms: the highest rate held (--find-max)"
+    if [[ " $MODES " == *" aio "* ]]; then
+        start_aio
+        RUN_TIMEOUT=3600 run aio-manyrooms all-in-one "$what" --url "http://127.0.0.1:$port" "${many[@]}"
+        stop_aio
+    fi
+    if [[ " $MODES " == *" dist "* ]]; then
+        cluster_env
+        cluster_up 2
+        RUN_TIMEOUT=3600 run dist-manyrooms distributed "$what" --url "$gws" --server-pid "$pids" "${many[@]}"
+        "$root/deploy/local/cluster" down >/dev/null
+    fi
 fi
 
 if [[ " $ONLY " == *" linger "* ]]; then
@@ -146,13 +177,8 @@ if [[ " $ONLY " == *" dist100k "* ]]; then
     # 100,000 connections: six gateways (one process may hold 20,000 files
     # here), six loadtest worker processes.
     cluster_env
-    psql -q -h 127.0.0.1 -U postgres -c "DROP SCHEMA IF EXISTS chat_bench CASCADE" postgres >/dev/null 2>&1 || true
     export CHAT_DATABASE_URL="${CHAT_DATABASE_URL/max_connections=20/max_connections=30}"
-    "$root/deploy/local/cluster" down >/dev/null 2>&1 || true
-    "$root/deploy/local/cluster" up --gateways 6 >/dev/null
-    gws=$(for f in "$OUT"/cluster/gateway-*.addr; do printf 'http://%s,' "$(cat "$f")"; done)
-    gws=${gws%,}
-    pids=$(cat "$OUT"/cluster/gateway-*.pid | paste -sd,)
+    cluster_up 6
     run dist-idle-100k distributed "idle: 100,000 over 6 gateways" --url "$gws" --server-pid "$pids" \
         --scenario idle --connections 100000 --connect-concurrency 20 --connect-timeout 120 --duration 20
     "$root/deploy/local/cluster" down >/dev/null

@@ -26,6 +26,35 @@ def lat(d, key):
     return f"{l.get('p50', 0):.0f} / {l.get('p99', 0):.0f}"
 
 
+def verdict(d):
+    if d.get("passed"):
+        return "PASS"
+    why = "; ".join(d.get("failures") or [])
+    return f"FAIL: {why}" if why else "FAIL"
+
+
+def find_max_row(mode, what, cmd, d):
+    """A --find-max run: the ceiling, and the figures of the run that held it."""
+    c = d.get("ceiling")
+    fail = d.get("lowest_failing_rate")
+    steps = len(d.get("steps", []))
+    if not c:
+        main = f"no rate held ({steps} steps, down to {fmt(fail)} msg/s)"
+        return f"| {mode} | {what} | `{cmd}` | – | {main} | – | – | – | – | – | FAIL |"
+    r = c["report"]
+    held = f"{r.get('connections_held', 0):,} of {r.get('connections_requested', 0):,}"
+    bad = f"{r.get('lost', 0)} / {r.get('duplicated', 0)} / {r.get('out_of_order', 0)}"
+    main = f"ceiling {fmt(c['rate'])} msg/s ({fmt(r.get('on_time_acks_per_s'))} acks/s on time"
+    main += f"; {fmt(fail)} msg/s failed" if fail else "; every step passed: a lower bound"
+    main += f"; {steps} steps)"
+    per_conn = r.get("server_rss_per_conn_bytes")
+    per_conn = f"{per_conn / 1024:.1f}" if per_conn else "–"
+    return (
+        f"| {mode} | {what} | `{cmd}` | {held} | {main} | {bad} | {lat(r, 'latency_ms')} | "
+        f"{lat(r, 'ack_latency_ms')} | {per_conn} | {fmt(r.get('server_cpu_percent'))}% | PASS |"
+    )
+
+
 rows = []
 for name in sorted(os.listdir(out)):
     if not name.endswith(".cmd"):
@@ -39,6 +68,9 @@ for name in sorted(os.listdir(out)):
         continue
     with open(path) as f:
         d = json.load(f)
+    if "steps" in d:
+        rows.append(find_max_row(mode, what, cmd, d))
+        continue
     scen = d.get("scenario")
     held = f"{d.get('connections_held', 0):,} of {d.get('connections_requested', 0):,}"
     bad = f"{d.get('lost', 0)} / {d.get('duplicated', 0)} / {d.get('out_of_order', 0)}"
@@ -58,7 +90,7 @@ for name in sorted(os.listdir(out)):
     rows.append(
         f"| {mode} | {what} | `{cmd}` | {held} | {main} | {bad} | {lat(d, 'latency_ms')} | "
         f"{lat(d, 'ack_latency_ms')} | {per_conn} | {fmt(d.get('server_cpu_percent'))}% | "
-        f"{'PASS' if d.get('passed') else 'FAIL'} |"
+        f"{verdict(d)} |"
     )
 
 def read(name):

@@ -118,9 +118,23 @@ PEERS
   each, loadtest/peers/compare.sh runs them side by side.
     loadtest --protocol socketio --url http://127.0.0.1:7102 --connections 2000 --rate 50
 
+VERDICT
+  A run FAILS, and its last line and the JSON's `failures` say why, when any of these
+  happened: deliveries lost, duplicated or out of order; connections that could not
+  connect; sends never acked by the end of the drain; or (runs that send) acks on time
+  below --min-ack-ratio (95%) of --rate: acks that arrived by the end of sending +
+  --ack-grace, over --duration seconds (a refused send is not acked).
+
+CEILING
+  --find-max runs the scenario again and again at rising rates (from --rate, times
+  --find-max-factor while it passes, then halving the gap between the last pass and the
+  first fail, at most --find-max-steps runs) and reports the highest rate that passed.
+    loadtest --scenario rooms --connections 10000 --rooms 1000 --rate 500 --duration 10 --find-max
+
 EXIT STATUS
-  0 all good; 1 lost, duplicated or out-of-order deliveries, or connections that could
-  not connect (unless --allow-loss); 2 the run could not be made (setup, server, limits).";
+  0 all good (--find-max: a rate passed); 1 the verdict failed (--allow-loss lets lost,
+  duplicated and out-of-order deliveries and failed connections through, not unacked or
+  slow sends); 2 the run could not be made (setup, server, limits).";
 
 /// The load generator's flags.
 #[derive(Clone, Debug, Parser)]
@@ -266,9 +280,46 @@ pub struct Args {
     pub json: Option<PathBuf>,
 
     /// Exit 0 even when deliveries were lost, duplicated or out of order
-    /// or connections failed.
+    /// or connections failed (not when sends went unacked or the rate was
+    /// not held).
     #[arg(long, env = "LOADTEST_ALLOW_LOSS")]
     pub allow_loss: bool,
+
+    /// A run that sends fails when fewer acks than this share of --rate ×
+    /// --duration arrive on time (by the end of sending + --ack-grace).
+    /// 0 turns the check off.
+    #[arg(long, env = "LOADTEST_MIN_ACK_RATIO", default_value_t = 0.95)]
+    pub min_ack_ratio: f64,
+
+    /// Seconds after sending ends in which an ack still counts as on time
+    /// (the last sends' round trip). A server that works through a backlog
+    /// in the drain acks late: its acks count, but not as held rate.
+    #[arg(long, env = "LOADTEST_ACK_GRACE", default_value_t = 0.5)]
+    pub ack_grace: f64,
+
+    /// Find the highest --rate the server holds: run the scenario at
+    /// rising rates, a fresh run id (users, rooms) each, and report the
+    /// highest rate whose run passed (room, rooms and reconnect).
+    #[arg(long, env = "LOADTEST_FIND_MAX")]
+    pub find_max: bool,
+
+    /// --find-max: while runs pass, each next rate is this times the last.
+    #[arg(long, env = "LOADTEST_FIND_MAX_FACTOR", default_value_t = 2.0)]
+    pub find_max_factor: f64,
+
+    /// --find-max: the most runs (steps) the search makes.
+    #[arg(long, env = "LOADTEST_FIND_MAX_STEPS", default_value_t = 8)]
+    pub find_max_steps: usize,
+
+    /// --find-max: stop once the lowest failing rate is within this share
+    /// above the highest passing one.
+    #[arg(long, env = "LOADTEST_FIND_MAX_PRECISION", default_value_t = 0.05)]
+    pub find_max_precision: f64,
+
+    /// --find-max: seconds between runs, for the server to settle (close
+    /// the last run's connections, finish its writes).
+    #[arg(long, env = "LOADTEST_FIND_MAX_PAUSE", default_value_t = 3.0)]
+    pub find_max_pause: f64,
 
     /// Run id: prefix of usernames, room names and client_msg_ids.
     /// Default: derived from the time and pid.

@@ -22,10 +22,12 @@
 //! 4. [`shard`] (clock, hist, os, peers, plan, scan, seqcheck, ws; its
 //!    own parts are ordered in its docs);
 //! 5. [`workers`] (clock, os, plan, shard); [`revoke`] (os, ws);
-//! 6. this root, [`run`]: all of them. `main` calls the root, [`os`]
-//!    and [`clock`].
+//!    [`ceiling`] (report);
+//! 6. this root, [`run`] and [`find_max`]: all of them. `main` calls the
+//!    root, [`os`] and [`clock`].
 
 pub mod args;
+pub mod ceiling;
 pub mod clock;
 pub mod hist;
 mod merge;
@@ -131,6 +133,29 @@ fn validate(a: &Args) -> Result<()> {
              (it has no rooms API for `rooms` and no resume for `reconnect`)",
             a.protocol.name()
         );
+    }
+    if !(0.0..=1.0).contains(&a.min_ack_ratio) {
+        bail!("--min-ack-ratio must be from 0 to 1");
+    }
+    if !(a.ack_grace >= 0.0 && a.ack_grace.is_finite()) {
+        bail!("--ack-grace must be 0 or more seconds");
+    }
+    if a.find_max {
+        if a.scenario == Scenario::Idle {
+            bail!("--find-max: the idle scenario sends nothing, it has no rate to find");
+        }
+        if !(a.find_max_factor > 1.0 && a.find_max_factor.is_finite()) {
+            bail!("--find-max-factor must be above 1");
+        }
+        if !(1..=99).contains(&a.find_max_steps) {
+            bail!("--find-max-steps must be 1 to 99");
+        }
+        if !(a.find_max_precision > 0.0 && a.find_max_precision.is_finite()) {
+            bail!("--find-max-precision must be above 0");
+        }
+        if !(a.find_max_pause >= 0.0 && a.find_max_pause.is_finite()) {
+            bail!("--find-max-pause must be 0 or more seconds");
+        }
     }
     if let Some(d) = a.disconnect_after {
         if d < 0.0 || d >= a.duration {
@@ -250,6 +275,7 @@ pub async fn run(args: Args) -> Result<Report> {
         rate: args.rate,
         body_bytes: args.body_bytes,
         duration_s: args.duration,
+        ack_grace_s: args.ack_grace,
         disconnect_after_s: args.disconnect_after_secs(),
         source_ips: args.source_ips,
         connect_concurrency: args.connect_concurrency,
@@ -348,6 +374,8 @@ pub async fn run(args: Args) -> Result<Report> {
             args.rate
         },
         duration_s: args.duration,
+        ack_grace_s: args.ack_grace,
+        min_ack_ratio: args.min_ack_ratio,
         connections_requested: n as u64,
         setup_s: made.took.as_secs_f64(),
         connect_s: t.connect_s,
@@ -376,6 +404,8 @@ pub async fn run(args: Args) -> Result<Report> {
     }
     r.sent = total.sent;
     r.acked = total.acked;
+    r.acked_on_time = total.acked_on_time;
+    r.on_time_acks_per_s = total.acked_on_time as f64 / args.duration;
     r.send_errors = total.send_errors;
     r.unacked = total.sent.saturating_sub(total.acked + total.send_errors);
     r.expected_deliveries = agg.expected(&total.acked_per_room);
@@ -404,6 +434,48 @@ pub async fn run(args: Args) -> Result<Report> {
     r.elapsed_s = started.elapsed().as_secs_f64();
     r.check();
     Ok(r)
+}
+
+/// `--find-max`: runs the scenario at the rates [`ceiling::search`] picks,
+/// each step a fresh run (its own run id, so its own users and rooms),
+/// `--find-max-pause` seconds apart; `on_step` sees each step as it ends.
+pub async fn find_max(
+    args: Args,
+    on_step: &mut dyn FnMut(&ceiling::Step),
+) -> Result<ceiling::FindMax> {
+    validate(&args)?;
+    let search = ceiling::Search {
+        start: args.rate,
+        factor: args.find_max_factor,
+        max_steps: args.find_max_steps,
+        precision: args.find_max_precision,
+    };
+    // A run id is at most 16 characters: room for the step number.
+    let base: String = args
+        .run_id
+        .clone()
+        .unwrap_or_else(make_run_id)
+        .chars()
+        .take(13)
+        .collect();
+    let pause = Duration::from_secs_f64(args.find_max_pause);
+    let args = &args;
+    let base = &base;
+    ceiling::search(
+        args.scenario.name(),
+        search,
+        |rate, step| async move {
+            if step > 1 {
+                tokio::time::sleep(pause).await;
+            }
+            let mut a = args.clone();
+            a.rate = rate;
+            a.run_id = Some(format!("{base}s{step}"));
+            run(a).await
+        },
+        on_step,
+    )
+    .await
 }
 
 /// Timings `drive` measured.

@@ -30,7 +30,11 @@ fn main() -> ExitCode {
     if !args.quiet {
         eprintln!("open file limit: {soft}");
     }
-    loadtest::clock::watchdog(loadtest::clock::now_us() + (args.deadline_secs() * 1e6) as u64);
+    let mut deadline_s = args.deadline_secs();
+    if args.find_max {
+        deadline_s = (deadline_s + args.find_max_pause) * args.find_max_steps as f64;
+    }
+    loadtest::clock::watchdog(loadtest::clock::now_us() + (deadline_s * 1e6) as u64);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
@@ -44,6 +48,11 @@ fn main() -> ExitCode {
     };
     let json = args.json.clone();
     let allow_loss = args.allow_loss;
+    if args.find_max {
+        let code = find_max(&rt, args);
+        rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        return code;
+    }
     let report = match rt.block_on(loadtest::run(args)) {
         Ok(r) => r,
         Err(e) => {
@@ -53,29 +62,60 @@ fn main() -> ExitCode {
     };
     print!("{}", report.table());
     if let Some(path) = json {
-        let text = match serde_json::to_string_pretty(&report) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("loadtest: cannot encode the results: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        if let Err(e) = std::fs::write(&path, text + "\n") {
-            eprintln!("loadtest: cannot write {}: {e}", path.display());
-            return ExitCode::from(2);
+        if let Err(code) = write_json(&path, &report) {
+            return code;
         }
     }
     // Connections are closed; do not wait for stray tasks.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    if report.passed || allow_loss {
+    if report.passed_allowing(allow_loss) {
         ExitCode::SUCCESS
     } else {
-        eprintln!(
-            "loadtest: FAIL: {} lost, {} duplicated, {} out of order, {} connections failed",
-            report.lost, report.duplicated, report.out_of_order, report.connect_failures
-        );
+        eprintln!("loadtest: FAIL: {}", report.failures.join("; "));
         ExitCode::from(1)
     }
+}
+
+/// `--find-max`: a line per step, then the ceiling's table and the
+/// ceiling. Exit 0 when a rate passed.
+fn find_max(rt: &tokio::runtime::Runtime, args: Args) -> ExitCode {
+    let json = args.json.clone();
+    let max_steps = args.find_max_steps;
+    let found = rt.block_on(loadtest::find_max(args, &mut |step| {
+        println!("{}", step.line(max_steps));
+    }));
+    let found = match found {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(c) = &found.ceiling {
+        print!("{}", c.report.table());
+    }
+    println!("{}", found.summary());
+    if let Some(path) = json {
+        if let Err(code) = write_json(&path, &found) {
+            return code;
+        }
+    }
+    if found.ceiling.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> Result<(), ExitCode> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| {
+        eprintln!("loadtest: cannot encode the results: {e}");
+        ExitCode::from(2)
+    })?;
+    std::fs::write(path, text + "\n").map_err(|e| {
+        eprintln!("loadtest: cannot write {}: {e}", path.display());
+        ExitCode::from(2)
+    })
 }
 
 /// `loadtest revoke`: see [`loadtest::revoke`].

@@ -46,6 +46,7 @@ impl Agg {
             t.failed += p.failed;
             t.sent += p.sent;
             t.acked += p.acked;
+            t.acked_on_time += p.acked_on_time;
             t.send_errors += p.send_errors;
             t.delivered += p.delivered;
             t.frames += p.frames;

@@ -36,6 +36,10 @@ pub struct Plan {
     pub rate: f64,
     pub body_bytes: usize,
     pub duration_s: f64,
+    /// Seconds after sending ends in which an ack still counts as on
+    /// time (`acked_on_time`).
+    #[serde(default)]
+    pub ack_grace_s: f64,
     pub disconnect_after_s: Option<f64>,
     pub source_ips: usize,
     pub connect_concurrency: usize,
@@ -149,6 +153,9 @@ pub struct Snapshot {
     pub failed: u64,
     pub sent: u64,
     pub acked: u64,
+    /// Acked (published) by the end of sending + the ack grace.
+    #[serde(default)]
+    pub acked_on_time: u64,
     pub send_errors: u64,
     pub delivered: u64,
     /// Text frames received and the socket reads that brought them.

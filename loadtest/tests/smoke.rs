@@ -18,6 +18,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    /// A server whose config `change` alters after the load-run limits.
+    async fn start_with(change: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cfg = Config::ephemeral(dir.path());
         cfg.auth.argon2_memory_kib = 256;
@@ -28,6 +33,7 @@ impl Server {
         cfg.room.create_limit = 0;
         cfg.gateway.ws_frames_per_sec = 100_000;
         cfg.shutdown_timeout_secs = 2;
+        change(&mut cfg);
         let stop = CancellationToken::new();
         let app = App::build(cfg, stop.clone()).await.expect("server builds");
         let url = format!("http://{}", app.http_addr());
@@ -215,6 +221,105 @@ async fn idle_holds_connections() {
     // The server runs in this process, found by its port.
     assert_eq!(r.server_pids, vec![std::process::id()]);
     assert!(r.server_rss_bytes_max > 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_the_server_refuses_fail_the_run_and_say_why() {
+    // One user may send 20 messages per 10 s; the run asks 40 in 2 s.
+    let server = Server::start_with(|cfg| cfg.room.send_limit = 20).await;
+    let r = run(
+        &server,
+        &[
+            "--scenario",
+            "room",
+            "--connections",
+            "5",
+            "--users",
+            "1",
+            "--senders",
+            "1",
+            "--rate",
+            "20",
+            "--duration",
+            "2",
+        ],
+    )
+    .await;
+    // Nothing lost: every acked message arrived everywhere.
+    assert_eq!(r.lost + r.duplicated + r.out_of_order, 0);
+    assert_eq!(r.acked, 20, "the limit lets 20 through");
+    assert_eq!(r.send_errors, 20, "{:?}", r.send_error_codes);
+    assert!(!r.passed);
+    assert_eq!(r.failures, ["acks 10/s < 95% of 20/s asked"]);
+    assert!(!r.passed_allowing(true), "--allow-loss does not hide it");
+    assert!(
+        r.table()
+            .contains("result          FAIL: acks 10/s < 95% of 20/s asked"),
+        "{}",
+        r.table()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_max_finds_the_rate_a_send_limit_allows() {
+    // One user may send 20 messages per 10 s: in a 1 s run, 20/s holds
+    // and anything faster is refused in part. Each step signs up its own
+    // user, so the steps do not share the limit.
+    let server = Server::start_with(|cfg| cfg.room.send_limit = 20).await;
+    let flags = [
+        "--url",
+        &server.url,
+        "--quiet",
+        "--drain",
+        "10",
+        "--scenario",
+        "room",
+        "--connections",
+        "3",
+        "--users",
+        "1",
+        "--senders",
+        "1",
+        "--rate",
+        "5",
+        "--duration",
+        "1",
+        "--find-max",
+        "--find-max-steps",
+        "5",
+        "--find-max-pause",
+        "0",
+    ];
+    let args = Args::from_flags(flags).expect("valid flags");
+    let mut lines = Vec::new();
+    let found = loadtest::find_max(args, &mut |s| lines.push(s.line(5)))
+        .await
+        .expect("the search runs");
+    eprintln!("{}\n{}", lines.join("\n"), found.summary());
+    let rates: Vec<f64> = found.steps.iter().map(|s| s.rate).collect();
+    assert_eq!(rates, [5.0, 10.0, 20.0, 40.0, 30.0]);
+    let passed: Vec<bool> = found.steps.iter().map(|s| s.passed).collect();
+    assert_eq!(passed, [true, true, true, false, false]);
+    let c = found.ceiling.clone().expect("a ceiling");
+    assert_eq!(c.rate, 20.0);
+    assert_eq!(c.step, 3);
+    assert!((19..=20).contains(&c.report.acked), "{}", c.report.acked);
+    assert_eq!(found.lowest_failing_rate, Some(30.0));
+    // A fresh run id per step.
+    let ids: std::collections::BTreeSet<_> = found
+        .steps
+        .iter()
+        .filter_map(|s| s.report.as_ref().map(|r| r.run_id.clone()))
+        .collect();
+    assert_eq!(ids.len(), 5);
+    let v = serde_json::to_value(&found).unwrap();
+    assert_eq!(v["ceiling"]["rate"], 20.0);
+    assert_eq!(
+        v["steps"][3]["failures"][0],
+        "acks 20/s < 95% of 40/s asked"
+    );
     server.stop().await;
 }
 

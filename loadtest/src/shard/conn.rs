@@ -41,6 +41,8 @@ pub(super) struct Conn {
     lat: Vec<u64>,
     last_flush_us: u64,
     pub(super) sender: Option<Sender>,
+    /// A sender's acks up to this instant count as on time.
+    pub(super) on_time_until: Option<Instant>,
     pub(super) dropped_at: Option<Instant>,
     /// A refused first subscribe that is worth repeating (the server was
     /// busy) goes again at this time; how many times it went.
@@ -72,6 +74,7 @@ impl Conn {
             lat: Vec::with_capacity(FLUSH_EVERY),
             last_flush_us: now_us(),
             sender: plan.is_sender(idx).then(|| Sender::new(idx)),
+            on_time_until: None,
             dropped_at: None,
             resubscribe_at: None,
             subscribe_attempts: 0,
@@ -215,6 +218,9 @@ impl Conn {
     /// protocol has no ack).
     pub(super) fn published(&mut self, ctx: &Ctx, n: u64) {
         ctx.stats.acked.fetch_add(1, Relaxed);
+        if self.on_time_until.is_some_and(|t| Instant::now() <= t) {
+            ctx.stats.acked_on_time.fetch_add(1, Relaxed);
+        }
         ctx.stats.acked_per_room[self.room].fetch_add(1, Relaxed);
         if let Some(s) = &self.sender {
             if let Some(max) = ctx.stats.max_n_per_sender.get(s.s) {
@@ -356,6 +362,7 @@ mod tests {
             lat: Vec::new(),
             last_flush_us: 0,
             sender: None,
+            on_time_until: None,
             dropped_at: None,
             resubscribe_at: None,
             subscribe_attempts: 0,

@@ -40,6 +40,8 @@ pub(super) struct Schedule {
     /// A sender's sends, and when they stop.
     pub(super) tick: Option<Interval>,
     pub(super) send_end: Option<Instant>,
+    /// A sender's acks up to this instant are on time.
+    pub(super) on_time_until: Option<Instant>,
     /// A receiver's drop (the reconnect scenario).
     pub(super) drop_at: Option<Instant>,
 }
@@ -58,7 +60,9 @@ impl Schedule {
                 let mut iv = tokio::time::interval_at(first, period);
                 iv.set_missed_tick_behavior(MissedTickBehavior::Burst);
                 s.tick = Some(iv);
-                s.send_end = Some(start + Duration::from_secs_f64(plan.duration_s));
+                let end = start + Duration::from_secs_f64(plan.duration_s);
+                s.send_end = Some(end);
+                s.on_time_until = Some(end + Duration::from_secs_f64(plan.ack_grace_s.max(0.0)));
             }
         } else if let Some(after) = plan.disconnect_after_s {
             s.drop_at = Some(start + Duration::from_secs_f64(after));

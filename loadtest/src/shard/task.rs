@@ -87,6 +87,7 @@ impl Task {
             let s = Schedule::after_go(&self.ctx.plan, sender, go);
             self.tick = s.tick;
             self.send_end = s.send_end;
+            self.c.on_time_until = s.on_time_until;
             self.drop_at = s.drop_at;
         }
         None
