@@ -144,12 +144,14 @@ impl App {
             cfg.room.config(),
         );
 
-        let grpc_router = chat_proto::with_reflection(
+        // Behind one admission limit, shared by both servers below: the
+        // gateway's in-process calls and --grpc-addr's count together.
+        let grpc_router = cfg.admission.apply(chat_proto::with_reflection(
             tonic::service::Routes::new(AuthServiceServer::new(auth))
                 .add_service(RoomServiceServer::new(room)),
             &[chat_proto::AUTH_SERVICE, chat_proto::ROOM_SERVICE],
             cfg.grpc_reflection,
-        )?;
+        )?);
 
         // The gateway's channel to auth and room: HTTP/2 over in-memory pipes.
         let (pipe_tx, pipe_rx) = tokio::sync::mpsc::channel::<tokio::io::DuplexStream>(64);
