@@ -62,6 +62,11 @@ pub struct Config {
     #[command(flatten)]
     pub http: chat_core::config::HttpArgs,
 
+    // One limit on gRPC calls over --grpc-addr and the gateway's
+    // in-process channel together.
+    #[command(flatten)]
+    pub admission: chat_core::admission::AdmissionArgs,
+
     /// Bus subject prefix.
     #[arg(long, env = "CHAT_SUBJECT_PREFIX", default_value = "chat")]
     pub subject_prefix: String,

@@ -142,12 +142,14 @@ impl App {
             cfg.room.config(),
         );
 
-        let grpc_router = chat_proto::with_reflection(
+        // Behind one admission limit, shared by both servers below: the
+        // gateway's in-process calls and --grpc-addr's count together.
+        let grpc_router = cfg.admission.apply(chat_proto::with_reflection(
             tonic::service::Routes::new(AuthServiceServer::new(auth))
                 .add_service(RoomServiceServer::new(room)),
             &[chat_proto::AUTH_SERVICE, chat_proto::ROOM_SERVICE],
             cfg.grpc_reflection,
-        )?;
+        )?);
 
         // The gateway calls auth and room through their router, in process.
         let in_process = chat_gateway::backends::in_process(grpc_router.clone());

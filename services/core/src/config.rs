@@ -101,6 +101,9 @@ pub struct ListenArgs {
     /// PEM private key of --grpc-tls-cert.
     #[arg(long, env = "CHAT_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
     pub grpc_tls_key: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub admission: crate::admission::AdmissionArgs,
 }
 
 /// How a process calls other services' gRPC: `https://` URLs are verified

@@ -129,7 +129,8 @@ impl fmt::Display for ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
-    /// Seconds, for `rate_limited` (`Retry-After`).
+    /// Seconds, for `rate_limited` and an overloaded server's
+    /// `unavailable` (`Retry-After`).
     pub retry_after: Option<u64>,
 }
 
@@ -180,6 +181,17 @@ impl ApiError {
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, message)
+    }
+
+    /// `unavailable` with a retry hint: a server at capacity refusing a
+    /// call at once (see [`crate::admission`]). The hint is what sets it
+    /// apart from a backend that is down ([`is_overload`]).
+    pub fn overloaded(retry_after_secs: u64) -> Self {
+        Self {
+            code: ErrorCode::Unavailable,
+            message: format!("the server is at capacity; retry in {retry_after_secs} s"),
+            retry_after: Some(retry_after_secs.max(1)),
+        }
     }
 
     /// Logs the cause once, with its chain, and hides it from the client.
@@ -240,6 +252,13 @@ impl From<ApiError> for tonic::Status {
         }
         status
     }
+}
+
+/// Whether `s` is a server's refusal for load ([`ApiError::overloaded`]):
+/// `UNAVAILABLE` with a retry hint. Retrying it at once would only add to
+/// the load, unlike an `UNAVAILABLE` from a restart or a lost connection.
+pub fn is_overload(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable && s.metadata().contains_key(RETRY_KEY)
 }
 
 impl From<tonic::Status> for ApiError {
@@ -316,6 +335,20 @@ mod tests {
         let back = ApiError::from(tonic::Status::from(e));
         assert_eq!(back.retry_after, Some(7));
         assert_eq!(back.code, ErrorCode::RateLimited);
+    }
+
+    #[test]
+    fn an_overload_refusal_keeps_its_hint_and_is_told_apart() {
+        let s = tonic::Status::from(ApiError::overloaded(1));
+        assert!(is_overload(&s));
+        let back = ApiError::from(s);
+        assert_eq!(back.code, ErrorCode::Unavailable);
+        assert_eq!(back.retry_after, Some(1));
+        let down = tonic::Status::from(ApiError::unavailable("the store is unavailable"));
+        assert!(!is_overload(&down));
+        assert!(!is_overload(&tonic::Status::unavailable(
+            "connection refused"
+        )));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Shared pieces every chat crate stands on: typed ids, the one error type
 //! with its mapping to HTTP, gRPC and WebSocket close codes, input validation,
-//! timestamps, shutdown and telemetry.
+//! timestamps, shutdown, serving (with the gRPC admission limit) and
+//! telemetry.
 
+pub mod admission;
 pub mod config;
 pub mod debug;
 pub mod error;
@@ -14,5 +16,5 @@ pub mod telemetry;
 pub mod time;
 pub mod validate;
 
-pub use error::{ApiError, ErrorCode};
+pub use error::{is_overload, ApiError, ErrorCode};
 pub use ids::{MessageId, RoomId, Seq, SessionId, UserId};

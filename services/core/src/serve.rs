@@ -492,7 +492,8 @@ async fn server_tls(
 }
 
 impl GrpcProcess {
-    /// Binds both listeners of `listen`; `/readyz` runs `checks`.
+    /// Binds both listeners of `listen`; `/readyz` runs `checks`. The
+    /// routes are served behind `listen`'s admission limit.
     pub async fn bind(
         listen: &crate::config::ListenArgs,
         routes: tonic::service::Routes,
@@ -502,7 +503,7 @@ impl GrpcProcess {
         Ok(Self {
             grpc: bind(listen.grpc_addr).await?,
             http: bind(listen.http_addr).await?,
-            routes,
+            routes: listen.admission.apply(routes),
             health: crate::health::router(checks),
             tls,
         })

@@ -163,9 +163,13 @@ impl App {
                     let mut c = c.clone();
                     async move {
                         // Any answer but UNAVAILABLE means a replica is up
-                        // (an unauthenticated call is refused, as it should).
+                        // (an unauthenticated call is refused, as it should);
+                        // so does a refusal for load: it is up, and busy.
                         match c.get_room(chat_proto::v1::GetRoomRequest::default()).await {
-                            Err(s) if s.code() == tonic::Code::Unavailable => {
+                            Err(s)
+                                if s.code() == tonic::Code::Unavailable
+                                    && !chat_core::is_overload(&s) =>
+                            {
                                 Err(s.message().to_owned())
                             }
                             _ => Ok(()),

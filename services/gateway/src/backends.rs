@@ -150,7 +150,36 @@ const ATTEMPTS: u32 = 4;
 /// a connection being re-established), with a short backoff. Only for calls
 /// that are safe to repeat: reads, and writes that are idempotent by design
 /// (`PostMessage` dedupes on `client_msg_id`, `MarkRead` only moves forward).
-pub async fn retrying<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+///
+/// A refusal for load ([`chat_core::is_overload`]: the backend is at its
+/// `--max-concurrent-calls`) is not retried: a retry here would only hold
+/// the client's request in the gateway, a queue in another place. It goes
+/// back to the client at once, with the backend's retry hint.
+pub async fn retrying<T, F, Fut>(call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    retry_while(call, |s| !chat_core::is_overload(s)).await
+}
+
+/// [`retrying`], waiting out a refusal for load too: for the gateway's own
+/// reads for every subscriber of a room (a hub's backfill), where giving
+/// up closes their sockets and each comes back with calls of its own.
+pub async fn retrying_through_overload<T, F, Fut>(call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    retry_while(call, |_| true).await
+}
+
+/// Runs `call` again while it fails with an `UNAVAILABLE` that `retry`
+/// accepts, [`ATTEMPTS`] times at most.
+async fn retry_while<T, F, Fut>(
+    mut call: F,
+    retry: impl Fn(&tonic::Status) -> bool,
+) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -159,7 +188,7 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(s) if s.code() == tonic::Code::Unavailable && attempt < ATTEMPTS => {
+            Err(s) if s.code() == tonic::Code::Unavailable && retry(&s) && attempt < ATTEMPTS => {
                 tracing::debug!(attempt, error = %s.message(), "backend unavailable; retrying");
                 tokio::time::sleep(wait).await;
                 wait *= 3;
@@ -218,5 +247,28 @@ mod tests {
         .await;
         assert_eq!(r.unwrap_err().code(), tonic::Code::Unavailable);
         assert_eq!(calls.load(Ordering::SeqCst), ATTEMPTS);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_for_load_is_not_retried() {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = retrying(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(tonic::Status::from(chat_core::ApiError::overloaded(1)))
+        })
+        .await;
+        let s = r.unwrap_err();
+        assert!(chat_core::is_overload(&s), "{s:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let calls = AtomicU32::new(0);
+        let r = retrying_through_overload(|| async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(tonic::Status::from(chat_core::ApiError::overloaded(1))),
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 1, "the gateway's own reads wait it out");
     }
 }

@@ -1,7 +1,8 @@
 //! The WebSocket side's typed client of RoomService.
 //!
 //! [`RoomRpc`] is one call per method, each safe to repeat and retried
-//! while room is unavailable ([`retrying`]); [`GrpcRoom`] makes them over
+//! while room is unavailable ([`retrying`]; not when room refuses a user's
+//! call for load, see `--max-concurrent-calls`); [`GrpcRoom`] makes them over
 //! the gateway's gRPC channel. [`RoomApi`] adds what both the room hubs and
 //! the connections need on top: reading a room's log after a seq, page by
 //! page, and listing a user's rooms. Tests put a fake `RoomRpc` under it.
@@ -10,7 +11,7 @@
 //! the socket outlives the access token) or, for a hub reading a room's log
 //! for every local subscriber, as the gateway itself ([`Who::Gateway`]).
 
-use crate::backends::{request, retrying, As, Backends};
+use crate::backends::{request, retrying, retrying_through_overload, As, Backends};
 use async_trait::async_trait;
 use chat_authn::Caller;
 use chat_core::{ApiError, RoomId, Seq};
@@ -181,7 +182,8 @@ impl GrpcRoom {
         }
     }
 
-    /// A call safe to repeat, made again while room is unavailable.
+    /// A call safe to repeat, made again while room is unavailable; a
+    /// refusal for load only when the gateway calls for itself.
     async fn call<M, R, F, Fut>(&self, who: Who, msg: M, call: F) -> Result<R, ApiError>
     where
         M: Clone,
@@ -191,11 +193,14 @@ impl GrpcRoom {
         ) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        retrying(|| {
+        let attempt = || {
             let req = request(msg.clone(), self.who(&who), self.timeout, None);
             call(self.backends.room.clone(), req)
-        })
-        .await
+        };
+        match who {
+            Who::User(_) => retrying(attempt).await,
+            Who::Gateway => retrying_through_overload(attempt).await,
+        }
         .map(tonic::Response::into_inner)
         .map_err(ApiError::from)
     }

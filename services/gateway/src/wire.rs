@@ -115,6 +115,10 @@ pub enum ServerFrame<'a> {
         r#ref: Option<&'a Value>,
         code: &'a str,
         message: &'a str,
+        /// When to try again (`rate_limited`, and `unavailable` from a
+        /// server at capacity): REST's `Retry-After`, in milliseconds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     Typing {
         room_id: &'a str,
@@ -159,6 +163,7 @@ pub fn error_frame(r#ref: Option<&Value>, e: &chat_core::ApiError) -> Utf8Bytes 
         r#ref,
         code: e.code.as_str(),
         message: &e.message,
+        retry_after_ms: e.retry_after.map(|s| s.saturating_mul(1000)),
     })
 }
 

@@ -89,11 +89,7 @@ impl App {
             verifier.clone(),
             cfg.room.config(),
         );
-        let routes = chat_proto::with_reflection(
-            tonic::service::Routes::new(RoomServiceServer::new(svc)),
-            &[chat_proto::ROOM_SERVICE],
-            cfg.listen.grpc_reflection,
-        )?;
+        let routes = routes(Arc::new(svc), cfg.listen.grpc_reflection)?;
         let checks = vec![
             chat_store::ready_check(store),
             chat_bus::ready_check(bus),
@@ -120,6 +116,16 @@ impl App {
             .keep_keys_fresh(self.refresh_keys, stop.clone());
         self.process.run(stop).await.map_err(|e| anyhow::anyhow!(e))
     }
+}
+
+/// RoomService's gRPC routes, with reflection when `reflection` is set.
+/// [`GrpcProcess::bind`] puts them behind the admission limit.
+pub fn routes(svc: Arc<RoomSvc>, reflection: bool) -> anyhow::Result<tonic::service::Routes> {
+    Ok(chat_proto::with_reflection(
+        tonic::service::Routes::new(RoomServiceServer::from_arc(svc)),
+        &[chat_proto::ROOM_SERVICE],
+        reflection,
+    )?)
 }
 
 /// The store as the source of truth behind the revocation list: a session

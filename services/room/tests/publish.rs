@@ -8,140 +8,24 @@
 //! subjects on demand and passes everything else through.
 
 mod common;
+#[path = "common/faulty_bus.rs"]
+mod faulty_bus;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use chat_auth::token::Issuer;
-use chat_auth::{SigningKey, Verifier};
-use chat_bus::{Bus, MemoryBus, Subjects, Subscription};
-use chat_ephemeral::MemoryEphemeral;
+use chat_bus::{Bus, Subjects, Subscription};
 use chat_proto::v1 as pb;
 use chat_proto::v1::room_service_server::RoomService;
-use chat_room::{RoomConfig, RoomSvc};
-use common::as_user;
+use faulty_bus::World;
 use futures_util::StreamExt;
 use prost::Message as _;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
-
-/// The in-process bus, with publishes on room subjects held (until
-/// released) or lost on demand.
-struct FaultyBus {
-    inner: MemoryBus,
-    /// Room publishes wait for a permit while this is set.
-    hold: AtomicBool,
-    gate: Semaphore,
-    /// A held publish started waiting.
-    entered: mpsc::UnboundedSender<()>,
-    /// Room publishes to answer `Ok` without sending, as a lost publish.
-    lose: AtomicUsize,
-}
-
-#[async_trait]
-impl Bus for FaultyBus {
-    async fn publish(&self, subject: &str, payload: Bytes) -> chat_bus::Result<()> {
-        if subject.contains(".room.") {
-            if self.hold.load(Ordering::SeqCst) {
-                let _ = self.entered.send(());
-                let permit = self.gate.acquire().await;
-                drop(permit);
-            }
-            let lost = self
-                .lose
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if lost {
-                return Ok(());
-            }
-        }
-        self.inner.publish(subject, payload).await
-    }
-    async fn subscribe(&self, subject: &str) -> chat_bus::Result<Subscription> {
-        self.inner.subscribe(subject).await
-    }
-    async fn ping(&self) -> chat_bus::Result<()> {
-        self.inner.ping().await
-    }
-    fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.reconnects()
-    }
-}
-
-struct World {
-    _dir: tempfile::TempDir,
-    bus: Arc<FaultyBus>,
-    entered: mpsc::UnboundedReceiver<()>,
-    svc: RoomSvc,
-    alice: String,
-    room: String,
-}
 
 impl World {
-    async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("chat.db").display());
-        let store = chat_store::connect(&url).await.unwrap();
-        let (tx, entered) = mpsc::unbounded_channel();
-        let bus = Arc::new(FaultyBus {
-            inner: MemoryBus::default(),
-            hold: AtomicBool::new(false),
-            gate: Semaphore::new(0),
-            entered: tx,
-            lose: AtomicUsize::new(0),
-        });
-        let key = SigningKey::generate().unwrap();
-        let ephemeral = Arc::new(MemoryEphemeral::default());
-        let verifier = Verifier::new(&[key.public_key()], ephemeral.clone());
-        let svc = RoomSvc::new(
-            store.clone(),
-            bus.clone(),
-            ephemeral,
-            Subjects::default(),
-            verifier,
-            RoomConfig::default(),
-        );
-        let issuer = Issuer::new(&key, Duration::from_secs(600));
-        let alice = common::user(store.as_ref(), &issuer, "alice").await;
-        let room = svc
-            .create_room(as_user(
-                &alice,
-                pb::CreateRoomRequest {
-                    name: "r".into(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .id;
-        World {
-            _dir: dir,
-            bus,
-            entered,
-            svc,
-            alice,
-            room,
-        }
-    }
-
     async fn room_events(&self) -> Subscription {
         self.bus
             .subscribe(&Subjects::default().room(&self.room))
             .await
             .unwrap()
-    }
-
-    fn post(&self, client_msg_id: &str) -> tonic::Request<pb::PostMessageRequest> {
-        as_user(
-            &self.alice,
-            pb::PostMessageRequest {
-                room_id: self.room.clone(),
-                client_msg_id: client_msg_id.into(),
-                body: "hello".into(),
-            },
-        )
     }
 }
 
@@ -161,7 +45,7 @@ async fn next_event(sub: &mut Subscription) -> pb::RoomEvent {
 async fn a_message_is_published_even_when_its_call_is_dropped_after_the_commit() {
     let mut w = World::new().await;
     let mut sub = w.room_events().await;
-    w.bus.hold.store(true, Ordering::SeqCst);
+    w.bus.hold();
     {
         // The call is dropped (as a deadline or a client going away drops
         // it) while its publish is under way, after the commit.
@@ -171,8 +55,7 @@ async fn a_message_is_published_even_when_its_call_is_dropped_after_the_commit()
             _ = w.entered.recv() => {}
         }
     }
-    w.bus.hold.store(false, Ordering::SeqCst);
-    w.bus.gate.add_permits(1);
+    w.bus.release(1);
     let event = next_event(&mut sub).await;
     assert_eq!(event.seq, 1);
 }

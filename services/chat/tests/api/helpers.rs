@@ -186,6 +186,7 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
         format!("--ws-ping-interval-ms={}", g.ws_ping_interval_ms),
         format!("--ws-idle-timeout-ms={}", g.ws_idle_timeout_ms),
         format!("--ws-session-check-ms={}", g.ws_session_check_ms),
+        format!("--tail-check-ms={}", g.tail_check_ms),
         format!("--first-byte-timeout-ms={}", h.first_byte_timeout_ms),
         format!("--header-timeout-ms={}", h.header_timeout_ms),
         format!("--idle-timeout-ms={}", h.idle_timeout_ms),
@@ -223,6 +224,10 @@ pub fn cluster_options(tweak: Tweak) -> ClusterOptions {
             format!("--membership-window-secs={}", r.membership_window_secs),
             format!("--create-limit={}", r.create_limit),
             format!("--create-window-secs={}", r.create_window_secs),
+            format!(
+                "--max-concurrent-calls={}",
+                cfg.admission.max_concurrent_calls
+            ),
         ],
         gateway_args,
         ..ClusterOptions::default()

@@ -12,6 +12,7 @@ mod edge;
 mod helpers;
 mod keys;
 mod messages;
+mod overload;
 mod reflection;
 mod revocation;
 mod roles;
