@@ -24,8 +24,9 @@ pub enum StoreError {
     Config(String),
     #[error("store backend")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// Every pooled connection stayed busy for the pool's timeout: an
-    /// overload, worth retrying (503), not a fault (500).
+    /// Every pooled connection stayed busy for the pool's timeout, or the
+    /// group commit's queue is full: an overload, refused with a retry hint
+    /// (503 + `Retry-After`), not a fault (500).
     #[error("store busy")]
     Busy,
     /// The connection to the database failed or the server is shutting
@@ -75,7 +76,7 @@ impl From<StoreError> for ApiError {
             StoreError::SoleOwner => {
                 ApiError::conflict("the owner must transfer ownership to another member first")
             }
-            StoreError::Busy => ApiError::unavailable("the store is busy; retry"),
+            StoreError::Busy => ApiError::overloaded(1),
             StoreError::Unavailable(_) => ApiError::unavailable("the store is unavailable; retry"),
             StoreError::Config(_) | StoreError::Backend(_) => ApiError::internal(&e),
         }
@@ -96,7 +97,11 @@ mod tests {
     fn a_pool_timeout_is_unavailable_not_internal() {
         let e = StoreError::backend(sqlx::Error::PoolTimedOut);
         assert!(matches!(e, StoreError::Busy));
-        assert_eq!(ApiError::from(e).code, chat_core::ErrorCode::Unavailable);
+        let api = ApiError::from(e);
+        assert_eq!(api.code, chat_core::ErrorCode::Unavailable);
+        // An overload: the client gets a retry hint, the gateway does not
+        // retry it behind the client's back.
+        assert_eq!(api.retry_after, Some(1));
         let other = StoreError::backend(sqlx::Error::RowNotFound);
         assert_eq!(ApiError::from(other).code, chat_core::ErrorCode::Internal);
     }

@@ -136,3 +136,69 @@ fn same_kind(e: &StoreError) -> StoreError {
         other => StoreError::Unavailable(other.to_string().into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlite::SqliteStore;
+    use crate::{NewRoom, NewUser, RoomKind, Store, Visibility};
+    use chat_core::{MessageId, RoomId, UserId};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_the_queued_appends_commit() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let user = store
+            .create_user(&NewUser {
+                id: UserId::new(),
+                username: "q".into(),
+                display_name: "q".into(),
+                password_hash: "h".into(),
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        let room = NewRoom {
+            id: RoomId::new(),
+            name: "r".into(),
+            topic: String::new(),
+            visibility: Visibility::Public,
+            kind: RoomKind::Group,
+            created_at: 1,
+        };
+        store.create_room(&room, user.id).await.unwrap();
+        let msg = |n: u32| NewMessage {
+            room_id: room.id,
+            id: MessageId::new(),
+            sender_id: user.id,
+            client_msg_id: format!("c{n}"),
+            body: "hi".into(),
+            created_at: 2,
+        };
+        // A queue of one in front of a writer that cannot start its commit:
+        // the database's one connection is in a write transaction.
+        let group = GroupCommit::start(store.direct(), 1, 1);
+        let held = store.write_tx().await.unwrap();
+        let (a, b) = (msg(1), msg(2));
+        let first = tokio::spawn({
+            let group = group.clone();
+            async move { group.append(&a).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await; // the writer takes it
+        let second = tokio::spawn({
+            let group = group.clone();
+            async move { group.append(&b).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await; // it waits in the queue
+        let refused = tokio::time::timeout(Duration::from_secs(1), group.append(&msg(3)))
+            .await
+            .expect("refused at once, not queued");
+        assert!(matches!(refused, Err(StoreError::Busy)), "{refused:?}");
+
+        drop(held);
+        let (first, second) = (first.await.unwrap(), second.await.unwrap());
+        assert_eq!(first.unwrap().0.seq, 1);
+        assert_eq!(second.unwrap().0.seq, 2);
+        assert_eq!(store.room(room.id).await.unwrap().unwrap().last_seq, 2);
+    }
+}

@@ -126,6 +126,15 @@ impl SqliteStore {
         Ok(Self::with_group_commit(writer, reader))
     }
 
+    /// This store without its group commit: appends run one by one.
+    #[cfg(test)]
+    pub(crate) fn direct(&self) -> Self {
+        Self {
+            group: None,
+            ..self.clone()
+        }
+    }
+
     /// The store on these pools, with its one group-commit writer (the
     /// writer pool has one connection: a second writer would only wait).
     fn with_group_commit(writer: SqlitePool, reader: SqlitePool) -> Self {
