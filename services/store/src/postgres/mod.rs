@@ -168,7 +168,12 @@ impl PgStore {
         let direct = Self { pool, group: None };
         let writers = GROUP_COMMIT_WRITERS.min(url.max_connections as usize);
         Ok(Self {
-            group: Some(GroupCommit::start(direct.clone(), writers, DEFAULT_QUEUE)),
+            group: Some(GroupCommit::start(
+                direct.clone(),
+                writers,
+                DEFAULT_QUEUE,
+                false,
+            )),
             ..direct
         })
     }

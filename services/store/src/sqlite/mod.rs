@@ -144,7 +144,7 @@ impl SqliteStore {
             group: None,
         };
         Self {
-            group: Some(GroupCommit::start(direct.clone(), 1, DEFAULT_QUEUE)),
+            group: Some(GroupCommit::start(direct.clone(), 1, DEFAULT_QUEUE, true)),
             ..direct
         }
     }
