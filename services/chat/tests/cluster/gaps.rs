@@ -148,8 +148,7 @@ async fn the_last_message_of_a_quiet_room_arrives_though_its_publish_was_lost() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_of_a_message_whose_publish_was_lost_delivers_it() {
     // No tail check: only the retry can bring the message.
-    let mut opts = cluster_options(|_| {});
-    opts.gateway_args.push("--tail-check-ms=0".into());
+    let opts = cluster_options(|cfg| cfg.gateway.tail_check_ms = 0);
     let cluster = start_cluster_with(opts).await;
     let app = TestApp::for_cluster(cluster, Arc::new(tempfile::tempdir().expect("dir")), |_| {});
     let alice = app.signup("alice").await;
