@@ -90,7 +90,7 @@ impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         create_private_dir(&cfg.data_dir)?;
         let store_url = cfg.store_url();
-        let store = chat_store::connect(&store_url)
+        let store = chat_store::connect_with(&store_url, &cfg.room.store_options())
             .await
             .with_context(|| format!("cannot open the store at {store_url}"))?;
         keep_private(&cfg.data_dir)?;

@@ -54,7 +54,7 @@ impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         cfg.backends.check().map_err(anyhow::Error::msg)?;
         let b = &cfg.backends;
-        let store = chat_store::connect(&b.database_url)
+        let store = chat_store::connect_with(&b.database_url, &cfg.room.store_options())
             .await
             .context("cannot open the store")?;
         let bus = chat_bus::connect(&b.nats_url, chat_bus::BusKey::derive(&b.internal_secret))

@@ -81,9 +81,23 @@ pub struct RoomArgs {
     /// mode, is bounded by its own `maxmemory` instead (see docs/deploy.md).
     #[arg(long, env = "CHAT_RECENT_CACHE_BYTES", default_value_t = DEFAULT_RECENT_CACHE_BYTES)]
     pub recent_cache_bytes: usize,
+
+    /// Messages that may wait for the store's group commit; past it a send
+    /// is refused at once with `unavailable` and a retry hint (503 +
+    /// Retry-After), instead of queueing behind the others. At least 1.
+    #[arg(long, env = "CHAT_APPEND_QUEUE", default_value_t = chat_store::DEFAULT_APPEND_QUEUE as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub append_queue: u32,
 }
 
 impl RoomArgs {
+    /// The store options these flags set.
+    pub fn store_options(&self) -> chat_store::StoreOptions {
+        chat_store::StoreOptions {
+            append_queue: self.append_queue as usize,
+        }
+    }
+
     pub fn config(&self) -> RoomConfig {
         RoomConfig {
             send_limit: self.send_limit,
@@ -94,5 +108,30 @@ impl RoomArgs {
             create_window: Duration::from_secs(self.create_window_secs),
             recent_cache: self.recent_cache,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        room: RoomArgs,
+    }
+
+    #[test]
+    fn the_append_queue_is_a_flag_of_at_least_one() {
+        let parse = |args: &[&str]| Flags::try_parse_from([&["room"], args].concat());
+        let default = parse(&[]).unwrap().room.store_options();
+        assert_eq!(default.append_queue, chat_store::DEFAULT_APPEND_QUEUE);
+        let set = parse(&["--append-queue", "16"]).unwrap().room.store_options();
+        assert_eq!(set.append_queue, 16);
+        assert!(
+            parse(&["--append-queue", "0"]).is_err(),
+            "a queue of none would refuse every send"
+        );
     }
 }

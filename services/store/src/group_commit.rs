@@ -142,7 +142,7 @@ async fn writer<B: Backend>(store: B, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
 
 /// Commits `jobs` as one batch and answers each; empties `jobs`.
 async fn commit<B: Backend>(store: &B, jobs: &mut Vec<Job>) {
-    let msgs: Vec<NewMessage> = jobs.iter().map(|j| j.msg.clone()).collect();
+    let msgs: Vec<&NewMessage> = jobs.iter().map(|j| &j.msg).collect();
     let answers = match append::append_batch(store, &msgs).await {
         Ok(answers) => answers,
         // Alone, each append would meet the same fault.

@@ -30,6 +30,7 @@ use chat_core::{RoomId, Seq, SessionId, UserId};
 use std::sync::Arc;
 
 pub use error::StoreError;
+pub use group_commit::DEFAULT_QUEUE as DEFAULT_APPEND_QUEUE;
 pub use model::*;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -38,14 +39,37 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// bound parameters either database takes).
 pub const LAST_SEQS_CHUNK: usize = 500;
 
-/// Opens the store named by `url` and applies its migrations.
-/// `postgres://` URLs take `schema=` and `max_connections=` parameters too
-/// (see [`postgres`]).
+/// Opens the store named by `url` and applies its migrations, with the
+/// default [`StoreOptions`]. `postgres://` URLs take `schema=` and
+/// `max_connections=` parameters too (see [`postgres`]).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    connect_with(url, &StoreOptions::default()).await
+}
+
+/// How a store behaves beyond what its URL says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Message appends that may wait for a group-commit writer; one more
+    /// is refused at once with [`StoreError::Busy`].
+    pub append_queue: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            append_queue: DEFAULT_APPEND_QUEUE,
+        }
+    }
+}
+
+/// [`connect`] with `options`.
+pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::connect_with(url, options).await?,
+        ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+        Ok(Arc::new(postgres::PgStore::connect_with(url, options).await?))
     } else {
         Err(StoreError::Config(format!(
             "unsupported store URL {url:?} (expected sqlite://PATH or postgres://USER@HOST/DB)"

@@ -83,13 +83,13 @@ use sqlx::{ConnectOptions, Connection, Executor, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::backend::Backend;
-use crate::group_commit::{GroupCommit, DEFAULT_QUEUE};
+use crate::group_commit::GroupCommit;
 use crate::sql::event::NewEvent;
 use crate::sql::rooms::{mark_read_sql, public_rooms_sql};
 use crate::sql::rows::db_err;
 use crate::sql::sessions::rotating_token_sql;
 use crate::sql::{Dialect, RowsAffected};
-use crate::{NewRoom, Result, Room, StoreError};
+use crate::{NewRoom, Result, Room, StoreError, StoreOptions};
 
 /// Pool size unless the URL says `max_connections=N`.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -144,6 +144,11 @@ impl PgStore {
     /// and its `schema` and `max_connections` parameters), creating the
     /// schema if one is named and missing, and applies the migrations.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`Self::connect`] with `store` options.
+    pub async fn connect_with(url: &str, store: &StoreOptions) -> Result<Self> {
         let url = StoreUrl::parse(url)?;
         // The message of a URL parse error never repeats the URL, which may
         // hold a password.
@@ -171,7 +176,7 @@ impl PgStore {
             group: Some(GroupCommit::start(
                 direct.clone(),
                 writers,
-                DEFAULT_QUEUE,
+                store.append_queue,
                 false,
             )),
             ..direct

@@ -77,7 +77,7 @@ fn list<D: Dialect>(n: usize, first: usize) -> String {
 /// `Err` is a failure of the whole batch (nothing of it committed).
 pub(crate) async fn append_batch<B: Backend>(
     store: &B,
-    msgs: &[NewMessage],
+    msgs: &[&NewMessage],
 ) -> Result<Vec<Appended>> {
     let mut tx = store.write_tx().await?;
     let mut rooms: Vec<RoomId> = msgs.iter().map(|m| m.room_id).collect();
@@ -96,6 +96,7 @@ pub(crate) async fn append_batch<B: Backend>(
 
     let allowed: Vec<&NewMessage> = msgs
         .iter()
+        .copied()
         .filter(|m| members.contains(&(m.room_id, m.sender_id)))
         .collect();
     let stored = already_sent::<B::Db>(tx.executor(), &allowed).await?;
@@ -109,7 +110,7 @@ pub(crate) async fn append_batch<B: Backend>(
     let mut fates = Vec::with_capacity(msgs.len());
     let mut first_of: HashMap<(RoomId, UserId, &str), usize> = HashMap::new();
     let mut new_per_room: BTreeMap<RoomId, i64> = BTreeMap::new();
-    for (i, m) in msgs.iter().enumerate() {
+    for (i, &m) in msgs.iter().enumerate() {
         let key = (m.room_id, m.sender_id, m.client_msg_id.as_str());
         let fate = if !live.contains(&m.room_id) {
             Fate::Done(Err(StoreError::NotFound))
@@ -130,7 +131,7 @@ pub(crate) async fn append_batch<B: Backend>(
     let mut next = bump_seqs::<B::Db>(tx.executor(), &new_per_room).await?;
     let mut seqs: Vec<Option<Seq>> = vec![None; msgs.len()];
     let mut new = Vec::new();
-    for (i, m) in msgs.iter().enumerate() {
+    for (i, &m) in msgs.iter().enumerate() {
         if matches!(fates[i], Fate::New) {
             let seq = next
                 .get_mut(&m.room_id)
@@ -158,8 +159,8 @@ pub(crate) async fn append_batch<B: Backend>(
     for (i, fate) in fates.into_iter().enumerate() {
         out.push(match fate {
             Fate::Done(answer) => answer,
-            Fate::New => Ok((message(&msgs[i], seqs[i].unwrap_or_default()), true)),
-            Fate::SameAs(j) => Ok((message(&msgs[j], seqs[j].unwrap_or_default()), false)),
+            Fate::New => Ok((message(msgs[i], seqs[i].unwrap_or_default()), true)),
+            Fate::SameAs(j) => Ok((message(msgs[j], seqs[j].unwrap_or_default()), false)),
         });
     }
     Ok(out)

@@ -35,13 +35,13 @@ use sqlx::{Executor, Sqlite, Transaction};
 use uuid::fmt::Hyphenated;
 
 use crate::backend::Backend;
-use crate::group_commit::{GroupCommit, DEFAULT_QUEUE};
+use crate::group_commit::GroupCommit;
 use crate::sql::event::NewEvent;
 use crate::sql::rooms::{mark_read_sql, public_rooms_sql};
 use crate::sql::rows::db_err;
 use crate::sql::sessions::rotating_token_sql;
 use crate::sql::{Dialect, RowsAffected};
-use crate::{NewRoom, Result, Room, StoreError};
+use crate::{NewRoom, Result, Room, StoreError, StoreOptions};
 
 /// Connections in the reader pool.
 const READERS: u32 = 4;
@@ -88,6 +88,12 @@ impl SqliteStore {
     /// and applies the migrations. `sqlite::memory:` gives a private
     /// in-memory store on a single connection, for tests and demos.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`Self::connect`] with `store` options.
+    pub async fn connect_with(url: &str, store: &StoreOptions) -> Result<Self> {
+        let queue = store.append_queue;
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Config(format!("bad SQLite URL {url:?}: {e}")))?
             .create_if_missing(true)
@@ -108,7 +114,7 @@ impl SqliteStore {
                 .await
                 .map_err(StoreError::backend)?;
             MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
-            return Ok(Self::with_group_commit(pool.clone(), pool));
+            return Ok(Self::with_group_commit(pool.clone(), pool, queue));
         }
 
         create_parent_dir(options.get_filename()).await?;
@@ -123,7 +129,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(StoreError::backend)?;
-        Ok(Self::with_group_commit(writer, reader))
+        Ok(Self::with_group_commit(writer, reader, queue))
     }
 
     /// This store without its group commit: appends run one by one.
@@ -137,14 +143,14 @@ impl SqliteStore {
 
     /// The store on these pools, with its one group-commit writer (the
     /// writer pool has one connection: a second writer would only wait).
-    fn with_group_commit(writer: SqlitePool, reader: SqlitePool) -> Self {
+    fn with_group_commit(writer: SqlitePool, reader: SqlitePool, queue: usize) -> Self {
         let direct = Self {
             writer,
             reader,
             group: None,
         };
         Self {
-            group: Some(GroupCommit::start(direct.clone(), 1, DEFAULT_QUEUE, true)),
+            group: Some(GroupCommit::start(direct.clone(), 1, queue, true)),
             ..direct
         }
     }
