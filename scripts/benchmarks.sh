@@ -7,8 +7,8 @@
 #
 #   scripts/benchmarks.sh                 everything (~15 minutes, plus the
 #                                         peers' first install)
-#   ONLY="aio" scripts/benchmarks.sh      just some parts: aio dist dist100k
-#                                          manyrooms peers (and linger, not in
+#   ONLY="aio" scripts/benchmarks.sh      just some parts: aio dist disttarget
+#                                          dist100k manyrooms peers (and linger, not in
 #                                          the default set);
 #                                         renders to $OUT/BENCHMARKS.md, or with
 #                                         UPDATE=1 to BENCHMARKS.md from every
@@ -27,7 +27,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chat-target}"
 OUT="${OUT:-/tmp/chat-benchmarks}"
 ONLY_GIVEN="${ONLY:-}"
-ONLY="${ONLY:-aio dist dist100k manyrooms peers}"
+ONLY="${ONLY:-aio dist disttarget dist100k manyrooms peers}"
 TARGET_SECS="${TARGET_SECS:-60}"
 mkdir -p "$OUT"
 bin="$OUT/bin"
@@ -129,6 +129,17 @@ if [[ " $ONLY " == *" dist "* ]]; then
     run dist-rooms distributed "rooms: durable messages/s on Postgres" --url "$gws" --server-pid "$pids" --scenario rooms --connections 10000 --rooms 1000 --rate 1000 --duration 10
     run dist-reconnect distributed "reconnect over 2 gateways" --url "$gws" --server-pid "$pids" --scenario reconnect --connections 2000 --rate 30 --duration 15
     run dist-lb distributed "one room through HAProxy" --url "http://127.0.0.1:8300" --server-pid "$pids" --scenario room --connections 4000 --rate 50 --duration 10
+    "$root/deploy/local/cluster" down >/dev/null
+fi
+
+if [[ " $ONLY " == *" disttarget "* ]]; then
+    # The origin's target through the distributed mode: three gateways,
+    # NATS between them, Postgres underneath.
+    cluster_env
+    cluster_up 3
+    run dist-target distributed "the target over 3 gateways: 15,000 in one room at 117 msg/s" \
+        --url "$gws" --server-pid "$pids" --scenario room --connections 15000 --rate 117 \
+        --duration "$TARGET_SECS" --drain-max 20
     "$root/deploy/local/cluster" down >/dev/null
 fi
 
