@@ -44,7 +44,11 @@ server_pid=""
 start_aio() { # flags...
     stop_aio
     rm -rf "$OUT/data"
-    RUST_LOG=warn "$bin/chat" --data-dir "$OUT/data" --http-addr "127.0.0.1:$port" \
+    # Not the distributed stack's settings (cluster_env exports them): the
+    # all-in-one keeps everything in its data dir.
+    local clear=() v
+    for v in $(compgen -e | grep '^CHAT_'); do clear+=(-u "$v"); done
+    RUST_LOG=warn env "${clear[@]}" "$bin/chat" --data-dir "$OUT/data" --http-addr "127.0.0.1:$port" \
         --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --send-limit 0 --membership-limit 0 --create-limit 0 --signup-limit 0 --ws-frames-per-sec 100000 \
         --argon2-memory-kib 256 --argon2-iterations 1 "$@" >"$OUT/chat.log" 2>&1 &
     server_pid=$!

@@ -610,12 +610,17 @@ async fn drive(
         let mut moved_at = drain_start;
         let mut seen = (0, 0);
         let mut flush = tokio::time::interval(Duration::from_millis(250));
+        // The figures lag the shards by up to two reports: the last sends
+        // may not be counted yet when everything counted is acked.
+        let mut settle = clock::Settle::new(Duration::from_millis(600));
         loop {
             let t = agg.total();
             let pending = t.sent.saturating_sub(t.acked + t.send_errors);
             let expected = agg.expected(&t.acked_per_room);
-            if pending == 0 && t.delivered >= expected {
-                window_end = Instant::now();
+            if let Some(since) =
+                settle.observe(pending == 0 && t.delivered >= expected, Instant::now())
+            {
+                window_end = since;
                 break;
             }
             if (t.delivered, t.acked + t.send_errors) != seen {

@@ -127,7 +127,10 @@ mod tests {
         let parse = |args: &[&str]| Flags::try_parse_from([&["room"], args].concat());
         let default = parse(&[]).unwrap().room.store_options();
         assert_eq!(default.append_queue, chat_store::DEFAULT_APPEND_QUEUE);
-        let set = parse(&["--append-queue", "16"]).unwrap().room.store_options();
+        let set = parse(&["--append-queue", "16"])
+            .unwrap()
+            .room
+            .store_options();
         assert_eq!(set.append_queue, 16);
         assert!(
             parse(&["--append-queue", "0"]).is_err(),

@@ -69,7 +69,9 @@ pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Arc<dyn S
             sqlite::SqliteStore::connect_with(url, options).await?,
         ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect_with(url, options).await?))
+        Ok(Arc::new(
+            postgres::PgStore::connect_with(url, options).await?,
+        ))
     } else {
         Err(StoreError::Config(format!(
             "unsupported store URL {url:?} (expected sqlite://PATH or postgres://USER@HOST/DB)"
