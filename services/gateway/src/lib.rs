@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     pub fanout_linger: Duration,
     /// The wait is this many times what the room's last hand-off took.
     pub fanout_linger_factor: f64,
+    /// How long a room event that arrived ahead of a gap waits for the
+    /// missing events on the bus before the gap is read from the log.
+    pub bus_gap_wait: Duration,
     /// WebSocket subscribes checked with room at once; more wait their turn.
     pub subscribe_concurrency: usize,
     /// Browser origins allowed to open a WebSocket; empty allows any.
@@ -102,6 +105,7 @@ impl Default for GatewayConfig {
             ws_frames_per_sec: 200,
             fanout_linger: Duration::from_millis(100),
             fanout_linger_factor: ws::hub::Linger::DEFAULT_FACTOR,
+            bus_gap_wait: Duration::from_millis(DEFAULT_BUS_GAP_WAIT_MS),
             subscribe_concurrency: 64,
             allowed_origins: Vec::new(),
             typing_interval: Duration::from_secs(2),
@@ -121,6 +125,9 @@ impl Default for GatewayConfig {
 
 /// See `--ws-session-check-ms`.
 pub const DEFAULT_SESSION_CHECK_MS: u64 = 60_000;
+
+/// How long an event ahead of a gap waits for the bus, by default (ms).
+pub const DEFAULT_BUS_GAP_WAIT_MS: u64 = 100;
 
 pub use chat_core::health::ReadyCheck;
 
@@ -186,6 +193,7 @@ impl Gateway {
                 max: cfg.fanout_linger,
                 factor: cfg.fanout_linger_factor,
             },
+            cfg.bus_gap_wait,
         ));
         if !cfg.tail_check.is_zero() {
             // Ends with the shutdown (or the hubs); not tracked, so that
@@ -310,6 +318,15 @@ pub struct GatewayArgs {
           default_value_t = ws::hub::Linger::DEFAULT_FACTOR, value_parser = linger_factor)]
     pub fanout_linger_factor: f64,
 
+    /// How long a room event that reached this gateway ahead of the one
+    /// before it waits for that one on the bus, in milliseconds, before the
+    /// gap is read from room's log. Replicas publish a commit's events
+    /// from several tasks, so neighbours can swap on the way; a publish the
+    /// bus lost costs this much more delay. 0 reads the log at once.
+    #[arg(long, env = "CHAT_BUS_GAP_WAIT_MS", default_value_t = DEFAULT_BUS_GAP_WAIT_MS,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub bus_gap_wait_ms: u64,
+
     /// WebSocket subscribes this gateway checks with room at once; the
     /// others wait their turn (up to the RPC deadline, then `unavailable`).
     /// A connect storm then queues here instead of flooding room with calls
@@ -424,6 +441,7 @@ impl GatewayArgs {
             internal_secret,
             ws_frames_per_sec: self.ws_frames_per_sec,
             fanout_linger: Duration::from_millis(self.fanout_linger_ms),
+            bus_gap_wait: Duration::from_millis(self.bus_gap_wait_ms),
             fanout_linger_factor: self.fanout_linger_factor,
             subscribe_concurrency: self.subscribe_concurrency as usize,
             typing_interval: Duration::from_millis(self.typing_interval_ms),

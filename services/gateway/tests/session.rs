@@ -39,6 +39,10 @@ use tokio_util::sync::CancellationToken;
 /// How long any one step may take before the test fails.
 const WAIT: Duration = Duration::from_secs(5);
 
+/// How long the test hubs wait for a missing event on the bus before
+/// reading the log.
+const GAP_WAIT: Duration = Duration::from_millis(50);
+
 /// A frame the test writes through the session after an action: every
 /// frame the client reads before it was written by that action.
 const MARKER: &str = r#"{"type":"marker"}"#;
@@ -316,6 +320,7 @@ impl Harness {
                 max: Duration::from_millis(5),
                 factor: Linger::DEFAULT_FACTOR,
             },
+            GAP_WAIT,
         ));
         let session = Session::new(
             conn.clone(),
@@ -1063,6 +1068,60 @@ async fn a_lost_last_event_reaches_the_client_at_the_tail_check() {
     h.hubs.check_tails_once().await;
     assert!(h.frames().await.is_empty(), "no duplicate");
     assert_eq!(h.session.cursor(room), Some(4));
+}
+
+/// Room replicas publish what one commit appended from several tasks, so
+/// consecutive events can reach the bus in the wrong order. The hub holds
+/// an early event back for the one before it instead of reading the log
+/// (a read per reordering stalled the room for the read's round trip).
+#[tokio::test]
+async fn events_swapped_on_the_bus_are_delivered_in_order_without_reading_the_log() {
+    let mut h = Harness::new().await;
+    let room = h.room.room(2);
+    h.subscribe_live(room, None).await;
+    h.frames().await;
+    let reads = h.room.list_calls();
+    h.room.append(room, 5);
+
+    h.publish_only(room, 4).await;
+    h.publish_only(room, 3).await;
+    h.publish_only(room, 5).await;
+
+    let got: Vec<Value> = vec![
+        h.next_frame().await,
+        h.next_frame().await,
+        h.next_frame().await,
+    ];
+    assert_eq!(
+        summary(room, &got),
+        strings(&["message 3", "message 4", "message 5"])
+    );
+    assert_eq!(h.room.list_calls(), reads, "the log was not read");
+    assert!(h.frames().await.is_empty(), "no duplicate");
+}
+
+/// An event whose predecessor never arrives (its publish was lost) waits
+/// no longer than the hub's gap wait: then the log fills the gap.
+#[tokio::test]
+async fn a_gap_the_bus_does_not_fill_is_read_from_the_log_after_the_gap_wait() {
+    let mut h = Harness::new().await;
+    let room = h.room.room(2);
+    h.subscribe_live(room, None).await;
+    h.frames().await;
+    // Room commits 3 and 4; the publish of 3 is lost.
+    h.room.append(room, 4);
+
+    let sent = std::time::Instant::now();
+    h.publish_only(room, 4).await;
+
+    let got: Vec<Value> = vec![h.next_frame().await, h.next_frame().await];
+    assert_eq!(summary(room, &got), strings(&["message 3", "message 4"]));
+    assert!(
+        sent.elapsed() >= GAP_WAIT,
+        "the hub waited for the bus first ({:?})",
+        sent.elapsed()
+    );
+    assert!(h.frames().await.is_empty(), "no duplicate");
 }
 
 /// A hub that has delivered nothing counts from where its subscriber found

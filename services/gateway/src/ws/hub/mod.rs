@@ -11,8 +11,11 @@
 //! The layers: `mod` (the map of hubs) -> `room` (one hub's task) ->
 //! `batcher`, `slices`, `fanout`.
 //!
-//! The bus may lose a publish. A gap shows at the room's next event and
-//! is backfilled then; a room's *last* events show none, so the tail check
+//! The bus may reorder a room's events (a room replica publishes a
+//! commit's events from several tasks) and may lose a publish. An event
+//! ahead of the next one expected waits up to `--bus-gap-wait-ms` for the
+//! missing ones on the bus; a gap still open then is backfilled from the
+//! log; a room's *last* events show none, so the tail check
 //! ([`Hubs::check_tails`], every `--tail-check-ms`) asks room, in one call
 //! for all the rooms with local subscribers, where each log ends, and each
 //! hub behind its log backfills. An acknowledged event thus reaches every
@@ -45,6 +48,9 @@ pub struct Hubs {
     api: RoomApi,
     metrics: Arc<Metrics>,
     linger: Linger,
+    /// How long an event ahead of a gap waits for the missing events on
+    /// the bus before the log is read.
+    gap_wait: Duration,
 }
 
 /// Keeps a connection subscribed to a room; dropping it unsubscribes.
@@ -80,13 +86,14 @@ impl HubGuard {
 
 impl Hubs {
     /// Hubs that read a room's log through `api` (as the gateway) to fill
-    /// the gaps the bus leaves.
+    /// the gaps the bus leaves open for longer than `gap_wait`.
     pub fn new(
         bus: Arc<dyn Bus>,
         subjects: Subjects,
         api: RoomApi,
         metrics: Arc<Metrics>,
         linger: Linger,
+        gap_wait: Duration,
     ) -> Self {
         Self {
             bus,
@@ -95,6 +102,7 @@ impl Hubs {
             api,
             metrics,
             linger,
+            gap_wait,
         }
     }
 
@@ -216,6 +224,7 @@ impl Hubs {
                 api: self.api.clone(),
                 metrics: self.metrics.clone(),
                 linger: self.linger,
+                gap_wait: self.gap_wait,
             },
         )
     }

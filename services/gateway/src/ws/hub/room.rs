@@ -1,7 +1,8 @@
 //! One room's hub: its local subscribers, and the task that takes the
-//! room's bus subject in, puts it in seq order (a gap is backfilled from
-//! room's log, a duplicate dropped), renders each event once and hands the
-//! batches to the subscribers slice by slice.
+//! room's bus subject in, puts it in seq order (an event ahead of a gap
+//! waits for the missing ones on the bus, up to the gap wait, then the gap
+//! is backfilled from room's log; a duplicate is dropped), renders each
+//! event once and hands the batches to the subscribers slice by slice.
 //!
 //! A room's last events leave no gap on the bus until its next event, so
 //! the tail check ([`super::Hubs::check_tails`]) tells each hub where its
@@ -22,13 +23,19 @@ use chat_core::{ApiError, RoomId, Seq};
 use chat_proto::v1 as pb;
 use futures_util::{FutureExt, StreamExt};
 use prost::Message as _;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Local subscribers above which a room gets no presence or typing frames.
 const CROWD: usize = 1000;
+
+/// Events held back behind a gap at most; one more reads the log at once.
+const AHEAD_MAX: usize = 1024;
 
 /// What a hub's task needs besides the hub.
 pub(super) struct HubDeps {
@@ -37,6 +44,8 @@ pub(super) struct HubDeps {
     pub api: RoomApi,
     pub metrics: Arc<Metrics>,
     pub linger: Linger,
+    /// How long events ahead of a gap wait for the missing ones on the bus.
+    pub gap_wait: Duration,
 }
 
 pub(super) struct Hub {
@@ -77,6 +86,9 @@ impl Hub {
             batch: Batcher::new(room, deps.linger),
             rolling: Rolling::default(),
             last: None,
+            ahead: BTreeMap::new(),
+            gap_wait: deps.gap_wait,
+            gap_due: None,
             api: deps.api,
             metrics: deps.metrics,
         };
@@ -126,6 +138,11 @@ struct Pump {
     metrics: Arc<Metrics>,
     /// The last seq this hub delivered; `None` until the first event.
     last: Option<Seq>,
+    /// Events that came ahead of a gap, by seq, waiting for it to fill.
+    ahead: BTreeMap<Seq, pb::RoomEvent>,
+    gap_wait: Duration,
+    /// When the oldest open gap stops waiting for the bus.
+    gap_due: Option<Instant>,
     batch: Batcher,
     rolling: Rolling,
 }
@@ -172,6 +189,10 @@ impl Pump {
                     }
                 }
                 () = sleep_until(due), if due.is_some() => self.rolling.seal(&mut self.batch),
+                () = sleep_until(self.gap_due), if self.gap_due.is_some() => {
+                    self.fill_gap().await;
+                    self.rolling.seal(&mut self.batch);
+                }
                 next = sub.next() => {
                     let Some(payload) = next else {
                         self.ended();
@@ -205,6 +226,7 @@ impl Pump {
         if let Some(l) = self.position() {
             tracing::info!(room_id = %self.room, after_seq = l, "bus reconnected; re-reading the log");
             self.backfill(l, None).await;
+            self.release_ahead();
             self.rolling.seal(&mut self.batch);
         }
     }
@@ -231,6 +253,7 @@ impl Pump {
         tracing::debug!(room_id = %self.room, after_seq = from, seq = end, "behind the log's end; backfilling");
         self.metrics.tail_backfills.inc();
         self.backfill(from, Some(end)).await;
+        self.release_ahead();
         self.rolling.seal(&mut self.batch);
     }
 
@@ -265,38 +288,28 @@ impl Pump {
         read.is_ok()
     }
 
-    /// One bus payload into the batch: a room event in seq order (a gap
-    /// first backfilled from the log, a duplicate dropped) or a notice.
+    /// One bus payload into the batch: a room event in seq order (one
+    /// ahead of a gap held back for it), a duplicate dropped, or a notice.
     async fn take_in(&mut self, payload: &[u8]) {
         match decode(payload) {
             Some(pb::bus_event::Kind::RoomEvent(e)) => {
                 if let Some(l) = self.position() {
-                    if e.seq <= l {
+                    if e.seq <= l || self.ahead.contains_key(&e.seq) {
                         return;
                     }
                     if e.seq > l + 1 {
-                        tracing::info!(room_id = %self.room, after_seq = l, seq = e.seq, "gap on the bus; backfilling");
-                        self.metrics.backfills.inc();
-                        // Up to the event itself: the log is the truth.
-                        if self.backfill(l, Some(e.seq)).await {
-                            if self.last.is_some_and(|r| r < e.seq) {
-                                // Committed events are readable before they
-                                // are published: one the log lacks was
-                                // never committed (a forged or stray
-                                // publish). Taking it would move the room
-                                // past its real events, which would then
-                                // be dropped as duplicates.
-                                tracing::warn!(room_id = %self.room, seq = e.seq, "an event ahead of the log; dropped");
-                            }
-                            return;
+                        self.ahead.insert(e.seq, e);
+                        if self.ahead.len() > AHEAD_MAX {
+                            self.fill_gap().await;
+                        } else if self.gap_due.is_none() {
+                            self.gap_due = Some(Instant::now() + self.gap_wait);
                         }
-                        // Could not read the log: each connection's cursor
-                        // finds the gap and backfills it itself.
-                        tracing::warn!(room_id = %self.room, "hub backfill incomplete");
+                        return;
                     }
                 }
                 self.last = Some(e.seq);
                 self.push_event(&e);
+                self.release_ahead();
             }
             Some(pb::bus_event::Kind::Typing(t)) if !self.batch.first_typing_of(&t.user_id) => {
                 // The batch already tells everyone this user is typing.
@@ -309,6 +322,62 @@ impl Pump {
             }
             None => {}
         }
+    }
+
+    /// Delivers the held-back events that now continue the room's order
+    /// (dropping the ones delivered meanwhile); the gap wait ends when none
+    /// is left waiting.
+    fn release_ahead(&mut self) {
+        while let Some(&seq) = self.ahead.keys().next() {
+            let next = self.position().map_or(seq, |l| l + 1);
+            if seq > next {
+                break;
+            }
+            if let Some(e) = self.ahead.remove(&seq) {
+                if seq == next {
+                    self.last = Some(e.seq);
+                    self.push_event(&e);
+                }
+            }
+        }
+        if self.ahead.is_empty() {
+            self.gap_due = None;
+        }
+    }
+
+    /// The bus left a gap open for the gap wait (or too many events wait
+    /// behind it): reads the log up to the last held-back event, the log
+    /// being the truth, then lets the rest go.
+    async fn fill_gap(&mut self) {
+        self.gap_due = None;
+        let (Some(l), Some(&until)) = (self.position(), self.ahead.keys().next_back()) else {
+            self.release_ahead();
+            return;
+        };
+        tracing::info!(room_id = %self.room, after_seq = l, seq = until, "gap on the bus; backfilling");
+        self.metrics.backfills.inc();
+        if self.backfill(l, Some(until)).await {
+            if self.last.is_some_and(|r| r < until) {
+                // Committed events are readable before they are published:
+                // one the log lacks was never committed (a forged or stray
+                // publish). Taking it would move the room past its real
+                // events, which would then be dropped as duplicates.
+                tracing::warn!(room_id = %self.room, seq = until, "events ahead of the log; dropped");
+            }
+            self.ahead.clear();
+        } else {
+            // Could not read the log: the held-back events go out, and each
+            // connection's cursor finds the gap and backfills it itself.
+            tracing::warn!(room_id = %self.room, "hub backfill incomplete");
+            let ahead = std::mem::take(&mut self.ahead);
+            for e in ahead.into_values() {
+                if self.position().is_none_or(|l| e.seq > l) {
+                    self.last = Some(e.seq);
+                    self.push_event(&e);
+                }
+            }
+        }
+        self.release_ahead();
     }
 
     /// Takes in every payload already waiting on the subscription (up to a
