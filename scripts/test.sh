@@ -10,8 +10,9 @@
 #                      $CHAT_FUZZ_SECS (45) seconds over its committed corpus
 #                      (0 skips it; docs/fuzzing.md)
 #
-# First it makes sure PostgreSQL, Redis, NATS, HAProxy, grpcurl and
-# docker-compose are there (scripts/services.sh: use, start or install them).
+# First it makes sure PostgreSQL, Redis, NATS, HAProxy, grpcurl,
+# docker-compose, kubectl, kubernetes-validate and checkov are there
+# (scripts/services.sh: use, start or install them).
 # Every test uses its own SQLite file, Postgres schema, Redis key prefix and
 # NATS subject prefix, so tests run in parallel. Builds go to a target dir
 # outside the checkout so reruns are fast.

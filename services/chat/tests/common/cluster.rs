@@ -123,6 +123,27 @@ impl Proc {
         }
     }
 
+    /// A process not started yet, writing its output to `log`; `health`
+    /// is the URL that answers 200 once it is up.
+    pub fn new(
+        name: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        health: String,
+        log: PathBuf,
+    ) -> Proc {
+        Proc {
+            name: name.to_owned(),
+            program,
+            args,
+            env,
+            health,
+            child: None,
+            log,
+        }
+    }
+
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
@@ -132,7 +153,7 @@ impl Proc {
         self.args = args.to_vec();
     }
 
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
