@@ -181,9 +181,17 @@ async fn revocations_outlive_memory_pressure_and_old_caches_go() {
             "un-revoked by eviction"
         );
     }
+    // Redis's LRU is approximate (it samples keys), so no one room is sure
+    // to go; the oldest quarter of them, as a whole, is.
+    let mut evicted = 0;
+    for room in &rooms[..50] {
+        if e.cached_events(*room, 0, 100).await.unwrap().is_empty() {
+            evicted += 1;
+        }
+    }
     assert!(
-        e.cached_events(rooms[0], 0, 100).await.unwrap().is_empty(),
-        "the oldest room's cache was evicted"
+        evicted >= 45,
+        "the oldest rooms' caches were evicted: {evicted} of 50"
     );
     // Revocations still work after the pressure.
     let late = SessionId::new();
